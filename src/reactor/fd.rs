@@ -1,0 +1,558 @@
+//! Fd watches: interest flags, and the mapping from poll results to the
+//! flags a handler is given (SEMANTICS.md §2).
+
+use std::fmt;
+use std::ops::{BitAnd, BitOr, BitOrAssign, Not};
+use std::os::fd::{OwnedFd, RawFd};
+
+use super::{FdHandler, OpId};
+
+slotmap::new_key_type! {
+    /// Names an fd watch of one loop. Stale ids (removed watches) are rejected,
+    /// even when the fd number has been reused.
+    pub struct FdId;
+}
+
+/// A set of READ, WRITE and ERROR: what a watch wants, and what a handler is told.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Interest(u8);
+
+impl Interest {
+    /// Nothing: the watch stays registered but is not monitored.
+    pub const NONE: Interest = Interest(0);
+    /// The fd is readable, or its peer hung up (the read then returns 0 or the error).
+    pub const READ: Interest = Interest(1);
+    /// The fd is writable.
+    pub const WRITE: Interest = Interest(2);
+    /// The fd reports an error or a hang-up.
+    pub const ERROR: Interest = Interest(4);
+    /// READ, WRITE and ERROR.
+    pub const ALL: Interest = Interest(7);
+
+    /// Whether every flag of `other` is in `self`.
+    pub fn contains(self, other: Interest) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether any flag of `other` is in `self`.
+    pub fn intersects(self, other: Interest) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Whether no flag is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The raw bits (READ = 1, WRITE = 2, ERROR = 4).
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Builds a set from raw bits, ignoring unknown ones.
+    pub fn from_bits_truncate(bits: u8) -> Interest {
+        Interest(bits & 7)
+    }
+
+    /// The `poll(2)` mask to ask the kernel for. ERR and HUP are always
+    /// reported; RDHUP is reported by io_uring even when not asked for.
+    pub(crate) fn poll_mask(self) -> u32 {
+        let mut mask = 0;
+        if self.contains(Interest::READ) {
+            mask |= (libc::POLLIN | libc::POLLRDHUP) as u32;
+        }
+        if self.contains(Interest::WRITE) {
+            mask |= libc::POLLOUT as u32;
+        }
+        if self.contains(Interest::ERROR) {
+            mask |= libc::POLLRDHUP as u32;
+        }
+        mask
+    }
+}
+
+impl BitOr for Interest {
+    type Output = Interest;
+    fn bitor(self, rhs: Interest) -> Interest {
+        Interest(self.0 | rhs.0)
+    }
+}
+
+impl BitOrAssign for Interest {
+    fn bitor_assign(&mut self, rhs: Interest) {
+        self.0 |= rhs.0;
+    }
+}
+
+impl BitAnd for Interest {
+    type Output = Interest;
+    fn bitand(self, rhs: Interest) -> Interest {
+        Interest(self.0 & rhs.0)
+    }
+}
+
+impl Not for Interest {
+    type Output = Interest;
+    fn not(self) -> Interest {
+        Interest(!self.0 & 7)
+    }
+}
+
+impl fmt::Debug for Interest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("NONE");
+        }
+        let names = [(1, "READ"), (2, "WRITE"), (4, "ERROR")];
+        let parts: Vec<&str> = names
+            .iter()
+            .filter(|(b, _)| self.0 & b != 0)
+            .map(|(_, n)| *n)
+            .collect();
+        f.write_str(&parts.join("|"))
+    }
+}
+
+/// What an fd handler is told when it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdEvent {
+    /// The watch that fired.
+    pub id: FdId,
+    /// The watched fd.
+    pub fd: RawFd,
+    /// The conditions that hold: a non-empty subset of the watch's interest.
+    pub ready: Interest,
+}
+
+/// What to do with a poll result, given the watch's interest at dispatch time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Call the handler with these flags.
+    Call(Interest),
+    /// Nothing this watch wants happened; poll again.
+    Rearm,
+    /// A WRITE-only watch saw an error or hang-up: it is not called, WRITE
+    /// leaves its interest, and it stops being monitored.
+    DisableWrite,
+    /// A WRITE-only watch saw only the peer's half-close (RDHUP) and the fd is
+    /// not writable. A one-shot poll would complete at once, forever; wait
+    /// for the next wake-up with a multishot poll instead.
+    WaitQuietly,
+}
+
+/// Maps `revents` (a POLL_ADD result) and the current interest to a
+/// [`Decision`], following SEMANTICS.md §2 and tevent's epoll backend.
+pub fn decide(revents: u32, interest: Interest) -> Decision {
+    let err_hup = revents & (libc::POLLERR | libc::POLLHUP) as u32 != 0;
+    let rdhup = revents & libc::POLLRDHUP as u32 != 0;
+    let wants_read_or_error = interest.intersects(Interest::READ | Interest::ERROR);
+    let mut flags = Interest::NONE;
+    if err_hup || (rdhup && wants_read_or_error) {
+        if !wants_read_or_error {
+            return if interest.is_empty() {
+                Decision::Rearm
+            } else {
+                Decision::DisableWrite
+            };
+        }
+        flags = interest & (Interest::READ | Interest::ERROR);
+    }
+    if revents & libc::POLLIN as u32 != 0 {
+        flags |= interest & Interest::READ;
+    }
+    if revents & libc::POLLOUT as u32 != 0 {
+        flags |= interest & Interest::WRITE;
+    }
+    if !flags.is_empty() {
+        Decision::Call(flags)
+    } else if rdhup && interest == Interest::WRITE {
+        Decision::WaitQuietly
+    } else {
+        Decision::Rearm
+    }
+}
+
+/// How a watch's poll is currently armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Armed {
+    pub op: OpId,
+    pub mask: u32,
+    pub multishot: bool,
+}
+
+/// One registration of interest in an fd.
+pub(crate) struct Watch {
+    pub fd: RawFd,
+    pub owned: Option<OwnedFd>,
+    pub close_hook: Option<Box<dyn FnOnce(RawFd)>>,
+    pub interest: Interest,
+    /// `None` while the handler runs.
+    pub handler: Option<FdHandler>,
+    pub armed: Option<Armed>,
+    /// Poll results not yet dispatched.
+    pub revents: u32,
+    /// Whether the watch sits in the ready queue.
+    pub queued: bool,
+    /// The errno that disarmed the watch (EBADF when the fd was closed behind
+    /// the loop's back).
+    pub error: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const IN: u32 = libc::POLLIN as u32;
+    const OUT: u32 = libc::POLLOUT as u32;
+    const ERR: u32 = libc::POLLERR as u32;
+    const HUP: u32 = libc::POLLHUP as u32;
+    const RDHUP: u32 = libc::POLLRDHUP as u32;
+    use Decision::*;
+    const R: Interest = Interest::READ;
+    const W: Interest = Interest::WRITE;
+    const E: Interest = Interest::ERROR;
+
+    #[test]
+    fn semantics_table() {
+        // READ, peer closed (unix): IN|HUP|RDHUP -> READ
+        assert_eq!(decide(IN | HUP | RDHUP, R), Call(R));
+        // ERROR, data arrives: IN is never in the mask, but if reported anyway it is ignored.
+        assert_eq!(decide(IN, E), Rearm);
+        // ERROR, peer shutdown(SHUT_WR): RDHUP -> ERROR
+        assert_eq!(decide(RDHUP, E), Call(E));
+        // READ|ERROR, peer closed
+        assert_eq!(decide(IN | HUP | RDHUP, R | E), Call(R | E));
+        // WRITE, peer closed or pipe reader closed
+        assert_eq!(decide(OUT | ERR | HUP | RDHUP, W), DisableWrite);
+        assert_eq!(decide(ERR, W), DisableWrite);
+        // WRITE, peer shutdown(SHUT_WR): still writable
+        assert_eq!(decide(OUT | RDHUP, W), Call(W));
+        assert_eq!(decide(RDHUP, W), WaitQuietly);
+        // WRITE|ERROR, pipe reader closed
+        assert_eq!(decide(OUT | ERR, W | E), Call(W | E));
+        assert_eq!(decide(ERR, W | E), Call(E));
+    }
+
+    #[test]
+    fn flags_are_always_a_nonempty_subset_of_interest() {
+        for revents in 0..64u32 {
+            let revents = [IN, OUT, ERR, HUP, RDHUP, 0x8000]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| revents & (1 << i) != 0)
+                .fold(0, |acc, (_, b)| acc | b);
+            for bits in 0..8 {
+                let interest = Interest::from_bits_truncate(bits);
+                if let Call(flags) = decide(revents, interest) {
+                    assert!(!flags.is_empty());
+                    assert!(interest.contains(flags), "{revents:#x} {interest:?} {flags:?}");
+                }
+            }
+        }
+    }
+}
+
+// ---- The loop's side of fd watches ----
+
+use std::os::fd::AsRawFd;
+
+use io_uring::{opcode, types};
+use slotmap::Key;
+
+use super::{Dispatch, EventKind, Handle, Ready, State, TracePoint};
+use crate::error::{Error, Result};
+use crate::sys;
+
+impl Handle {
+    /// Watches an fd the loop takes ownership of. When the watch is removed
+    /// (or the loop dropped), its poll is cancelled and the fd closed before
+    /// the removal returns, so a peer sees EOF at once.
+    ///
+    /// ```
+    /// use ringloop::{EventLoop, Interest};
+    /// use std::os::unix::net::UnixStream;
+    /// let lp = EventLoop::new()?;
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let id = lp.add_fd(a.into(), Interest::READ, |lp, ev| {
+    ///     lp.remove_fd(ev.id).unwrap();
+    /// })?;
+    /// lp.remove_fd(id)?; // _b now reads EOF
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_fd(
+        &self,
+        fd: OwnedFd,
+        interest: Interest,
+        handler: impl FnMut(&Handle, FdEvent) + 'static,
+    ) -> Result<FdId> {
+        let raw = fd.as_raw_fd();
+        self.attach(raw, Some(fd), interest, Box::new(handler))
+    }
+
+    /// Watches an fd the caller keeps owning. The loop never closes it.
+    ///
+    /// # Safety
+    /// `fd` must stay open until the watch is removed: a poll on a closed and
+    /// reused fd number would watch the wrong file. Prefer [`Handle::add_fd`].
+    pub unsafe fn add_raw_fd(
+        &self,
+        fd: RawFd,
+        interest: Interest,
+        handler: impl FnMut(&Handle, FdEvent) + 'static,
+    ) -> Result<FdId> {
+        if !sys::fd_is_open(fd) {
+            return Err(Error::BadFd(fd));
+        }
+        self.attach(fd, None, interest, Box::new(handler))
+    }
+
+    fn attach(
+        &self,
+        fd: RawFd,
+        owned: Option<OwnedFd>,
+        interest: Interest,
+        handler: super::FdHandler,
+    ) -> Result<FdId> {
+        let id = self.with(|st| {
+            let id = st.watches.insert(Watch {
+                fd,
+                owned,
+                close_hook: None,
+                interest: Interest::NONE,
+                handler: Some(handler),
+                armed: None,
+                revents: 0,
+                queued: false,
+                error: None,
+            });
+            st.set_interest(id, interest);
+            id
+        })?;
+        self.trace(TracePoint::Attach(EventKind::Fd));
+        Ok(id)
+    }
+
+    /// Sets a hook that runs exactly once when the watch is removed, after its
+    /// poll has been cancelled; it is given the fd (to close it, say).
+    pub fn set_close_hook(&self, id: FdId, hook: impl FnOnce(RawFd) + 'static) -> Result<()> {
+        let old = self.try_with(|st| {
+            let w = st.watches.get_mut(id).ok_or(Error::NotFound)?;
+            Ok(w.close_hook.replace(Box::new(hook)))
+        })?;
+        drop(old);
+        Ok(())
+    }
+
+    /// The watch's current interest (empty after a WRITE-only watch saw an
+    /// error, or after the fd turned out to be closed).
+    pub fn interest(&self, id: FdId) -> Result<Interest> {
+        self.with(|st| st.watches.get(id).map(|w| w.interest).ok_or(Error::NotFound))?
+    }
+
+    /// Changes what the watch waits for. Takes effect for the next dispatch,
+    /// also when called from inside any handler. Empty means "registered but
+    /// not monitored".
+    pub fn set_interest(&self, id: FdId, interest: Interest) -> Result<()> {
+        self.with(|st| {
+            let w = st.watches.get_mut(id).ok_or(Error::NotFound)?;
+            w.error = None;
+            st.set_interest(id, interest);
+            Ok(())
+        })?
+    }
+
+    /// The error that disarmed the watch, if any (EBADF when its fd was
+    /// closed behind the loop's back).
+    pub fn fd_error(&self, id: FdId) -> Result<Option<std::io::Error>> {
+        self.with(|st| {
+            let w = st.watches.get(id).ok_or(Error::NotFound)?;
+            Ok(w.error.map(std::io::Error::from_raw_os_error))
+        })?
+    }
+
+    /// The fd a watch watches.
+    pub fn fd_of(&self, id: FdId) -> Result<RawFd> {
+        self.with(|st| st.watches.get(id).map(|w| w.fd).ok_or(Error::NotFound))?
+    }
+
+    /// Removes a watch: its handler never runs again. If it owns its fd or has
+    /// a close hook, the poll is cancelled and the fd closed (or the hook run)
+    /// before this returns, so the peer already sees EOF.
+    pub fn remove_fd(&self, id: FdId) -> Result<()> {
+        let w = self.try_with(|st| st.take_watch(id).ok_or(Error::NotFound))?;
+        self.trace(TracePoint::Detach(EventKind::Fd));
+        drop(w.handler);
+        if let Some(hook) = w.close_hook {
+            hook(w.fd);
+        }
+        drop(w.owned);
+        Ok(())
+    }
+
+    /// Removes a watch and hands its fd back instead of closing it. The poll
+    /// is cancelled first, so the kernel holds no reference to the file.
+    /// Returns `None` for a watch added with [`Handle::add_raw_fd`].
+    pub fn take_fd(&self, id: FdId) -> Result<Option<OwnedFd>> {
+        let mut w = self.try_with(|st| {
+            let w = st.watches.get_mut(id).ok_or(Error::NotFound)?;
+            let owned = w.owned.take();
+            let mut w = st.take_watch(id).ok_or(Error::NotFound)?;
+            if owned.is_some() {
+                let _ = st.ring.flush();
+            }
+            w.owned = owned;
+            Ok(w)
+        })?;
+        self.trace(TracePoint::Detach(EventKind::Fd));
+        drop(w.handler.take());
+        Ok(w.owned.take())
+    }
+}
+
+impl State {
+    /// Sets a watch's interest, keeping the kernel's poll and the count of
+    /// active watches in step.
+    pub(super) fn set_interest(&mut self, id: FdId, interest: Interest) {
+        let Some(w) = self.watches.get_mut(id) else {
+            return;
+        };
+        match (w.interest.is_empty(), interest.is_empty()) {
+            (true, false) => self.active_watches += 1,
+            (false, true) => self.active_watches -= 1,
+            _ => {}
+        }
+        w.interest = interest;
+        if let Some(armed) = w.armed
+            && (interest.is_empty() || armed.multishot || armed.mask != interest.poll_mask())
+        {
+            w.armed = None;
+            self.cancel_poll(armed.op);
+        }
+        self.arm(id, false);
+    }
+
+    /// Arms a poll for the watch unless it is armed, waiting for dispatch,
+    /// disarmed by an error or not interested in anything.
+    pub(super) fn arm(&mut self, id: FdId, multishot: bool) {
+        let Some(w) = self.watches.get_mut(id) else {
+            return;
+        };
+        if w.interest.is_empty() || w.armed.is_some() || w.queued || w.error.is_some() {
+            return;
+        }
+        let mask = w.interest.poll_mask();
+        let op = self.ops.insert(super::Op::FdPoll(id));
+        w.armed = Some(Armed {
+            op,
+            mask,
+            multishot,
+        });
+        let entry = opcode::PollAdd::new(types::Fd(w.fd), mask)
+            .multi(multishot)
+            .build()
+            .user_data(op.data().as_ffi());
+        self.push_internal(entry);
+    }
+
+    /// Handles a poll completion for watch `id`.
+    pub(super) fn on_poll(&mut self, id: FdId, op: super::OpId, result: i32, more: bool) {
+        let Some(w) = self.watches.get_mut(id) else {
+            return;
+        };
+        if w.armed.map(|a| a.op) != Some(op) {
+            return;
+        }
+        if !more {
+            w.armed = None;
+        }
+        if result == -libc::ECANCELED {
+            // Someone else cancelled it (a cancel-by-fd before a close, say):
+            // poll again; a closed fd then reports EBADF.
+            self.arm(id, false);
+            return;
+        }
+        if result < 0 {
+            // EBADF: the fd was closed behind our back. Disarm; the loop goes on.
+            w.error = Some(-result);
+            let armed = w.armed.take();
+            self.set_interest(id, Interest::NONE);
+            if let Some(armed) = armed {
+                self.cancel_poll(armed.op);
+            }
+            return;
+        }
+        w.revents |= result as u32;
+        if !w.queued {
+            w.queued = true;
+            self.ready.push_back(Ready::Fd(id));
+        }
+    }
+
+    /// Turns a ready watch into a handler call, or re-arms it when nothing it
+    /// wants happened.
+    pub(super) fn prepare_fd(&mut self, id: FdId) -> Option<Dispatch> {
+        let w = self.watches.get_mut(id)?;
+        w.queued = false;
+        if w.handler.is_none() {
+            // Its handler is running in an outer (nested) iteration;
+            // `restore_fd` queues it again.
+            return None;
+        }
+        let revents = std::mem::take(&mut w.revents);
+        match decide(revents, w.interest) {
+            Decision::Call(ready) => {
+                let event = FdEvent { id, fd: w.fd, ready };
+                let handler = w.handler.take()?;
+                if let Some(armed) = w.armed.take() {
+                    self.cancel_poll(armed.op);
+                }
+                Some(Dispatch::Fd(id, handler, event))
+            }
+            Decision::Rearm => {
+                self.arm(id, false);
+                None
+            }
+            Decision::WaitQuietly => {
+                self.arm(id, true);
+                None
+            }
+            Decision::DisableWrite => {
+                let armed = w.armed.take();
+                self.set_interest(id, Interest::NONE);
+                if let Some(armed) = armed {
+                    self.cancel_poll(armed.op);
+                }
+                None
+            }
+        }
+    }
+
+    /// Puts a handler back after it ran and polls again (the re-arm rides in
+    /// the next `io_uring_enter` and completes inline if the fd is still ready).
+    pub(super) fn restore_fd(&mut self, id: FdId, handler: super::FdHandler) -> Option<super::FdHandler> {
+        let Some(w) = self.watches.get_mut(id) else {
+            return Some(handler);
+        };
+        w.handler = Some(handler);
+        if w.revents != 0 && !w.queued {
+            w.queued = true;
+            self.ready.push_back(Ready::Fd(id));
+        } else {
+            self.arm(id, false);
+        }
+        None
+    }
+
+    /// Removes a watch from the loop. If it owns its fd or has a close hook,
+    /// the poll cancellation is pushed to the kernel now, so the caller can
+    /// close the fd and the peer sees EOF at once.
+    pub(super) fn take_watch(&mut self, id: FdId) -> Option<Watch> {
+        self.set_interest(id, Interest::NONE);
+        let w = self.watches.remove(id)?;
+        if w.owned.is_some() || w.close_hook.is_some() {
+            // With DEFER_TASKRUN the cancelled poll drops its file reference
+            // only while the task runs with GETEVENTS: do that now.
+            let _ = self.ring.flush();
+        }
+        Some(w)
+    }
+}

@@ -1,0 +1,777 @@
+//! The reactor: a single-threaded event loop that blocks only in `io_uring_enter`.
+//!
+//! [`EventLoop`] owns the loop; [`Handle`] is a cheap clone that handlers,
+//! futures and libraries use to add, change and remove events. All state
+//! sits behind one `RefCell` that is never borrowed while user code runs:
+//! a handler is taken out of its slot, called, and put back, so it may
+//! change or remove any event, itself included.
+//!
+//! Each concern has its own file: [`fd`] watches, [`timer`]s,
+//! [`immediate`]s, signals, cross-thread [`Remote`] immediates, generic
+//! [`op`]erations and trace points.
+
+pub mod fd;
+pub mod immediate;
+pub mod op;
+mod remote;
+mod schedule;
+mod signal;
+pub mod timer;
+mod trace;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ops::Deref;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue};
+use slotmap::{Key, KeyData, SlotMap};
+
+use crate::error::{Error, Result};
+use crate::ring::{Features, Ring, RingConfig};
+use crate::sys;
+
+pub use fd::{Decision, FdEvent, FdId, Interest, decide};
+pub use immediate::{ImmediateId, ImmediateQueue};
+pub use op::{Completion, OpId};
+pub use remote::Remote;
+pub use signal::{SignalEvent, SignalId};
+pub use timer::{TimerId, TimerQueue};
+pub use trace::{EventKind, TracePoint};
+
+use fd::Watch;
+use remote::RemoteShared;
+use signal::Signals;
+
+/// An fd handler: called with the loop and what is ready.
+pub type FdHandler = Box<dyn FnMut(&Handle, FdEvent)>;
+type OnceHandler = Box<dyn FnOnce(&Handle)>;
+type OpCallback = Box<dyn FnMut(&Handle, Completion)>;
+type SignalHandler = Box<dyn FnMut(&Handle, SignalEvent)>;
+
+/// `user_data` of internal requests whose completions are ignored (cancels).
+/// Slot keys are never 0 (their version is odd), so no operation can carry it.
+const IGNORE: u64 = 0;
+
+/// How long an iteration may block when nothing is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitTimeout {
+    /// Block at most this long (the default is 30 s, as in tevent).
+    After(Duration),
+    /// Block until an event arrives.
+    Forever,
+    /// Never block: an iteration in which nothing ran returns [`Error::WouldBlock`].
+    Never,
+}
+
+/// Counters of what the loop has done; read them with [`Handle::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Calls of `run_once` (including those made by `run`).
+    pub iterations: u64,
+    /// Iterations that had nothing ready and entered the kernel to wait.
+    pub waits: u64,
+    /// `io_uring_enter` calls of any kind.
+    pub enters: u64,
+    /// Handlers run (signals, immediates, timers, fds, operation callbacks).
+    pub handlers: u64,
+    /// Completions reaped from the ring.
+    pub completions: u64,
+    /// io_uring operations submitted and not yet completed, internal ones included.
+    pub in_flight: usize,
+    /// Times the kernel's CQ overflow list had to be flushed.
+    pub overflow_flushes: u64,
+}
+
+/// A clock for tests: timers follow it instead of the monotonic clock.
+///
+/// Time only moves when [`ManualClock::advance`] is called. Waits in the
+/// kernel are not shortened by pending timers, so drive such a loop with
+/// [`WaitTimeout::Never`].
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Rc<Cell<Duration>>);
+
+impl ManualClock {
+    /// A clock at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves time forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.set(self.0.get().saturating_add(by));
+    }
+
+    /// Time since the clock was created.
+    pub fn elapsed(&self) -> Duration {
+        self.0.get()
+    }
+}
+
+/// Configures an [`EventLoop`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    ring: RingConfig,
+    wait_timeout: WaitTimeout,
+    allow_nesting: bool,
+    clock: Option<ManualClock>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            ring: RingConfig {
+                sq_entries: 256,
+                cq_entries: 4096,
+                simulate_missing: None,
+                plain_setup: false,
+            },
+            wait_timeout: WaitTimeout::After(Duration::from_secs(30)),
+            allow_nesting: false,
+            clock: None,
+        }
+    }
+}
+
+impl Builder {
+    /// Submission queue size (rounded up to a power of two by the kernel).
+    pub fn sq_entries(mut self, n: u32) -> Self {
+        self.ring.sq_entries = n.max(1);
+        self
+    }
+
+    /// Completion queue size; at least the SQ size. Overflow beyond it loses
+    /// nothing but costs extra `io_uring_enter` calls.
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.ring.cq_entries = n.max(1);
+        self
+    }
+
+    /// How long an idle iteration may block.
+    pub fn wait_timeout(mut self, t: WaitTimeout) -> Self {
+        self.wait_timeout = t;
+        self
+    }
+
+    /// Allow `run_once` from inside a handler.
+    pub fn allow_nesting(mut self, yes: bool) -> Self {
+        self.allow_nesting = yes;
+        self
+    }
+
+    /// Drive timers from a [`ManualClock`] instead of the monotonic clock.
+    pub fn manual_clock(mut self, clock: ManualClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Do not ask for SINGLE_ISSUER / DEFER_TASKRUN / SUBMIT_ALL, as on a
+    /// kernel without them. For testing the fallback path.
+    pub fn plain_setup(mut self, yes: bool) -> Self {
+        self.ring.plain_setup = yes;
+        self
+    }
+
+    /// Test hook: make the probe report a required feature as absent
+    /// (for example `"IORING_FEAT_EXT_ARG"` or `"IORING_OP_POLL_ADD"`).
+    #[doc(hidden)]
+    pub fn simulate_missing_feature(mut self, name: &'static str) -> Self {
+        self.ring.simulate_missing = Some(name);
+        self
+    }
+
+    /// Builds the loop.
+    pub fn build(self) -> Result<EventLoop> {
+        let ring = Ring::new(&self.ring)?;
+        let remote = Arc::new(RemoteShared::new()?);
+        let mut state = State {
+            ring,
+            ops: SlotMap::with_key(),
+            user_ops: 0,
+            watches: SlotMap::with_key(),
+            active_watches: 0,
+            timers: TimerQueue::default(),
+            immediates: ImmediateQueue::default(),
+            signals: Signals::default(),
+            ready: VecDeque::new(),
+            cqes: Vec::new(),
+            wake_armed: None,
+            wake_pending: false,
+            remote: remote.clone(),
+            epoch: Instant::now(),
+            clock: self.clock,
+            wait_timeout: self.wait_timeout,
+            stats: Stats::default(),
+        };
+        state.arm_wake()?;
+        let inner = Inner {
+            state: RefCell::new(Some(state)),
+            depth: Cell::new(0),
+            allow_nesting: Cell::new(self.allow_nesting),
+            fork_generation: sys::fork_generation(),
+            trace: RefCell::new(None),
+        };
+        Ok(EventLoop {
+            handle: Handle {
+                inner: Rc::new(inner),
+            },
+        })
+    }
+}
+
+/// The event loop. Dropping it removes every event: owned fds are closed
+/// (peers see EOF), in-flight operations are cancelled and their callbacks
+/// run, and nothing is left in the kernel.
+///
+/// All methods live on [`Handle`], which this dereferences to.
+pub struct EventLoop {
+    handle: Handle,
+}
+
+/// A reference to a loop, for handlers, futures and libraries. Cloning is
+/// cheap; once the [`EventLoop`] is dropped every call returns [`Error::LoopGone`].
+#[derive(Clone)]
+pub struct Handle {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    /// `None` once the loop is torn down.
+    state: RefCell<Option<State>>,
+    /// How many `run_once` calls are active (more than one only when nesting).
+    depth: Cell<u32>,
+    allow_nesting: Cell<bool>,
+    fork_generation: u64,
+    trace: RefCell<Option<Box<dyn FnMut(TracePoint)>>>,
+}
+
+/// What an in-flight io_uring request belongs to.
+enum Op {
+    FdPoll(FdId),
+    Wake,
+    Signal,
+    User {
+        callback: Option<OpCallback>,
+        /// The final completion has been reaped (its callback may not have run yet).
+        done: bool,
+        cancel_sent: bool,
+    },
+    /// Its owner is gone; the completion is dropped.
+    Orphan,
+}
+
+/// A completion waiting for its turn in the fd phase.
+enum Ready {
+    Fd(FdId),
+    Op(OpId, Completion),
+}
+
+/// One handler (or, for signals, all of them) chosen to run next.
+enum Dispatch {
+    Signals(Vec<(SignalId, SignalHandler, SignalEvent)>),
+    Immediate(OnceHandler),
+    Timer(OnceHandler),
+    Fd(FdId, FdHandler, FdEvent),
+    Op(OpId, OpCallback, Completion, bool),
+}
+
+impl Dispatch {
+    fn kind(&self) -> EventKind {
+        match self {
+            Dispatch::Signals(_) => EventKind::Signal,
+            Dispatch::Immediate(_) => EventKind::Immediate,
+            Dispatch::Timer(_) => EventKind::Timer,
+            Dispatch::Fd(..) => EventKind::Fd,
+            Dispatch::Op(..) => EventKind::Op,
+        }
+    }
+}
+
+struct State {
+    ring: Ring,
+    ops: SlotMap<OpId, Op>,
+    /// Live `Op::User` entries: they keep `run` going.
+    user_ops: usize,
+    watches: SlotMap<FdId, Watch>,
+    /// Watches with a non-empty interest: they keep `run` going.
+    active_watches: usize,
+    timers: TimerQueue<OnceHandler>,
+    immediates: ImmediateQueue<OnceHandler>,
+    signals: Signals,
+    ready: VecDeque<Ready>,
+    cqes: Vec<cqueue::Entry>,
+    wake_armed: Option<OpId>,
+    wake_pending: bool,
+    remote: Arc<RemoteShared>,
+    epoch: Instant,
+    clock: Option<ManualClock>,
+    wait_timeout: WaitTimeout,
+    stats: Stats,
+}
+
+impl Deref for EventLoop {
+    type Target = Handle;
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl EventLoop {
+    /// A loop with the default configuration.
+    pub fn new() -> Result<EventLoop> {
+        Builder::default().build()
+    }
+
+    /// Configure a loop.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A handle to this loop.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        self.handle.teardown();
+    }
+}
+
+/// Decrements the nesting depth even if a handler panics.
+struct DepthGuard<'a>(&'a Cell<u32>);
+
+impl Drop for DepthGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+impl Handle {
+    /// Runs `f` on the loop state. `f` must not run user code or drop user
+    /// closures: return them and drop them after this call.
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R> {
+        if sys::fork_generation() != self.inner.fork_generation {
+            return Err(Error::Forked);
+        }
+        let mut guard = self.inner.state.try_borrow_mut().map_err(|_| Error::Nested)?;
+        let state = guard.as_mut().ok_or(Error::LoopGone)?;
+        Ok(f(state))
+    }
+
+    /// [`Handle::with`] for closures that can fail.
+    fn try_with<R>(&self, f: impl FnOnce(&mut State) -> Result<R>) -> Result<R> {
+        self.with(f)?
+    }
+
+    fn trace(&self, point: TracePoint) {
+        if let Ok(mut hook) = self.inner.trace.try_borrow_mut()
+            && let Some(hook) = hook.as_mut()
+        {
+            hook(point);
+        }
+    }
+
+    /// Installs (or with `None` removes) a hook called at each trace point:
+    /// before and after the loop waits, before each handler, and when events
+    /// are attached and detached.
+    pub fn set_trace_hook(&self, hook: Option<Box<dyn FnMut(TracePoint)>>) {
+        if let Ok(mut slot) = self.inner.trace.try_borrow_mut() {
+            *slot = hook;
+        }
+    }
+
+    /// What the kernel's io_uring offers, as probed at setup.
+    pub fn features(&self) -> Result<Features> {
+        self.with(|st| st.ring.features.clone())
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> Result<Stats> {
+        self.with(|st| Stats {
+            enters: st.ring.enters,
+            in_flight: st.ops.len(),
+            ..st.stats
+        })
+    }
+
+    /// The current time on the loop's clock.
+    pub fn now(&self) -> Result<Instant> {
+        self.with(|st| st.epoch + Duration::from_nanos(st.now_ns()))
+    }
+
+    /// Sets how long an idle iteration may block.
+    pub fn set_wait_timeout(&self, timeout: WaitTimeout) -> Result<()> {
+        self.with(|st| st.wait_timeout = timeout)
+    }
+
+    /// Allows or forbids calling `run_once` from inside a handler.
+    pub fn set_allow_nesting(&self, allow: bool) {
+        self.inner.allow_nesting.set(allow);
+    }
+
+    /// Whether the loop still has events that keep [`Handle::run`] going:
+    /// timers, scheduled immediates, watches with a non-empty interest,
+    /// signal watches or in-flight operations.
+    pub fn has_events(&self) -> Result<bool> {
+        self.with(|st| st.has_events())
+    }
+
+    /// Runs one iteration (SEMANTICS.md §1): all pending signal handlers, or
+    /// else one immediate, or else one due timer, or else one fd handler or
+    /// operation callback, waiting in `io_uring_enter` if nothing is ready.
+    ///
+    /// Returns [`Error::Nested`] from inside a handler unless nesting is
+    /// allowed, and [`Error::WouldBlock`] in [`WaitTimeout::Never`] mode when
+    /// nothing ran.
+    pub fn run_once(&self) -> Result<()> {
+        if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
+            return Err(Error::Nested);
+        }
+        self.with(|st| st.stats.iterations += 1)?;
+        self.inner.depth.set(self.inner.depth.get() + 1);
+        let _depth = DepthGuard(&self.inner.depth);
+
+        if let Some(d) = self.with(|st| st.next_dispatch())? {
+            self.dispatch(d);
+            return Ok(());
+        }
+        let mode = self.with(|st| st.wait_timeout)?;
+        self.trace(TracePoint::BeforeWait);
+        let waited = self.with(|st| st.wait())?;
+        self.trace(TracePoint::AfterWait);
+        waited?;
+        if let Some(d) = self.with(|st| st.next_dispatch())? {
+            self.dispatch(d);
+            return Ok(());
+        }
+        match mode {
+            WaitTimeout::Never => Err(Error::WouldBlock),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs iterations until no event is left (see [`Handle::has_events`]).
+    pub fn run(&self) -> Result<()> {
+        while self.has_events()? {
+            match self.run_once() {
+                Ok(()) | Err(Error::WouldBlock) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch(&self, d: Dispatch) {
+        self.trace(TracePoint::BeforeHandler(d.kind()));
+        let _ = self.with(|st| st.stats.handlers += 1);
+        match d {
+            Dispatch::Signals(list) => {
+                for (id, mut handler, event) in list {
+                    handler(self, event);
+                    let leftover = self.with(|st| st.signals.restore(id, handler));
+                    drop(leftover);
+                }
+            }
+            Dispatch::Immediate(handler) | Dispatch::Timer(handler) => handler(self),
+            Dispatch::Fd(id, mut handler, event) => {
+                handler(self, event);
+                let leftover = self.with(|st| st.restore_fd(id, handler));
+                drop(leftover);
+            }
+            Dispatch::Op(id, mut callback, completion, last) => {
+                callback(self, completion);
+                if !last {
+                    let leftover = self.with(|st| st.restore_op(id, callback));
+                    drop(leftover);
+                }
+            }
+        }
+    }
+
+    /// Test and fuzzing hook: feeds a made-up completion to the dispatch path
+    /// as if the kernel had posted it. Garbage, stale and duplicated
+    /// `user_data` must be ignored without harm.
+    #[doc(hidden)]
+    pub fn inject_completion(&self, user_data: u64, result: i32, flags: u32) -> Result<()> {
+        self.with(|st| st.route(user_data, result, flags))
+    }
+
+    /// Test and fuzzing hook: the `user_data` of every request in flight.
+    #[doc(hidden)]
+    pub fn in_flight_user_data(&self) -> Result<Vec<u64>> {
+        self.with(|st| st.ops.keys().map(|k| k.data().as_ffi()).collect())
+    }
+
+    /// Tears the loop down; see [`EventLoop`]'s docs.
+    fn teardown(&self) {
+        let Some(mut st) = self.inner.state.try_borrow_mut().ok().and_then(|mut s| s.take())
+        else {
+            return;
+        };
+        st.remote.shut_down();
+        if sys::fork_generation() != self.inner.fork_generation {
+            // The ring is the parent's: dropping our mapping and fds is all the
+            // child may do.
+            return;
+        }
+        // Cancel every poll and operation, then let the kernel act on it so
+        // that closing owned fds below makes peers see EOF.
+        let watch_ids: Vec<FdId> = st.watches.keys().collect();
+        let mut watches = Vec::with_capacity(watch_ids.len());
+        for id in watch_ids {
+            if let Some(w) = st.take_watch(id) {
+                watches.push(w);
+            }
+        }
+        if let Some(op) = st.wake_armed.take() {
+            st.cancel_poll(op);
+        }
+        st.signals_shutdown();
+        let user_ops: Vec<OpId> = st.ops.keys().collect();
+        for id in user_ops {
+            st.cancel_user_op(id);
+        }
+        let _ = st.ring.flush();
+        for w in watches {
+            drop(w.handler);
+            if let Some(hook) = w.close_hook {
+                hook(w.fd);
+            }
+            drop(w.owned);
+        }
+        // Wait for the cancelled operations so that no buffer is freed while
+        // the kernel may still write into it, and run their callbacks (which
+        // close fds an accept or open produced).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut callbacks = Vec::new();
+            while let Some(r) = st.ready.pop_front() {
+                if let Ready::Op(id, c) = r
+                    && let Some(Op::User { callback, .. }) = st.ops.get_mut(id)
+                    && let Some(cb) = callback.take()
+                {
+                    let last = !cqueue::more(c.flags);
+                    if last {
+                        st.remove_op(id);
+                    }
+                    callbacks.push((cb, c));
+                }
+            }
+            let live = st.user_ops > 0;
+            for (mut cb, c) in callbacks {
+                cb(self, c);
+            }
+            if !live || Instant::now() > deadline {
+                break;
+            }
+            let _ = st.ring.wait(Some(Duration::from_millis(10)));
+            st.reap();
+        }
+        // Anything still in flight after the deadline keeps its memory: leaking
+        // a buffer is better than letting the kernel write into freed memory.
+        for (_, op) in st.ops.drain() {
+            if let Op::User {
+                callback: Some(cb), ..
+            } = op
+            {
+                std::mem::forget(cb);
+            }
+        }
+        drop(st);
+    }
+}
+
+impl State {
+    fn now_ns(&self) -> u64 {
+        let elapsed = match &self.clock {
+            Some(manual) => manual.elapsed(),
+            None => self.epoch.elapsed(),
+        };
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn has_events(&self) -> bool {
+        !self.timers.is_empty()
+            || !self.immediates.is_empty()
+            || self.active_watches > 0
+            || !self.signals.is_empty()
+            || self.user_ops > 0
+    }
+
+    /// Queues an SQE that references no user memory.
+    fn push_internal(&mut self, entry: squeue::Entry) {
+        // SAFETY: every internal request (poll add/remove, cancel) carries its
+        // arguments inside the SQE and points at no memory.
+        if unsafe { self.ring.push(&entry) }.is_err() {
+            // Only a failing io_uring_enter can get here; the next wait will
+            // report it.
+        }
+    }
+
+    /// Stops a poll: its completion will be ignored.
+    fn cancel_poll(&mut self, op: OpId) {
+        if let Some(slot) = self.ops.get_mut(op) {
+            *slot = Op::Orphan;
+            let entry = opcode::PollRemove::new(op.data().as_ffi())
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(IGNORE);
+            self.push_internal(entry);
+        }
+    }
+
+    fn remove_op(&mut self, id: OpId) {
+        if let Some(Op::User { .. }) = self.ops.remove(id) {
+            self.user_ops -= 1;
+        }
+    }
+
+    fn restore_op(&mut self, id: OpId, callback: OpCallback) -> Option<OpCallback> {
+        match self.ops.get_mut(id) {
+            Some(Op::User { callback: slot, .. }) => {
+                *slot = Some(callback);
+                None
+            }
+            _ => Some(callback),
+        }
+    }
+
+    /// Picks what runs next, in SEMANTICS.md §1 order, without waiting.
+    fn next_dispatch(&mut self) -> Option<Dispatch> {
+        if let Some(list) = self.signals.take_pending() {
+            return Some(Dispatch::Signals(list));
+        }
+        if let Some((_, handler)) = self.immediates.pop() {
+            return Some(Dispatch::Immediate(handler));
+        }
+        if let Some((_, handler)) = self.timers.pop_due(self.now_ns()) {
+            return Some(Dispatch::Timer(handler));
+        }
+        while let Some(ready) = self.ready.pop_front() {
+            match ready {
+                Ready::Fd(id) => {
+                    if let Some(d) = self.prepare_fd(id) {
+                        return Some(d);
+                    }
+                }
+                Ready::Op(id, completion) => {
+                    let last = !cqueue::more(completion.flags);
+                    let Some(Op::User { callback, .. }) = self.ops.get_mut(id) else {
+                        continue;
+                    };
+                    let Some(cb) = callback.take() else {
+                        // Its callback is running in an outer (nested) iteration.
+                        self.ready.push_front(Ready::Op(id, completion));
+                        return None;
+                    };
+                    if last {
+                        self.remove_op(id);
+                    }
+                    return Some(Dispatch::Op(id, cb, completion, last));
+                }
+            }
+        }
+        None
+    }
+
+    /// Blocks in `io_uring_enter` until a completion, the next timer or the
+    /// wait timeout, then reaps.
+    fn wait(&mut self) -> Result<()> {
+        self.stats.waits += 1;
+        let mut timeout = match self.wait_timeout {
+            WaitTimeout::After(d) => Some(d),
+            WaitTimeout::Forever => None,
+            WaitTimeout::Never => {
+                self.ring.flush()?;
+                self.reap();
+                return Ok(());
+            }
+        };
+        if self.clock.is_none()
+            && let Some(deadline) = self.timers.next_deadline()
+        {
+            let until = Duration::from_nanos(deadline.saturating_sub(self.now_ns()));
+            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+        }
+        self.ring.wait(timeout)?;
+        self.reap();
+        Ok(())
+    }
+
+    /// Moves completions from the ring into the loop's queues.
+    fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        match self.ring.reap(&mut cqes) {
+            Ok(flushes) => self.stats.overflow_flushes += flushes,
+            Err(_) => {}
+        }
+        self.stats.completions += cqes.len() as u64;
+        for cqe in cqes.drain(..) {
+            self.route(cqe.user_data(), cqe.result(), cqe.flags());
+        }
+        self.cqes = cqes;
+        if self.wake_pending {
+            self.wake_pending = false;
+            self.take_remote();
+        }
+        if self.signals.needs_read() {
+            self.read_signals();
+        }
+    }
+
+    /// Routes one completion by its `user_data`. Unknown, stale or malformed
+    /// values are ignored: they can never reach a handler.
+    fn route(&mut self, user_data: u64, result: i32, flags: u32) {
+        if user_data == IGNORE {
+            return;
+        }
+        let key = KeyData::from_ffi(user_data);
+        if key.as_ffi() != user_data {
+            return;
+        }
+        let id = OpId::from(key);
+        let more = cqueue::more(flags);
+        let Some(op) = self.ops.get_mut(id) else {
+            return;
+        };
+        match op {
+            Op::Orphan => {
+                if !more {
+                    self.ops.remove(id);
+                }
+            }
+            Op::FdPoll(watch) => {
+                let watch = *watch;
+                if !more {
+                    self.ops.remove(id);
+                }
+                self.on_poll(watch, id, result, more);
+            }
+            Op::Wake => {
+                if !more {
+                    self.ops.remove(id);
+                    self.wake_armed = None;
+                    let _ = self.arm_wake();
+                }
+                self.wake_pending = true;
+            }
+            Op::Signal => {
+                self.ops.remove(id);
+                self.signals.on_poll_complete();
+            }
+            Op::User { done, .. } => {
+                if *done {
+                    return;
+                }
+                if !more {
+                    *done = true;
+                }
+                self.ready.push_back(Ready::Op(id, Completion { result, flags }));
+            }
+        }
+    }
+}

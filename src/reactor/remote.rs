@@ -1,0 +1,136 @@
+//! Cross-thread immediates: a `Send` handle that queues closures for the
+//! loop's thread and wakes a loop blocked in `io_uring_enter`.
+//!
+//! The wake-up is an eventfd watched by a multishot POLL_ADD. An atomic
+//! `notified` flag makes each burst of schedules cost one eventfd write.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use io_uring::{opcode, types};
+use slotmap::Key;
+
+use super::{Handle, Op, State};
+use crate::error::{Error, Result};
+use crate::sys;
+
+type RemoteFn = Box<dyn FnOnce(&Handle) + Send>;
+
+pub(crate) struct RemoteShared {
+    queue: Mutex<Option<Vec<RemoteFn>>>,
+    notified: AtomicBool,
+    eventfd: OwnedFd,
+}
+
+impl RemoteShared {
+    pub fn new() -> Result<Self> {
+        Ok(RemoteShared {
+            queue: Mutex::new(Some(Vec::new())),
+            notified: AtomicBool::new(false),
+            eventfd: sys::eventfd()?,
+        })
+    }
+
+    /// Refuses further schedules and drops what is queued.
+    pub fn shut_down(&self) {
+        let queued = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(queued);
+    }
+
+    fn notify(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            sys::eventfd_signal(self.eventfd.as_raw_fd());
+        }
+    }
+}
+
+/// Schedules work on a loop from any thread. Clone it freely.
+///
+/// ```
+/// use ringloop::EventLoop;
+/// let lp = EventLoop::new()?;
+/// let remote = lp.remote();
+/// std::thread::spawn(move || remote.schedule(|_| println!("on the loop's thread")).unwrap())
+///     .join()
+///     .unwrap();
+/// lp.run_once()?; // wakes, turns the closure into an immediate
+/// lp.run_once()?; // runs it
+/// # Ok::<(), ringloop::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Remote {
+    shared: Arc<RemoteShared>,
+}
+
+impl Remote {
+    /// Queues `f` to run on the loop's thread as an immediate, after those
+    /// already scheduled from any thread, and wakes the loop.
+    pub fn schedule(&self, f: impl FnOnce(&Handle) + Send + 'static) -> Result<()> {
+        {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.as_mut().ok_or(Error::LoopGone)?.push(Box::new(f));
+        }
+        self.shared.notify();
+        Ok(())
+    }
+
+    /// Wakes the loop without scheduling anything.
+    pub fn wake(&self) -> Result<()> {
+        if self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return Err(Error::LoopGone);
+        }
+        self.shared.notify();
+        Ok(())
+    }
+}
+
+impl Handle {
+    /// A `Send + Sync` handle for scheduling work from other threads.
+    pub fn remote(&self) -> Result<Remote> {
+        self.with(|st| Remote {
+            shared: st.remote.clone(),
+        })
+    }
+}
+
+impl State {
+    /// Arms the multishot poll on the wake-up eventfd.
+    pub(super) fn arm_wake(&mut self) -> Result<()> {
+        if self.wake_armed.is_some() {
+            return Ok(());
+        }
+        let op = self.ops.insert(Op::Wake);
+        self.wake_armed = Some(op);
+        let entry = opcode::PollAdd::new(
+            types::Fd(self.remote.eventfd.as_raw_fd()),
+            libc::POLLIN as u32,
+        )
+        .multi(true)
+        .build()
+        .user_data(op.data().as_ffi());
+        self.push_internal(entry);
+        Ok(())
+    }
+
+    /// Moves closures scheduled from other threads into the immediate queue.
+    pub(super) fn take_remote(&mut self) {
+        sys::eventfd_drain(self.remote.eventfd.as_raw_fd());
+        // Clear before taking: a schedule that lands after the take sees
+        // `false` and writes the eventfd again, so no wake-up is lost.
+        self.remote.notified.store(false, Ordering::Release);
+        let taken = {
+            let mut queue = self.remote.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.as_mut().map(std::mem::take).unwrap_or_default()
+        };
+        for f in taken {
+            self.immediates.push(f);
+        }
+    }
+}

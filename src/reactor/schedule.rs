@@ -1,0 +1,129 @@
+//! The loop's side of timers and immediates.
+
+use std::time::{Duration, Instant};
+
+use super::timer::ASAP;
+use super::{EventKind, Handle, ImmediateId, State, TimerId, TracePoint};
+use crate::error::{Error, Result};
+
+impl State {
+    /// A deadline on the loop's clock, in nanoseconds since its epoch;
+    /// deadlines in the past become 1 ns (due, after "as soon as possible").
+    fn deadline_at(&self, at: Instant) -> Result<u64> {
+        let since = at.saturating_duration_since(self.epoch);
+        let ns = u64::try_from(since.as_nanos()).map_err(|_| Error::DeadlineOverflow)?;
+        Ok(ns.max(1))
+    }
+
+    fn deadline_after(&self, after: Duration) -> Result<u64> {
+        let ns = u64::try_from(after.as_nanos()).map_err(|_| Error::DeadlineOverflow)?;
+        let at = self.now_ns().checked_add(ns).ok_or(Error::DeadlineOverflow)?;
+        Ok(at.max(1))
+    }
+}
+
+impl Handle {
+    /// Runs `handler` once, no earlier than `after` from now on the
+    /// monotonic clock. Equal deadlines fire in the order added.
+    pub fn add_timer(
+        &self,
+        after: Duration,
+        handler: impl FnOnce(&Handle) + 'static,
+    ) -> Result<TimerId> {
+        let id = self.try_with(|st| {
+            let deadline = st.deadline_after(after)?;
+            Ok(st.timers.add(deadline, Box::new(handler)))
+        })?;
+        self.trace(TracePoint::Attach(EventKind::Timer));
+        Ok(id)
+    }
+
+    /// Runs `handler` once, no earlier than `at`. A deadline in the past
+    /// fires on the next iteration.
+    pub fn add_timer_at(
+        &self,
+        at: Instant,
+        handler: impl FnOnce(&Handle) + 'static,
+    ) -> Result<TimerId> {
+        let id = self.try_with(|st| {
+            let deadline = st.deadline_at(at)?;
+            Ok(st.timers.add(deadline, Box::new(handler)))
+        })?;
+        self.trace(TracePoint::Attach(EventKind::Timer));
+        Ok(id)
+    }
+
+    /// Runs `handler` in the timer phase as soon as possible, before every
+    /// timer with a real deadline, in the order added.
+    pub fn add_timer_asap(&self, handler: impl FnOnce(&Handle) + 'static) -> Result<TimerId> {
+        let id = self.with(|st| st.timers.add(ASAP, Box::new(handler)))?;
+        self.trace(TracePoint::Attach(EventKind::Timer));
+        Ok(id)
+    }
+
+    /// Moves a pending timer to `after` from now, behind timers with an
+    /// equal deadline.
+    pub fn update_timer(&self, id: TimerId, after: Duration) -> Result<()> {
+        self.with(|st| {
+            let deadline = st.deadline_after(after)?;
+            if st.timers.update(id, deadline) {
+                Ok(())
+            } else {
+                Err(Error::NotFound)
+            }
+        })?
+    }
+
+    /// Moves a pending timer to `at`, behind timers with an equal deadline.
+    pub fn update_timer_at(&self, id: TimerId, at: Instant) -> Result<()> {
+        self.with(|st| {
+            let deadline = st.deadline_at(at)?;
+            if st.timers.update(id, deadline) {
+                Ok(())
+            } else {
+                Err(Error::NotFound)
+            }
+        })?
+    }
+
+    /// Cancels a pending timer: it never runs.
+    pub fn cancel_timer(&self, id: TimerId) -> Result<()> {
+        let handler = self.try_with(|st| st.timers.cancel(id).ok_or(Error::NotFound))?;
+        drop(handler);
+        self.trace(TracePoint::Detach(EventKind::Timer));
+        Ok(())
+    }
+
+    /// When a pending timer is due, if it is pending.
+    pub fn timer_deadline(&self, id: TimerId) -> Result<Instant> {
+        self.with(|st| {
+            let ns = st.timers.deadline(id).ok_or(Error::NotFound)?;
+            Ok(st.epoch + Duration::from_nanos(ns))
+        })?
+    }
+
+    /// Schedules `handler` to run on a later iteration, before timers and
+    /// fds, after the immediates already scheduled.
+    pub fn add_immediate(&self, handler: impl FnOnce(&Handle) + 'static) -> Result<ImmediateId> {
+        let id = self.with(|st| st.immediates.push(Box::new(handler)))?;
+        self.trace(TracePoint::Attach(EventKind::Immediate));
+        Ok(id)
+    }
+
+    /// Moves a scheduled immediate to the tail of the queue; it still runs once.
+    pub fn reschedule_immediate(&self, id: ImmediateId) -> Result<()> {
+        if self.with(|st| st.immediates.reschedule(id))? {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+
+    /// Cancels a scheduled immediate: it never runs.
+    pub fn cancel_immediate(&self, id: ImmediateId) -> Result<()> {
+        let handler = self.try_with(|st| st.immediates.cancel(id).ok_or(Error::NotFound))?;
+        drop(handler);
+        self.trace(TracePoint::Detach(EventKind::Immediate));
+        Ok(())
+    }
+}

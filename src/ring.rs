@@ -1,0 +1,305 @@
+//! The io_uring instance: setup with the best flags the kernel accepts,
+//! feature probing, SQE submission and the one blocking call, `io_uring_enter`.
+//!
+//! Nothing above this module touches the `io-uring` crate's queues directly.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// What this kernel's io_uring offers, as probed when the loop was built.
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// The kernel release (`uname -r`).
+    pub kernel: String,
+    /// `IORING_SETUP_SINGLE_ISSUER` was accepted.
+    pub single_issuer: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN` was accepted: completions are produced only
+    /// when the loop enters the kernel, never by interrupts.
+    pub defer_taskrun: bool,
+    /// `IORING_SETUP_SUBMIT_ALL` was accepted.
+    pub submit_all: bool,
+    /// The ring fd is registered, saving an fd lookup per `io_uring_enter`.
+    pub registered_ring: bool,
+    /// `IORING_FEAT_EXT_ARG`: waits can carry a timeout (required).
+    pub ext_arg: bool,
+    /// `IORING_FEAT_NODROP`: a full CQ never drops completions (required).
+    pub nodrop: bool,
+    /// `IORING_FEAT_MIN_TIMEOUT` (6.12+).
+    pub min_timeout: bool,
+    /// Submission queue size.
+    pub sq_entries: u32,
+    /// Completion queue size.
+    pub cq_entries: u32,
+    opcodes: Vec<u8>,
+}
+
+impl Features {
+    /// Whether the kernel supports io_uring opcode `op` (an `io_uring::opcode::*::CODE`).
+    pub fn supports_opcode(&self, op: u8) -> bool {
+        self.opcodes.contains(&op)
+    }
+
+    /// The supported opcodes, by number.
+    pub fn opcodes(&self) -> &[u8] {
+        &self.opcodes
+    }
+}
+
+/// How to build the ring; see [`crate::Builder`].
+#[derive(Debug, Clone)]
+pub(crate) struct RingConfig {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    /// Test hook: pretend the probe did not find this feature.
+    pub simulate_missing: Option<&'static str>,
+    /// Use plain setup flags (no SINGLE_ISSUER/DEFER_TASKRUN), as a kernel
+    /// without them would.
+    pub plain_setup: bool,
+}
+
+/// Opcodes the loop cannot work without.
+const REQUIRED_OPCODES: [(u8, &str); 3] = [
+    (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
+    (opcode::PollRemove::CODE, "IORING_OP_POLL_REMOVE"),
+    (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+];
+
+/// The ring, owned by one loop on one thread.
+pub(crate) struct Ring {
+    ring: IoUring,
+    /// The fd or registered index passed to `io_uring_enter`.
+    enter_fd: RawFd,
+    /// `ENTER_REGISTERED_RING` when `enter_fd` is an index.
+    enter_flags: u32,
+    pub features: Features,
+    /// Number of `io_uring_enter` calls made.
+    pub enters: u64,
+}
+
+impl Ring {
+    pub fn new(cfg: &RingConfig) -> Result<Ring> {
+        let cq = cfg.cq_entries.max(cfg.sq_entries);
+        let attempts: &[(bool, bool, bool)] = if cfg.plain_setup {
+            &[(false, false, false)]
+        } else {
+            // (single_issuer, defer_taskrun, submit_all), best first. Setup flags
+            // cannot be probed any other way than by asking for them.
+            &[
+                (true, true, true),
+                (true, false, true),
+                (false, false, true),
+                (false, false, false),
+            ]
+        };
+        let mut last_err = None;
+        let mut built = None;
+        for &(single, defer, all) in attempts {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(cq).setup_clamp();
+            if single {
+                b.setup_single_issuer();
+            }
+            if defer {
+                b.setup_defer_taskrun();
+            }
+            if all {
+                b.setup_submit_all();
+            }
+            match b.build(cfg.sq_entries) {
+                Ok(ring) => {
+                    built = Some((ring, single, defer, all));
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        let Some((ring, single_issuer, defer_taskrun, submit_all)) = built else {
+            return Err(unavailable(last_err.unwrap_or_else(|| io::Error::other("setup failed"))));
+        };
+
+        let mut probe = Probe::new();
+        let mut opcodes = Vec::new();
+        if ring.submitter().register_probe(&mut probe).is_ok() {
+            opcodes = (0..=u8::MAX).filter(|&op| probe.is_supported(op)).collect();
+        }
+        let params = ring.params();
+        let mut features = Features {
+            kernel: sys::kernel_release(),
+            single_issuer,
+            defer_taskrun,
+            submit_all,
+            registered_ring: false,
+            ext_arg: params.is_feature_ext_arg(),
+            nodrop: params.is_feature_nodrop(),
+            min_timeout: params.is_feature_min_timeout(),
+            sq_entries: params.sq_entries(),
+            cq_entries: params.cq_entries(),
+            opcodes,
+        };
+        if let Some(missing) = cfg.simulate_missing {
+            match missing {
+                "IORING_FEAT_EXT_ARG" => features.ext_arg = false,
+                "IORING_FEAT_NODROP" => features.nodrop = false,
+                other => {
+                    if let Some(&(code, _)) = REQUIRED_OPCODES.iter().find(|(_, n)| *n == other) {
+                        features.opcodes.retain(|&op| op != code);
+                    }
+                }
+            }
+        }
+        check_required(&features)?;
+
+        let raw = ring.as_raw_fd();
+        let (enter_fd, enter_flags) = match sys::register_ring_fd(raw) {
+            Ok(index) => {
+                features.registered_ring = true;
+                (index, sys::ENTER_REGISTERED_RING)
+            }
+            Err(_) => (raw, 0),
+        };
+        Ok(Ring {
+            ring,
+            enter_fd,
+            enter_flags,
+            features,
+            enters: 0,
+        })
+    }
+
+    /// Queues one SQE, submitting what is queued first if the SQ is full.
+    ///
+    /// # Safety
+    /// Whatever memory `entry` points to must stay valid until its completion.
+    pub unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded from the caller.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.enter(0, 0, None)?;
+        }
+    }
+
+    /// SQEs queued but not yet handed to the kernel.
+    pub fn pending(&mut self) -> u32 {
+        self.ring.submission().len() as u32
+    }
+
+    /// Submits what is queued and, with `GETEVENTS`, runs deferred completion
+    /// work; waits for `min_complete` completions up to `timeout` (`None` = no limit).
+    ///
+    /// `EINTR`, `ETIME` and `EBUSY` are not errors here: the caller reads the
+    /// clock and the CQ afterwards to learn what happened.
+    pub fn enter(
+        &mut self,
+        min_complete: u32,
+        flags: u32,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let to_submit = self.pending();
+        let ts = timeout.map(sys::KernelTimespec::from_duration);
+        self.enters += 1;
+        match sys::io_uring_enter(
+            self.enter_fd,
+            to_submit,
+            min_complete,
+            flags | self.enter_flags,
+            ts.as_ref(),
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR | libc::ETIME | libc::EBUSY | libc::EAGAIN) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Submits and reaps without blocking: runs deferred task work so that
+    /// cancellations take effect and ready completions become visible.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.enter(0, sys::ENTER_GETEVENTS, None)
+    }
+
+    /// Blocks until at least one completion or the timeout.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.enter(1, sys::ENTER_GETEVENTS, timeout)
+    }
+
+    /// Moves every visible CQE into `out`, flushing the kernel's overflow list
+    /// until it is empty: a full CQ loses nothing. Returns how many overflow
+    /// flushes were needed.
+    pub fn reap(&mut self, out: &mut Vec<cqueue::Entry>) -> io::Result<u64> {
+        let mut overflow_flushes = 0;
+        loop {
+            out.extend(self.ring.completion());
+            if !self.ring.submission().cq_overflow() {
+                return Ok(overflow_flushes);
+            }
+            overflow_flushes += 1;
+            self.enter(0, sys::ENTER_GETEVENTS, None)?;
+        }
+    }
+}
+
+fn check_required(f: &Features) -> Result<()> {
+    let missing = if !f.ext_arg {
+        Some("IORING_FEAT_EXT_ARG (timed waits, Linux 5.11)")
+    } else if !f.nodrop {
+        Some("IORING_FEAT_NODROP (no lost completions, Linux 5.5)")
+    } else {
+        REQUIRED_OPCODES
+            .iter()
+            .find(|(code, _)| !f.supports_opcode(*code))
+            .map(|(_, name)| *name)
+    };
+    match missing {
+        Some(missing) => Err(Error::KernelTooOld {
+            release: f.kernel.clone(),
+            missing,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Explains a failed `io_uring_setup` in terms a person can act on.
+fn unavailable(e: io::Error) -> Error {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOSYS) => {
+            "the kernel has no io_uring, or a seccomp filter (Docker's default profile) \
+             blocks io_uring_setup; run on Linux 6.1+ and allow io_uring_setup, \
+             io_uring_enter and io_uring_register in the container's seccomp profile"
+        }
+        Some(libc::EPERM) if disabled > 0 => {
+            "io_uring is disabled by the sysctl kernel.io_uring_disabled; \
+             set it to 0 (or 1 and add this user to kernel.io_uring_group)"
+        }
+        Some(libc::EPERM) => {
+            "the call was refused, most likely by a seccomp filter (Docker's default \
+             profile blocks io_uring); allow io_uring_setup, io_uring_enter and \
+             io_uring_register"
+        }
+        Some(libc::ENOMEM) => {
+            "not enough locked memory for the ring (RLIMIT_MEMLOCK on kernels before 5.12); \
+             raise `ulimit -l` or build the loop with fewer entries"
+        }
+        Some(libc::EMFILE | libc::ENFILE) => {
+            "out of file descriptors; close some or raise `ulimit -n`"
+        }
+        Some(libc::EINVAL) => {
+            "the kernel rejected every ring configuration; run on Linux 6.1 or newer"
+        }
+        _ => "io_uring_setup failed; check that the kernel supports io_uring",
+    };
+    Error::Unavailable { source: e, hint }
+}
