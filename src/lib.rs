@@ -24,9 +24,13 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod net;
+pub mod op;
 pub mod reactor;
 mod ring;
+pub mod rt;
 mod sys;
+pub mod time;
 
 pub use error::{Error, Result};
 pub use reactor::{
