@@ -24,11 +24,14 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod fs;
+pub mod io;
 pub mod net;
 pub mod op;
 pub mod reactor;
 mod ring;
 pub mod rt;
+pub mod signal;
 mod sys;
 pub mod time;
 
