@@ -412,7 +412,9 @@ fn on_watch_event(h: &Handle, ev: FdEvent, state: &Rc<RefCell<State>>) {
             r = r | Ready::WRITABLE;
         }
         if ev.ready.contains(Interest::ERROR) {
-            r = r | Ready::ERROR;
+            // The reactor reports error and hang-up alike; a hang-up is the
+            // usual case and must stay visible, so treat it as one.
+            r = r | Ready::ERROR | Ready::READ_CLOSED;
         }
         let wake = st.on_ready(r);
         (wake, wanted(&st))
