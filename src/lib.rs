@@ -21,6 +21,13 @@
 //! before the fd is closed, so the peer sees EOF at once), timers on the
 //! monotonic clock, immediates, signals through a signalfd, immediates from
 //! other threads, and a generic "submit any operation" API.
+//!
+//! On top of it, ordinary async Rust: the [`rt`] executor (`block_on`,
+//! `spawn`, `JoinHandle`), [`time`] (sleep, timeout, interval), completion-
+//! based sockets in [`net`] and files in [`fs`] (the `(result, buf)` pattern:
+//! operations own their buffers), readiness for foreign fds in [`io`]
+//! (`AsyncFd`), [`signal`] streams, and [`op::submit`] for any raw io_uring
+//! operation.
 #![warn(missing_docs)]
 
 pub mod error;

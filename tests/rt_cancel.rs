@@ -187,7 +187,7 @@ fn dropping_the_runtime_with_ops_in_flight_cleans_up() {
         let rt = Runtime::new().unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let client = rt.block_on(async move {
+        rt.block_on(async move {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             // An accept and a recv left in flight.
             rt::spawn(async move {

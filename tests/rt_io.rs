@@ -66,7 +66,7 @@ fn asyncfd_readable_waits_after_would_block() {
                 g.try_io(|mut s| s.read(&mut buf)).is_err(),
                 "WouldBlock clears readiness"
             );
-            drop(g);
+
             let r = time::timeout(Duration::from_millis(30), a.readable()).await;
             assert!(r.is_err(), "readiness was cleared (multishot={multishot})");
             // A write from another thread wakes the blocked loop.
@@ -93,13 +93,13 @@ fn asyncfd_surfaces_hangup() {
                 .expect("hang-up makes it readable")
                 .unwrap();
             assert!(g.ready().is_read_closed(), "{:?}", g.ready());
-            drop(g);
+
             let mut buf = [0u8; 4];
             assert_eq!(read_some(&a, &mut buf).await.unwrap(), 0);
             // Readiness of a closed side is never cleared: no hang.
             let mut g = a.readable().await.unwrap();
             g.clear_ready();
-            drop(g);
+
             time::timeout(Duration::from_secs(10), a.readable())
                 .await
                 .expect("closed stays ready")
