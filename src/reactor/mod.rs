@@ -409,6 +409,11 @@ impl Handle {
         self.with(|st| st.epoch + Duration::from_nanos(st.now_ns()))
     }
 
+    /// How long an idle iteration may block.
+    pub fn wait_timeout(&self) -> Result<WaitTimeout> {
+        self.with(|st| st.wait_timeout)
+    }
+
     /// Sets how long an idle iteration may block.
     pub fn set_wait_timeout(&self, timeout: WaitTimeout) -> Result<()> {
         self.with(|st| st.wait_timeout = timeout)
