@@ -183,7 +183,9 @@ impl Ring {
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
-            self.enter(0, 0, None)?;
+            // GETEVENTS too: on kernels that refuse submission while the CQ
+            // overflow list is non-empty (EBUSY), this flushes it.
+            self.enter(0, sys::ENTER_GETEVENTS, None)?;
         }
     }
 

@@ -455,6 +455,8 @@ impl Handle {
     }
 
     /// Runs iterations until no event is left (see [`Handle::has_events`]).
+    ///
+    /// In [`WaitTimeout::Never`] mode this polls without blocking until then.
     pub fn run(&self) -> Result<()> {
         while self.has_events()? {
             match self.run_once() {
