@@ -126,7 +126,7 @@ fn fd_watches(lp: &Handle, start: Instant) -> Result<(), Box<dyn std::error::Err
                 let text = String::from_utf8_lossy(&buf[..n]);
                 say!(
                     start,
-                    "READ {:?}: got {text:?}; still readable means called again",
+                    "handler called with {:?}: read {text:?} (more may be waiting: level-triggered)",
                     ev.ready
                 );
             }
@@ -146,7 +146,7 @@ fn fd_watches(lp: &Handle, start: Instant) -> Result<(), Box<dyn std::error::Err
     lp.add_fd(w.into(), Interest::WRITE, move |lp, ev| {
         say!(
             start,
-            "WRITE {:?}: writable; switching the interest to NONE",
+            "handler called with {:?}: writable; setting the interest to NONE",
             ev.ready
         );
         lp.set_interest(ev.id, Interest::NONE).unwrap();
