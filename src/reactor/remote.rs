@@ -50,7 +50,7 @@ impl RemoteShared {
 /// ```
 /// use ringloop::EventLoop;
 /// let lp = EventLoop::new()?;
-/// let remote = lp.remote();
+/// let remote = lp.remote()?;
 /// std::thread::spawn(move || remote.schedule(|_| println!("on the loop's thread")).unwrap())
 ///     .join()
 ///     .unwrap();
