@@ -54,8 +54,7 @@ impl RemoteShared {
 /// std::thread::spawn(move || remote.schedule(|_| println!("on the loop's thread")).unwrap())
 ///     .join()
 ///     .unwrap();
-/// lp.run_once()?; // wakes, turns the closure into an immediate
-/// lp.run_once()?; // runs it
+/// lp.run_once()?; // wakes up, queues the closure as an immediate and runs it
 /// # Ok::<(), ringloop::Error>(())
 /// ```
 #[derive(Clone)]
