@@ -16,287 +16,228 @@
 //!   renames it (`* OLD is now NEW`);
 //! - when it leaves, the others get `* NAME left`.
 //!
-//! Written with the callback API: one [`Handle::add_fd`] watch per client,
-//! all clients in one shared `Room`. What it takes care of:
+//! Written with the async API ([`ringloop::rt`], [`ringloop::net`]): each
+//! client has a reader task (this connection's `client` future) and a
+//! writer task that drains the client's outbox. Tasks run on the loop's
+//! thread, so the room is a plain `Rc<RefCell<..>>`. What it takes care of:
 //! - a client that vanishes mid-line: its unfinished line is dropped;
 //! - a client that vanishes while the server writes to it (reset, broken
-//!   pipe): only that client is dropped, the broadcast goes on to the others;
-//! - a slow client: its unsent output is kept and the watch waits for
-//!   WRITE as well as READ; past 1 MiB of backlog it is disconnected, so one
-//!   client that does not read cannot make the server grow without bound;
+//!   pipe): its writer stops and shuts the socket down, which ends its
+//!   reader; the others are not affected;
+//! - a slow client: its outbox grows while it does not read; past 1 MiB it
+//!   is disconnected, so one client cannot make the server grow without bound;
 //! - lines over 4 KiB are cut into pieces; bytes that are not UTF-8 are
 //!   replaced.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::future::poll_fn;
+use std::io::Write;
+use std::net::Shutdown;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use ringloop::{EventLoop, FdEvent, FdId, Handle, Interest};
+use ringloop::net::{TcpListener, TcpStream};
+use ringloop::rt;
 
 const MAX_LINE: usize = 4096;
 const MAX_BACKLOG: usize = 1 << 20;
 const READ_CHUNK: usize = 16 * 1024;
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("chat: {e}");
+    let mut args = std::env::args().skip(1);
+    let (Some(addr), None) = (args.next(), args.next()) else {
+        eprintln!("usage: chat ADDR (for example 127.0.0.1:7100)");
+        std::process::exit(2);
+    };
+    if let Err(e) = run(&addr) {
+        eprintln!("chat: {addr}: {e}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .ok_or("usage: chat ADDR (for example 127.0.0.1:7100)")?;
-    let listener = TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-
-    let lp = EventLoop::new()?;
-    let room = Rc::new(RefCell::new(Room::default()));
-    let accepter = listener.try_clone()?;
-    lp.add_fd(listener.into(), Interest::READ, move |lp, ev| {
+fn run(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = rt::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(addr)?;
+        println!("listening on {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        let room = Rc::new(Room::default());
         loop {
-            match accepter.accept() {
-                Ok((stream, _)) => {
-                    if let Err(e) = join(lp, &room, stream) {
-                        eprintln!("chat: dropping a connection: {e}");
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            match listener.accept().await {
+                // Detached: the task runs until its client leaves.
+                Ok((stream, _)) => drop(rt::spawn(client(room.clone(), stream))),
                 Err(e) => {
-                    eprintln!("chat: accept failed: {e}; pausing for 100 ms");
-                    pause(lp, ev.id);
-                    return;
+                    // Out of fds and the like: keep serving the others.
+                    eprintln!("chat: accept failed: {e}");
+                    ringloop::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-    })?;
-
-    println!("listening on {local}");
-    io::stdout().flush()?;
-    lp.run()?;
-    Ok(())
-}
-
-/// Stops accepting for a while (when out of fds, say), since the
-/// level-triggered listener would otherwise be reported again at once.
-fn pause(lp: &Handle, id: FdId) {
-    if lp.set_interest(id, Interest::NONE).is_ok() {
-        let _ = lp.add_timer(Duration::from_millis(100), move |lp| {
-            let _ = lp.set_interest(id, Interest::READ);
-        });
-    }
+    })
 }
 
 #[derive(Default)]
 struct Room {
-    clients: HashMap<FdId, Client>,
-    guests: u64,
+    clients: RefCell<HashMap<u64, Rc<Client>>>,
+    guests: Cell<u64>,
 }
 
 struct Client {
-    name: String,
-    /// A duplicate of the fd the watch owns; the watch's removal closes both.
+    name: RefCell<String>,
     stream: TcpStream,
-    /// An unfinished line.
-    input: Vec<u8>,
-    /// What the socket has not taken yet.
-    output: Vec<u8>,
+    outbox: RefCell<Outbox>,
 }
 
-fn join(lp: &Handle, room: &Rc<RefCell<Room>>, stream: TcpStream) -> io::Result<()> {
-    stream.set_nonblocking(true)?;
-    let dup = stream.try_clone()?;
-    let shared = room.clone();
-    let id = lp.add_fd(stream.into(), Interest::READ, move |lp, ev| {
-        on_client_event(lp, &shared, ev)
-    })?;
-    let mut r = room.borrow_mut();
-    r.guests += 1;
-    let name = format!("guest{}", r.guests);
-    r.clients.insert(
-        id,
-        Client {
-            name: name.clone(),
-            stream: dup,
-            input: Vec::new(),
-            output: Vec::new(),
-        },
-    );
-    let online = r.clients.len();
-    let mut gone = Vec::new();
-    r.send(
-        lp,
-        id,
-        format!("* welcome {name} ({online} online)\n").as_bytes(),
-        &mut gone,
-    );
-    r.broadcast(lp, id, format!("* {name} joined\n").as_bytes(), &mut gone);
-    drop(r);
-    leave_all(lp, room, gone);
-    Ok(())
-}
-
-fn on_client_event(lp: &Handle, room: &Rc<RefCell<Room>>, ev: FdEvent) {
-    let mut gone = Vec::new();
-    {
-        let mut r = room.borrow_mut();
-        if ev.ready.contains(Interest::WRITE) {
-            r.flush(lp, ev.id, &mut gone);
-        }
-        if ev.ready.contains(Interest::READ) {
-            r.read(lp, ev.id, &mut gone);
-        }
-    }
-    leave_all(lp, room, gone);
-}
-
-/// Removes clients that left or failed, telling the others; those that fail
-/// while being told are removed in turn.
-fn leave_all(lp: &Handle, room: &Rc<RefCell<Room>>, mut gone: Vec<FdId>) {
-    while let Some(id) = gone.pop() {
-        let Some(client) = room.borrow_mut().clients.remove(&id) else {
-            continue;
-        };
-        // Closes the client's socket (the dup first, then the watch's own fd):
-        // it sees EOF before remove_fd returns. Not under the room's borrow,
-        // because this drops the watch's handler.
-        drop(client.stream);
-        let _ = lp.remove_fd(id);
-        let msg = format!("* {} left\n", client.name);
-        room.borrow_mut()
-            .broadcast(lp, id, msg.as_bytes(), &mut gone);
-    }
+/// What is waiting to be written to one client.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    /// The client is gone or being dropped: its writer stops.
+    closed: bool,
+    /// The writer task, when it waits for bytes.
+    waker: Option<Waker>,
 }
 
 impl Room {
-    /// Reads once (the watch is level-triggered: more input means another
-    /// call) and broadcasts every complete line.
-    fn read(&mut self, lp: &Handle, id: FdId, gone: &mut Vec<FdId>) {
-        let Some(client) = self.clients.get_mut(&id) else {
-            return;
-        };
-        let mut buf = [0u8; READ_CHUNK];
-        let n = match client.stream.read(&mut buf) {
-            Ok(0) => {
-                // EOF: an unfinished line is dropped with the client.
-                gone.push(id);
-                return;
-            }
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => return,
-            Err(_) => {
-                gone.push(id);
-                return;
-            }
-        };
-        client.input.extend_from_slice(&buf[..n]);
-        let mut lines = Vec::new();
-        let mut start = 0;
-        let input = &client.input;
-        while let Some(off) = input[start..].iter().position(|&b| b == b'\n') {
-            lines.push(input[start..start + off].to_vec());
-            start += off + 1;
-        }
-        while input.len() - start > MAX_LINE {
-            lines.push(input[start..start + MAX_LINE].to_vec());
-            start += MAX_LINE;
-        }
-        client.input.drain(..start);
-        for line in lines {
-            self.said(lp, id, &line, gone);
-        }
-    }
-
-    /// Handles one line from a client.
-    fn said(&mut self, lp: &Handle, id: FdId, line: &[u8], gone: &mut Vec<FdId>) {
-        let Some(client) = self.clients.get_mut(&id) else {
-            return;
-        };
-        let text = String::from_utf8_lossy(line);
-        let text = text.strip_suffix('\r').unwrap_or(&text);
-        if let Some(new) = text.strip_prefix("/nick ") {
-            let new: String = new.split_whitespace().collect::<Vec<_>>().join("_");
-            if new.is_empty() {
-                return;
-            }
-            let old = std::mem::replace(&mut client.name, new.clone());
-            let msg = format!("* {old} is now {new}\n");
-            self.broadcast(lp, id, msg.as_bytes(), gone);
-            self.send(lp, id, msg.as_bytes(), gone);
-        } else {
-            let msg = format!("{}: {text}\n", client.name);
-            self.broadcast(lp, id, msg.as_bytes(), gone);
-        }
-    }
-
     /// Sends `msg` to everyone but `from`.
-    fn broadcast(&mut self, lp: &Handle, from: FdId, msg: &[u8], gone: &mut Vec<FdId>) {
-        let ids: Vec<FdId> = self
-            .clients
-            .keys()
-            .copied()
-            .filter(|&k| k != from)
-            .collect();
-        for id in ids {
-            self.send(lp, id, msg, gone);
-        }
-    }
-
-    /// Queues `msg` for one client and writes what the socket takes.
-    fn send(&mut self, lp: &Handle, id: FdId, msg: &[u8], gone: &mut Vec<FdId>) {
-        if gone.contains(&id) {
-            return;
-        }
-        let Some(client) = self.clients.get_mut(&id) else {
-            return;
-        };
-        client.output.extend_from_slice(msg);
-        if client.output.len() > MAX_BACKLOG {
-            // It stopped reading: drop it rather than buffer without bound.
-            gone.push(id);
-            return;
-        }
-        if client.output.len() == msg.len() {
-            // Nothing was queued before: try the socket now.
-            self.flush(lp, id, gone);
-        }
-    }
-
-    /// Writes queued output; waits for WRITE (and READ, which also reports a
-    /// hang-up) while some is left.
-    fn flush(&mut self, lp: &Handle, id: FdId, gone: &mut Vec<FdId>) {
-        let Some(client) = self.clients.get_mut(&id) else {
-            return;
-        };
-        let mut written = 0;
-        while written < client.output.len() {
-            match client.stream.write(&client.output[written..]) {
-                Ok(0) => {
-                    gone.push(id);
-                    return;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    // Reset or broken pipe: this client vanished mid-write.
-                    gone.push(id);
-                    return;
-                }
+    fn broadcast(&self, from: u64, msg: &str) {
+        for (&id, client) in self.clients.borrow().iter() {
+            if id != from {
+                client.send(msg);
             }
         }
-        client.output.drain(..written);
-        let interest = if client.output.is_empty() {
-            Interest::READ
-        } else {
-            Interest::READ | Interest::WRITE
-        };
-        let _ = lp.set_interest(id, interest);
+    }
+}
+
+impl Client {
+    /// Queues `msg` and wakes the writer; drops a client that does not read.
+    fn send(&self, msg: &str) {
+        let mut out = self.outbox.borrow_mut();
+        if out.closed {
+            return;
+        }
+        if out.bytes.len() + msg.len() > MAX_BACKLOG {
+            drop(out);
+            self.close();
+            return;
+        }
+        out.bytes.extend_from_slice(msg.as_bytes());
+        if let Some(w) = out.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Stops the writer and ends the reader: `shutdown` makes the pending
+    /// receive return end-of-stream.
+    fn close(&self) {
+        let mut out = self.outbox.borrow_mut();
+        out.closed = true;
+        if let Some(w) = out.waker.take() {
+            w.wake();
+        }
+        drop(out);
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// One connection: joins, reads lines until the client leaves, then leaves.
+async fn client(room: Rc<Room>, stream: TcpStream) {
+    let id = room.guests.get() + 1;
+    room.guests.set(id);
+    let name = format!("guest{id}");
+    let me = Rc::new(Client {
+        name: RefCell::new(name.clone()),
+        stream,
+        outbox: RefCell::default(),
+    });
+    room.clients.borrow_mut().insert(id, me.clone());
+    let writer = rt::spawn(write_loop(me.clone()));
+    let online = room.clients.borrow().len();
+    me.send(&format!("* welcome {name} ({online} online)\n"));
+    room.broadcast(id, &format!("* {name} joined\n"));
+
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let mut line = Vec::new();
+    'reading: loop {
+        buf.clear();
+        let (result, b) = me.stream.read(buf).await;
+        buf = b;
+        match result {
+            // End of stream (an unfinished line is dropped), a reset, or
+            // `close` from a writer that failed.
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        for piece in buf.split_inclusive(|&b| b == b'\n') {
+            line.extend_from_slice(piece);
+            while line.len() > MAX_LINE {
+                said(&room, id, &me, &line[..MAX_LINE]);
+                line.drain(..MAX_LINE);
+            }
+            if line.ends_with(b"\n") {
+                said(&room, id, &me, &line);
+                line.clear();
+            }
+            if me.outbox.borrow().closed {
+                break 'reading;
+            }
+        }
+    }
+
+    room.clients.borrow_mut().remove(&id);
+    me.close();
+    let _ = writer.await;
+    room.broadcast(id, &format!("* {} left\n", me.name.borrow()));
+    // The last `Rc<Client>` goes here, and with it the socket.
+}
+
+/// Handles one line from client `id`.
+fn said(room: &Room, id: u64, me: &Client, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\r', '\n']);
+    if let Some(new) = text.strip_prefix("/nick ") {
+        let new = new.split_whitespace().collect::<Vec<_>>().join("_");
+        if new.is_empty() {
+            return;
+        }
+        let old = me.name.replace(new.clone());
+        let msg = format!("* {old} is now {new}\n");
+        room.broadcast(id, &msg);
+        me.send(&msg);
+    } else {
+        room.broadcast(id, &format!("{}: {text}\n", me.name.borrow()));
+    }
+}
+
+/// Writes whatever is queued for `client`, until it is closed.
+async fn write_loop(client: Rc<Client>) {
+    let mut buf = Vec::new();
+    loop {
+        let more = poll_fn(|cx| {
+            let mut out = client.outbox.borrow_mut();
+            if out.closed {
+                Poll::Ready(false)
+            } else if !out.bytes.is_empty() {
+                std::mem::swap(&mut out.bytes, &mut buf);
+                Poll::Ready(true)
+            } else {
+                out.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        if !more {
+            return;
+        }
+        let (result, b) = client.stream.write_all(buf).await;
+        buf = b;
+        buf.clear();
+        if result.is_err() {
+            // It vanished while we wrote to it: end its reader too.
+            client.close();
+            return;
+        }
     }
 }

@@ -8,7 +8,8 @@
 //! section's events are done ([`Handle::run`] returns when nothing is left):
 //! fd watches on a socket pair (level-triggered), "close means closed",
 //! timers, immediates, an immediate scheduled from another thread, a signal,
-//! a generic io_uring operation, and the loop's statistics and trace hook.
+//! a generic io_uring operation, the async API (tasks, TCP sockets, sleep
+//! and timeout on the same loop), and the loop's statistics and trace hook.
 
 use std::cell::{Cell, RefCell};
 use std::io::{ErrorKind, Read, Write};
@@ -17,7 +18,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
-use ringloop::{EventKind, EventLoop, Handle, Interest, TracePoint};
+use ringloop::net::{TcpListener, TcpStream};
+use ringloop::{EventKind, EventLoop, Handle, Interest, TracePoint, rt, time};
 
 fn main() {
     if let Err(e) = run() {
@@ -60,6 +62,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     cross_thread(&lp, start)?;
     signal(&lp, start)?;
     generic_op(&lp, start)?;
+    // The runtime takes the loop over; its handle still reaches the loop.
+    let runtime = async_api(lp, start)?;
+    let lp = runtime.handle();
 
     section("statistics");
     let s = lp.stats()?;
@@ -317,4 +322,44 @@ fn generic_op(lp: &Handle, start: Instant) -> Result<(), Box<dyn std::error::Err
     }
     lp.run()?;
     Ok(())
+}
+
+/// The futures API on the same loop: a runtime, two tasks talking over TCP,
+/// a sleep and a timeout.
+fn async_api(lp: EventLoop, start: Instant) -> Result<rt::Runtime, Box<dyn std::error::Error>> {
+    section("the async API: tasks, sockets and timers on the same loop");
+    let runtime = rt::Runtime::with_loop(lp)?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        say!(start, "listening on {addr}; spawning a server task");
+        let server = rt::spawn(async move {
+            let (stream, peer) = listener.accept().await?;
+            say!(start, "server task: accepted {peer}");
+            let (n, buf) = stream.read(Vec::with_capacity(64)).await;
+            let n = n?;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            say!(start, "server task: read {text:?}, writing it back");
+            stream.write_all(buf).await.0?;
+            std::io::Result::Ok(())
+        });
+        let client = TcpStream::connect(addr).await?;
+        say!(start, "main task: connected, sending \"hello, ring\"");
+        client.write_all(b"hello, ring".to_vec()).await.0?;
+        let (n, buf) = client.read(Vec::with_capacity(64)).await;
+        let text = String::from_utf8_lossy(&buf[..n?]).into_owned();
+        say!(start, "main task: got back {text:?}");
+        server.await.map_err(|e| format!("server task: {e}"))??;
+
+        let before = Instant::now();
+        time::sleep(Duration::from_millis(10)).await;
+        say!(start, "slept 10 ms: {:?} passed", before.elapsed());
+        let slow = time::sleep(Duration::from_secs(60));
+        match time::timeout(Duration::from_millis(10), slow).await {
+            Err(elapsed) => say!(start, "a 60 s sleep under a 10 ms timeout: {elapsed}"),
+            Ok(()) => say!(start, "unexpected: the 60 s sleep finished"),
+        }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    Ok(runtime)
 }

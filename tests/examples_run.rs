@@ -81,6 +81,7 @@ fn demo_shows_every_kind_of_event() {
             "on the loop's thread",
             "SIGUSR1 handled",
             "IORING_OP_READ of /proc/self/stat",
+            "main task: got back",
             "iterations=",
         ],
     );
