@@ -456,6 +456,9 @@ impl Handle {
 
     /// Runs iterations until no event is left (see [`Handle::has_events`]).
     pub fn run(&self) -> Result<()> {
+        if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
+            return Err(Error::Nested);
+        }
         while self.has_events()? {
             match self.run_once() {
                 Ok(()) | Err(Error::WouldBlock) => {}
