@@ -435,7 +435,14 @@ impl Handle {
         self.inner.depth.set(self.inner.depth.get() + 1);
         let _depth = DepthGuard(&self.inner.depth);
 
-        if let Some(d) = self.with(|st| st.next_dispatch())? {
+        // A signal delivered since the last iteration is pending now, as in
+        // tevent (whose signal handler sets a flag): look at the signalfd
+        // before picking an immediate, rather than waiting for its poll to be
+        // reaped in the fd phase.
+        if let Some(d) = self.with(|st| {
+            st.check_signals();
+            st.next_dispatch()
+        })? {
             self.dispatch(d);
             return Ok(());
         }

@@ -219,6 +219,14 @@ impl State {
         self.push_internal(entry);
     }
 
+    /// Reads the signalfd now if any signal is watched (one non-blocking
+    /// `read`), so deliveries are pending before the immediate phase.
+    pub(super) fn check_signals(&mut self) {
+        if !self.signals.watches.is_empty() {
+            self.read_signals();
+        }
+    }
+
     /// Reads every queued `signalfd_siginfo` and counts deliveries.
     pub(super) fn read_signals(&mut self) {
         self.signals.read_needed = false;
