@@ -41,8 +41,17 @@ fn dispatch_order_signal_immediate_timer_fd() {
     for expected in ["signal", "immediate", "timer", "fd"] {
         let before = order.borrow().len();
         lp.run_once().unwrap();
-        assert_eq!(order.borrow().len(), before + 1, "one handler per iteration");
-        assert_eq!(*order.borrow().last().unwrap(), expected, "{:?}", order.borrow());
+        assert_eq!(
+            order.borrow().len(),
+            before + 1,
+            "one handler per iteration"
+        );
+        assert_eq!(
+            *order.borrow().last().unwrap(),
+            expected,
+            "{:?}",
+            order.borrow()
+        );
     }
     lp.remove_signal(sid).unwrap();
     assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
@@ -153,7 +162,10 @@ fn handler_emptying_another_ready_watch_interest_prevents_its_dispatch() {
     for id in ids {
         assert_eq!(lp.interest(id).unwrap(), Interest::NONE);
     }
-    assert!(!lp.has_events().unwrap(), "empty interest keeps nothing alive");
+    assert!(
+        !lp.has_events().unwrap(),
+        "empty interest keeps nothing alive"
+    );
 }
 
 /// §1.4: "never block" with nothing to do reports WouldBlock.
@@ -164,7 +176,8 @@ fn never_block_reports_would_block() {
     assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
     // A watch that is not ready does not change that.
     let (a, _b) = socketpair();
-    lp.add_fd(a, Interest::READ, |_, _| panic!("not ready")).unwrap();
+    lp.add_fd(a, Interest::READ, |_, _| panic!("not ready"))
+        .unwrap();
     assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
     // Nor does a timer that is not due.
     lp.add_timer(Duration::from_secs(60), |_| panic!("not due"))
@@ -277,7 +290,9 @@ fn nested_iteration_does_not_recurse_into_running_fd_handler() {
 fn run_returns_when_nothing_is_left() {
     let lp = loop_with_timeout(Duration::from_secs(10));
     let (a, _b) = socketpair();
-    let id = lp.add_fd(a, Interest::NONE, |_, _| panic!("not monitored")).unwrap();
+    let id = lp
+        .add_fd(a, Interest::NONE, |_, _| panic!("not monitored"))
+        .unwrap();
     let start = Instant::now();
     lp.run().unwrap();
     assert!(start.elapsed() < Duration::from_secs(5));

@@ -12,11 +12,7 @@ use ringloop::{EventLoop, FdEvent, FdId, Handle, Interest};
 
 /// Watches `fd` with `interest`, recording every dispatch and checking that
 /// its flags are a non-empty subset of the watch's interest at dispatch time.
-fn recorder(
-    lp: &EventLoop,
-    fd: OwnedFd,
-    interest: Interest,
-) -> (FdId, Rc<RefCell<Vec<Interest>>>) {
+fn recorder(lp: &EventLoop, fd: OwnedFd, interest: Interest) -> (FdId, Rc<RefCell<Vec<Interest>>>) {
     let seen = Rc::new(RefCell::new(Vec::new()));
     let s = seen.clone();
     let id = lp
@@ -121,7 +117,10 @@ fn read_error_peer_closed_reports_both() {
     lp.run_once().unwrap();
     assert_eq!(
         *seen.borrow(),
-        [Interest::READ | Interest::ERROR, Interest::READ | Interest::ERROR]
+        [
+            Interest::READ | Interest::ERROR,
+            Interest::READ | Interest::ERROR
+        ]
     );
 }
 
@@ -235,7 +234,10 @@ fn write_peer_shut_wr_full_buffer_does_not_spin() {
     );
     assert_eq!(lp.interest(id).unwrap(), Interest::WRITE);
     // The peer drains: writable again.
-    while !recv_now(b.as_raw_fd(), 1 << 20).unwrap_or_default().is_empty() {}
+    while !recv_now(b.as_raw_fd(), 1 << 20)
+        .unwrap_or_default()
+        .is_empty()
+    {}
     run_until(&lp, 50, || !seen.borrow().is_empty());
     assert_eq!(seen.borrow()[0], Interest::WRITE);
 }
@@ -300,7 +302,11 @@ fn interest_changes_from_inside_handler() {
     spin(&lp, 10);
     assert_eq!(
         *seen.borrow(),
-        [Interest::READ, Interest::WRITE, Interest::READ | Interest::WRITE]
+        [
+            Interest::READ,
+            Interest::WRITE,
+            Interest::READ | Interest::WRITE
+        ]
     );
 }
 
