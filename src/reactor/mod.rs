@@ -415,7 +415,8 @@ impl Handle {
 
     /// Whether the loop still has events that keep [`Handle::run`] going:
     /// timers, scheduled immediates, watches with a non-empty interest,
-    /// signal watches or in-flight operations.
+    /// signal watches, in-flight operations or
+    /// immediates scheduled from other threads and not yet taken.
     pub fn has_events(&self) -> Result<bool> {
         self.with(|st| st.has_events())
     }
@@ -610,6 +611,7 @@ impl State {
             || self.active_watches > 0
             || !self.signals.is_empty()
             || self.user_ops > 0
+            || self.remote.has_pending()
     }
 
     /// Queues an SQE that references no user memory.
