@@ -482,6 +482,11 @@ impl Handle {
         match d {
             Dispatch::Signals(list) => {
                 for (id, mut handler, event) in list {
+                    // An earlier handler of this batch may have removed this watch.
+                    if !self.with(|st| st.signals.contains(id)).unwrap_or(false) {
+                        drop(handler);
+                        continue;
+                    }
                     handler(self, event);
                     let leftover = self.with(|st| st.signals.restore(id, handler));
                     drop(leftover);

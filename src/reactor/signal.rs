@@ -84,6 +84,10 @@ impl Signals {
         self.watches.is_empty()
     }
 
+    pub fn contains(&self, id: SignalId) -> bool {
+        self.watches.contains_key(id)
+    }
+
     pub fn needs_read(&self) -> bool {
         self.read_needed
     }
