@@ -213,3 +213,14 @@ pub fn wait_child(pid: libc::pid_t) -> i32 {
         -1
     }
 }
+
+/// A blocking pipe `(reader, writer)`: io_uring reads on it wait for data
+/// instead of failing with EAGAIN.
+pub fn blocking_pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: both fds were just created and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
