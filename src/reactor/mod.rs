@@ -454,7 +454,8 @@ impl Handle {
 
     /// Whether the loop still has events that keep [`Handle::run`] going:
     /// timers, scheduled immediates, watches with a non-empty interest,
-    /// signal watches or in-flight operations.
+    /// signal watches, in-flight operations or
+    /// immediates scheduled from other threads and not yet taken.
     pub fn has_events(&self) -> Result<bool> {
         self.with(|st| st.has_events())
     }
@@ -474,7 +475,14 @@ impl Handle {
         self.inner.depth.set(self.inner.depth.get() + 1);
         let _depth = DepthGuard(&self.inner.depth);
 
-        if let Some(d) = self.with(|st| st.next_dispatch())? {
+        // A signal delivered since the last iteration is pending now, as in
+        // tevent (whose signal handler sets a flag): look at the signalfd
+        // before picking an immediate, rather than waiting for its poll to be
+        // reaped in the fd phase.
+        if let Some(d) = self.with(|st| {
+            st.check_signals();
+            st.next_dispatch()
+        })? {
             self.dispatch(d);
             return Ok(());
         }
@@ -497,6 +505,9 @@ impl Handle {
     ///
     /// In [`WaitTimeout::Never`] mode this polls without blocking until then.
     pub fn run(&self) -> Result<()> {
+        if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
+            return Err(Error::Nested);
+        }
         while self.has_events()? {
             match self.run_once() {
                 Ok(()) | Err(Error::WouldBlock) => {}
@@ -512,6 +523,11 @@ impl Handle {
         match d {
             Dispatch::Signals(list) => {
                 for (id, mut handler, event) in list {
+                    // An earlier handler of this batch may have removed this watch.
+                    if !self.with(|st| st.signals.contains(id)).unwrap_or(false) {
+                        drop(handler);
+                        continue;
+                    }
                     handler(self, event);
                     let leftover = self.with(|st| st.signals.restore(id, handler));
                     drop(leftover);
@@ -646,6 +662,7 @@ impl State {
             || self.active_watches > 0
             || !self.signals.is_empty()
             || self.user_ops > 0
+            || self.remote.has_pending()
     }
 
     /// Queues an SQE that references no user memory.
