@@ -24,6 +24,13 @@ const MAX_TIMERS: usize = 12;
 const MAX_IMMEDIATES: usize = 12;
 const MS: u64 = 1_000_000;
 
+/// Operation codes by weight: adding watches, peer activity and running
+/// iterations come up most.
+const WEIGHTS: [u8; 40] = [
+    0, 1, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+    23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23,
+];
+
 /// What a handler does each time it runs.
 #[derive(Debug, Clone, Copy)]
 enum Action {
@@ -546,8 +553,12 @@ pub fn check_ops(data: &[u8]) {
     lp.set_trace_hook(Some(Box::new(move |p| trace(&s2, p))));
 
     let mut src = Src::new(data);
+    let first = src.u8();
+    let mut ops_bytes = vec![0, 0, first, 0, 0, first / 3];
+    ops_bytes.extend_from_slice(src.rest());
+    let mut src = Src::new(&ops_bytes);
     while !src.is_empty() {
-        let op = src.u8();
+        let op = WEIGHTS[src.u8() as usize % WEIGHTS.len()];
         let (a, b) = (src.u8(), src.u8());
         let npairs = s.borrow().pairs.len();
         let p = if npairs == 0 { 0 } else { a as usize % npairs };
@@ -681,6 +692,18 @@ pub fn check_ops(data: &[u8]) {
     }
 
     // Teardown: remove everything, let the kernel finish the cancels.
+    if std::env::var_os("RINGLOOP_MODEL_STATS").is_some() {
+        let g = s.borrow();
+        let count = |p: &str| g.log.iter().filter(|l| l.contains(p)).count();
+        eprintln!(
+            "model stats: fd runs {} timer runs {} immediate runs {} waits {} skipped {}",
+            count("    fd "),
+            count("timer ") - count("add timer"),
+            count("immediate ") - count("add immediate"),
+            count("    wait"),
+            count("(skip")
+        );
+    }
     s.borrow_mut().checking = false;
     let ids: Vec<FdId> = s.borrow().watch_ids.clone();
     for (w, id) in ids.into_iter().enumerate() {
