@@ -15,6 +15,10 @@ fn replay(target: &str, check: fn(&[u8])) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
         .join(target);
+    if !dir.exists() && std::env::var_os("RINGLOOP_IN_VM").is_some() {
+        eprintln!("{}: not copied into the VM; skipped", dir.display());
+        return;
+    }
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))

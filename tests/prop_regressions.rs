@@ -16,7 +16,9 @@ fn poll_result_i32_min_disarms_without_panic() {
         .unwrap();
     let (a, _b) = UnixStream::pair().unwrap();
     let id = lp
-        .add_fd(OwnedFd::from(a), Interest::READ, |_, _| panic!("must not run"))
+        .add_fd(OwnedFd::from(a), Interest::READ, |_, _| {
+            panic!("must not run")
+        })
         .unwrap();
     let _ = lp.run_once();
     for ud in lp.in_flight_user_data().unwrap() {

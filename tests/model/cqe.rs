@@ -31,14 +31,15 @@ fn fd_handler(s: &Rs, h: &Handle, id: FdId, ready: ringloop::Interest, fd: i32) 
     let interest = h.interest(id);
     let mut g = s.borrow_mut();
     if !g.alive.contains(&id) {
-        g.errors.push(format!("handler of removed watch {id:?} ran"));
+        g.errors
+            .push(format!("handler of removed watch {id:?} ran"));
         return;
     }
     match interest {
         Ok(i) if !ready.is_empty() && i.contains(ready) => {}
-        other => g
-            .errors
-            .push(format!("watch {id:?} got {ready:?} with interest {other:?}")),
+        other => g.errors.push(format!(
+            "watch {id:?} got {ready:?} with interest {other:?}"
+        )),
     }
     drop(g);
     // Consume what is there so a real readable fd does not spin.
@@ -63,7 +64,11 @@ fn pick_user_data(src: &mut Src, h: &Handle, s: &Rs) -> u64 {
         0 | 1 if !live.is_empty() => live[k % live.len()],
         2 => {
             let g = s.borrow();
-            if g.old.is_empty() { 0 } else { g.old[k % g.old.len()] }
+            if g.old.is_empty() {
+                0
+            } else {
+                g.old[k % g.old.len()]
+            }
         }
         3 => u64::from(src.u32()) | (u64::from(src.u32()) << 32),
         _ => 0,
@@ -152,7 +157,11 @@ pub fn check_cqe(data: &[u8]) {
                 let id = watches[a as usize % watches.len()];
                 let bits = src.u8();
                 let r = lp.set_interest(id, ringloop::Interest::from_bits_truncate(bits));
-                assert_eq!(r.is_ok(), s.borrow().alive.contains(&id), "set_interest: {r:?}");
+                assert_eq!(
+                    r.is_ok(),
+                    s.borrow().alive.contains(&id),
+                    "set_interest: {r:?}"
+                );
             }
             3 if !peers.is_empty() => {
                 let k = a as usize % peers.len();
@@ -189,7 +198,8 @@ pub fn check_cqe(data: &[u8]) {
                     1 => src.u32(),
                     _ => 0,
                 };
-                lp.inject_completion(ud, res, flags).expect("inject_completion");
+                lp.inject_completion(ud, res, flags)
+                    .expect("inject_completion");
             }
             _ => {
                 for _ in 0..=(a % 3) {
@@ -202,7 +212,11 @@ pub fn check_cqe(data: &[u8]) {
         }
         let g = s.borrow();
         assert!(g.errors.is_empty(), "{:?}", g.errors);
-        assert!(g.op_calls.iter().all(|&n| n <= 1), "a callback ran twice: {:?}", g.op_calls);
+        assert!(
+            g.op_calls.iter().all(|&n| n <= 1),
+            "a callback ran twice: {:?}",
+            g.op_calls
+        );
     }
     drop(lp);
     let g = s.borrow();

@@ -266,7 +266,9 @@ impl Model {
 
     /// Whether some live watch owns an fd of `file` (so it is still open).
     pub fn file_has_owner(&self, file: usize) -> bool {
-        self.watches.iter().any(|x| x.alive && x.owned && x.file == file)
+        self.watches
+            .iter()
+            .any(|x| x.alive && x.owned && x.file == file)
     }
 
     /// Whether some live watch watches `file`.
@@ -471,7 +473,10 @@ impl Model {
     /// Watch `w`'s handler runs with `flags`.
     pub fn on_fd(&mut self, w: usize, flags: u8) -> Check {
         if self.expect != Expect::Fd {
-            return Err(format!("watch {w} ran with {flags}, expected {:?}", self.expect));
+            return Err(format!(
+                "watch {w} ran with {flags}, expected {:?}",
+                self.expect
+            ));
         }
         if !self.alive(w) {
             return Err(format!("watch {w} ran after it was removed"));
