@@ -112,8 +112,12 @@ pub fn verdict(rev: u32, interest: u8) -> Verdict {
 pub enum Poll {
     /// No poll.
     Idle,
-    /// Armed with this mask, not ready at the last harvest.
-    Armed(u32),
+    /// Armed with this mask; the SQE is not submitted yet, so the kernel
+    /// samples readiness at the next flush.
+    Pending(u32),
+    /// Submitted and not ready; `woken` by a state change (a wake-up without
+    /// a key), so the kernel polls again at the next flush.
+    Waiting(u32, bool),
     /// Completed with `(mask, revents)` at a flush, not yet harvested.
     Done(u32, u32),
 }
@@ -216,7 +220,7 @@ impl Model {
     fn arm_if_possible(&mut self, w: usize) {
         let x = &mut self.watches[w];
         if x.alive && x.interest != 0 && x.poll == Poll::Idle && x.ready.is_none() {
-            x.poll = Poll::Armed(poll_mask(x.interest));
+            x.poll = Poll::Pending(poll_mask(x.interest));
         }
     }
 
@@ -225,7 +229,7 @@ impl Model {
     pub fn set_interest(&mut self, w: usize, interest: u8) {
         let x = &mut self.watches[w];
         let mask = match x.poll {
-            Poll::Armed(m) | Poll::Done(m, _) => Some(m),
+            Poll::Pending(m) | Poll::Waiting(m, _) | Poll::Done(m, _) => Some(m),
             Poll::Idle => None,
         };
         if let Some(m) = mask
@@ -276,15 +280,50 @@ impl Model {
         self.watches.iter().any(|x| x.alive && x.file == file)
     }
 
-    /// The kernel samples every armed poll at an `io_uring_enter` with
-    /// GETEVENTS: `readiness(file)` is what `poll(2)` says now.
+    /// An `io_uring_enter` with GETEVENTS: the kernel polls every newly
+    /// submitted poll and every one woken by a state change; `readiness(file)`
+    /// is what `poll(2)` says now.
     pub fn flush(&mut self, readiness: &dyn Fn(usize) -> u32) {
         for x in self.watches.iter_mut().filter(|x| x.alive) {
-            if let Poll::Armed(m) = x.poll {
+            if let Poll::Pending(m) | Poll::Waiting(m, true) = x.poll {
                 let rev = readiness(x.file) & (m | UNMASK);
+                x.poll = if rev != 0 {
+                    Poll::Done(m, rev)
+                } else {
+                    Poll::Waiting(m, false)
+                };
+            }
+        }
+    }
+
+    /// A wake-up with a key (data arrived: `IN`): a waiting one-shot poll that
+    /// wants it completes at once with just the key, and leaves the wait
+    /// queue, so later changes do not reach it.
+    pub fn wake_keyed(&mut self, file: usize, key: u32) {
+        for x in self
+            .watches
+            .iter_mut()
+            .filter(|x| x.alive && x.file == file)
+        {
+            if let Poll::Waiting(m, false) = x.poll {
+                let rev = key & (m | UNMASK);
                 if rev != 0 {
                     x.poll = Poll::Done(m, rev);
                 }
+            }
+        }
+    }
+
+    /// A wake-up without a key (shutdown, close): waiting polls are polled
+    /// again at the next flush.
+    pub fn wake_state(&mut self, file: usize) {
+        for x in self
+            .watches
+            .iter_mut()
+            .filter(|x| x.alive && x.file == file)
+        {
+            if let Poll::Waiting(m, _) = x.poll {
+                x.poll = Poll::Waiting(m, true);
             }
         }
     }
