@@ -424,7 +424,7 @@ impl State {
         }
         if result < 0 {
             // EBADF: the fd was closed behind our back. Disarm; the loop goes on.
-            w.error = Some(-result);
+            w.error = Some(result.saturating_neg());
             let armed = w.armed.take();
             self.set_interest(id, Interest::NONE);
             if let Some(armed) = armed {
