@@ -207,7 +207,10 @@ fn cancel_op_gives_ecanceled_once() {
         .unwrap();
     let start = std::time::Instant::now();
     lp.run().unwrap();
-    assert!(start.elapsed() < Duration::from_secs(5), "cancel did not complete");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "cancel did not complete"
+    );
     assert_eq!(*results.borrow(), [-libc::ECANCELED]);
     assert!(matches!(lp.cancel_op(id), Err(Error::NotFound)));
     assert_eq!(lp.stats().unwrap().in_flight, 1);
