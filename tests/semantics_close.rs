@@ -23,24 +23,33 @@ fn serial() -> MutexGuard<'static, ()> {
 #[test]
 fn remove_fd_peer_sees_eof_at_once() {
     let _s = serial();
-    for interest in [
-        Interest::READ,
-        Interest::ERROR,
-        Interest::READ | Interest::ERROR,
-        Interest::NONE,
-        Interest::ALL,
-    ] {
-        let lp = nonblocking_loop();
-        let (a, b) = socketpair();
-        let id = lp.add_fd(a, interest, |_, _| {}).unwrap();
-        // Get the poll into the kernel.
-        let _ = lp.run_once();
-        assert!(
-            !peer_closed(b.as_raw_fd()),
-            "{interest:?}: closed too early"
-        );
-        lp.remove_fd(id).unwrap();
-        assert!(peer_closed(b.as_raw_fd()), "{interest:?}: peer sees no EOF");
+    for plain in [false, true] {
+        for interest in [
+            Interest::READ,
+            Interest::ERROR,
+            Interest::READ | Interest::ERROR,
+            Interest::NONE,
+            Interest::ALL,
+        ] {
+            let lp = EventLoop::builder()
+                .plain_setup(plain)
+                .wait_timeout(ringloop::WaitTimeout::Never)
+                .build()
+                .unwrap();
+            let (a, b) = socketpair();
+            let id = lp.add_fd(a, interest, |_, _| {}).unwrap();
+            // Get the poll into the kernel.
+            let _ = lp.run_once();
+            assert!(
+                !peer_closed(b.as_raw_fd()),
+                "{interest:?}: closed too early"
+            );
+            lp.remove_fd(id).unwrap();
+            assert!(
+                peer_closed(b.as_raw_fd()),
+                "{interest:?} (plain setup: {plain}): peer sees no EOF"
+            );
+        }
     }
 }
 
