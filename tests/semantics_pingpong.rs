@@ -29,7 +29,7 @@ fn ping_pong() {
     for (fd, raw) in [(a, ra), (b, rb)] {
         let (c, all) = (count.clone(), ids.clone());
         let id = lp
-            .add_fd(fd, Interest::READ, move |lp, ev| {
+            .add_fd(fd, Interest::READ, move |lp, _| {
                 let data = read_fd(raw, 16).unwrap();
                 assert_eq!(data, b"p", "one byte in flight at a time");
                 c.set(c.get() + 1);
