@@ -56,12 +56,11 @@ impl RemoteShared {
 /// ```
 /// use ringloop::EventLoop;
 /// let lp = EventLoop::new()?;
-/// let remote = lp.remote();
+/// let remote = lp.remote()?;
 /// std::thread::spawn(move || remote.schedule(|_| println!("on the loop's thread")).unwrap())
 ///     .join()
 ///     .unwrap();
-/// lp.run_once()?; // wakes, turns the closure into an immediate
-/// lp.run_once()?; // runs it
+/// lp.run()?; // wakes, turns the closure into an immediate and runs it
 /// # Ok::<(), ringloop::Error>(())
 /// ```
 #[derive(Clone)]
