@@ -18,6 +18,7 @@ fn ping_pong() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
     let lp = EventLoop::builder()
+        .plain_setup(std::env::var_os("PINGPONG_PLAIN").is_some())
         .wait_timeout(WaitTimeout::After(std::time::Duration::from_secs(5)))
         .build()
         .unwrap();
