@@ -238,3 +238,53 @@ fn error_messages_and_kinds() {
     assert!(Error::BadFd(42).to_string().contains("42"));
     let _ = EventLoop::new().unwrap();
 }
+
+/// An operation callback run during teardown gets LoopGone from the loop.
+#[test]
+fn op_callback_during_teardown_sees_loop_gone() {
+    use std::os::fd::AsRawFd;
+    let (r, _w) = blocking_pipe();
+    let res = std::rc::Rc::new(std::cell::Cell::new(None));
+    {
+        let lp = nonblocking_loop();
+        let mut buf = vec![0u8; 8].into_boxed_slice();
+        let entry =
+            opcode::Read::new(io_uring::types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 8).build();
+        let rr = res.clone();
+        // SAFETY: `buf` moves into the callback.
+        unsafe {
+            lp.submit(entry, move |lp, c| {
+                let _ = &buf;
+                let gone = matches!(lp.add_immediate(|_| {}), Err(Error::LoopGone));
+                rr.set(Some((c.result, gone)));
+            })
+        }
+        .unwrap();
+        let _ = lp.run_once();
+    }
+    assert_eq!(res.get(), Some((-libc::ECANCELED, true)));
+}
+
+/// Extreme wait timeouts are accepted: zero, and one too long for the kernel
+/// (which acts as "forever" and still wakes for a remote schedule).
+#[test]
+fn extreme_wait_timeouts() {
+    let lp = EventLoop::builder()
+        .wait_timeout(ringloop::WaitTimeout::After(Duration::ZERO))
+        .build()
+        .unwrap();
+    lp.run_once().unwrap();
+    let lp = EventLoop::builder()
+        .wait_timeout(ringloop::WaitTimeout::After(Duration::MAX))
+        .build()
+        .unwrap();
+    let remote = lp.remote().unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        remote.schedule(|_| {}).unwrap();
+    });
+    let start = std::time::Instant::now();
+    lp.run_once().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    t.join().unwrap();
+}

@@ -23,24 +23,33 @@ fn serial() -> MutexGuard<'static, ()> {
 #[test]
 fn remove_fd_peer_sees_eof_at_once() {
     let _s = serial();
-    for interest in [
-        Interest::READ,
-        Interest::ERROR,
-        Interest::READ | Interest::ERROR,
-        Interest::NONE,
-        Interest::ALL,
-    ] {
-        let lp = nonblocking_loop();
-        let (a, b) = socketpair();
-        let id = lp.add_fd(a, interest, |_, _| {}).unwrap();
-        // Get the poll into the kernel.
-        let _ = lp.run_once();
-        assert!(
-            !peer_closed(b.as_raw_fd()),
-            "{interest:?}: closed too early"
-        );
-        lp.remove_fd(id).unwrap();
-        assert!(peer_closed(b.as_raw_fd()), "{interest:?}: peer sees no EOF");
+    for plain in [false, true] {
+        for interest in [
+            Interest::READ,
+            Interest::ERROR,
+            Interest::READ | Interest::ERROR,
+            Interest::NONE,
+            Interest::ALL,
+        ] {
+            let lp = EventLoop::builder()
+                .plain_setup(plain)
+                .wait_timeout(ringloop::WaitTimeout::Never)
+                .build()
+                .unwrap();
+            let (a, b) = socketpair();
+            let id = lp.add_fd(a, interest, |_, _| {}).unwrap();
+            // Get the poll into the kernel.
+            let _ = lp.run_once();
+            assert!(
+                !peer_closed(b.as_raw_fd()),
+                "{interest:?}: closed too early"
+            );
+            lp.remove_fd(id).unwrap();
+            assert!(
+                peer_closed(b.as_raw_fd()),
+                "{interest:?} (plain setup: {plain}): peer sees no EOF"
+            );
+        }
     }
 }
 
@@ -416,4 +425,31 @@ fn fd_closed_before_first_submit() {
     assert!(!lp.has_events().unwrap());
     // Re-arming a good fd clears the error.
     let _ = EventLoop::new().unwrap();
+}
+
+/// take_fd from inside the watch's own handler and watch the fd again: the
+/// connection stays open and the new watch gets the (still unread) data.
+#[test]
+fn take_fd_and_rewatch_inside_handler() {
+    let _s = serial();
+    let lp = nonblocking_loop();
+    let (a, b) = socketpair();
+    write_fd(b.as_raw_fd(), b"x").unwrap();
+    let second = Rc::new(Cell::new(0));
+    let s = second.clone();
+    lp.add_fd(a, Interest::READ, move |lp, ev| {
+        let fd = lp.take_fd(ev.id).unwrap().unwrap();
+        let s = s.clone();
+        lp.add_fd(fd, Interest::READ, move |lp, ev| {
+            s.set(s.get() + 1);
+            lp.remove_fd(ev.id).unwrap();
+        })
+        .unwrap();
+    })
+    .unwrap();
+    lp.run_once().unwrap();
+    assert!(!peer_closed(b.as_raw_fd()));
+    lp.run_once().unwrap();
+    assert_eq!(second.get(), 1);
+    assert!(peer_closed(b.as_raw_fd()));
 }

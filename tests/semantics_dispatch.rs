@@ -384,3 +384,32 @@ fn fairness_round_robin_on_one_fd() {
     }
     round_robin_check(&ran.borrow(), 4, 3);
 }
+
+/// §1.3: no blocking while an immediate is scheduled or a timer is due, even
+/// with a "forever" wait timeout.
+#[test]
+fn no_blocking_while_work_is_due() {
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .unwrap();
+    let (a, b) = socketpair();
+    write_fd(b.as_raw_fd(), b"x").unwrap();
+    lp.add_fd(a, Interest::READ, |lp, ev| {
+        lp.remove_fd(ev.id).unwrap();
+        lp.add_immediate(|lp| {
+            lp.add_timer_at(Instant::now() - Duration::from_millis(1), |_| {})
+                .unwrap();
+        })
+        .unwrap();
+    })
+    .unwrap();
+    let start = Instant::now();
+    for _ in 0..3 {
+        lp.run_once().unwrap();
+    }
+    assert!(!lp.has_events().unwrap());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // Only the first iteration had to enter the kernel to wait.
+    assert_eq!(lp.stats().unwrap().waits, 1, "{:?}", lp.stats());
+}

@@ -310,3 +310,56 @@ fn trace_points_of_a_simple_iteration() {
     lp.run_once().unwrap();
     assert!(points.borrow().is_empty());
 }
+
+/// CQ overflow while other threads wake the loop: the multishot wake-up poll
+/// may be ended by the overflow, and must be re-armed (no lost wake-ups).
+#[test]
+fn cq_overflow_with_remote_wakeups() {
+    let lp = EventLoop::builder()
+        .sq_entries(4)
+        .cq_entries(8)
+        .wait_timeout(WaitTimeout::After(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    let remote = lp.remote().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    let t = std::thread::spawn(move || {
+        for i in 0..200 {
+            let c = c.clone();
+            remote
+                .schedule(move |_| {
+                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                })
+                .unwrap();
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    let mut peers = Vec::new();
+    let fd_runs = Rc::new(Cell::new(0));
+    for _ in 0..64 {
+        let (a, b) = socketpair();
+        write_fd(b.as_raw_fd(), b"x").unwrap();
+        peers.push(b);
+        let f = fd_runs.clone();
+        lp.add_fd(a, Interest::READ, move |lp, ev| {
+            f.set(f.get() + 1);
+            lp.remove_fd(ev.id).unwrap();
+        })
+        .unwrap();
+    }
+    let start = std::time::Instant::now();
+    while count.load(std::sync::atomic::Ordering::Relaxed) < 200 || fd_runs.get() < 64 {
+        lp.run_once().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "lost: {} remote, {} fds, {:?}",
+            count.load(std::sync::atomic::Ordering::Relaxed),
+            fd_runs.get(),
+            lp.stats()
+        );
+    }
+    t.join().unwrap();
+}
