@@ -43,25 +43,20 @@ fn completion_result_i32_min_is_an_error() {
 #[path = "model/mod.rs"]
 mod model;
 
-/// Found by prop_reactor (ops_match_the_model), not fixed yet: a raw watch
-/// whose poll already fired (a keyed wake-up, task work pending) is removed;
-/// after removing everything and three idle iterations one operation is
-/// still in flight. Removing a raw watch also does not flush its poll
-/// cancel, so closing the fd right after `remove_fd` leaves the file held
-/// by the kernel and the peer sees no EOF.
+/// Found by prop_reactor (ops_match_the_model): a raw watch whose poll had
+/// already fired was removed, and its poll cancel was only queued, not
+/// handed to the kernel, so an operation stayed in flight and a caller that
+/// closed the fd right after `remove_fd` left the file held (no EOF). Fixed
+/// by flushing the cancel whenever the removed watch had a poll armed.
 #[test]
-#[ignore = "known reactor issue, see the comment"]
 fn raw_watch_removal_leaves_an_operation_in_flight() {
-    model::ops::check_ops_with(
-        &[
-            27, 120, 0, 0, 0, 0, 0, 0, 0, 0, 11, 32, 0, 0, 0, 0, 0, 0, 0, 11, 101, 0, 0, 0, 0, 0,
-            0, 0, 6, 0, 0, 204, 67, 125, 0, 0, 0, 19, 0, 0, 0, 0, 0, 1, 0, 0, 4, 0, 13, 6, 5, 0, 0,
-            0, 0, 0, 0, 0, 64, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 21, 0, 0, 211, 139, 0, 40, 0, 0, 0, 0, 0, 206, 0, 0, 40,
-            0, 0, 206, 0, 0, 100, 0, 0, 0, 0, 0, 81, 0, 0, 0, 0, 0, 60, 0, 0, 0, 0, 0, 17, 0, 0,
-            124, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 21, 0, 0, 18,
-            139, 0, 0, 0, 0, 17, 0, 0, 0, 0, 0, 0,
-        ],
-        true,
-    );
+    model::ops::check_ops(&[
+        27, 120, 0, 0, 0, 0, 0, 0, 0, 0, 11, 32, 0, 0, 0, 0, 0, 0, 0, 11, 101, 0, 0, 0, 0, 0, 0, 0,
+        6, 0, 0, 204, 67, 125, 0, 0, 0, 19, 0, 0, 0, 0, 0, 1, 0, 0, 4, 0, 13, 6, 5, 0, 0, 0, 0, 0,
+        0, 0, 64, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 21, 0, 0, 211, 139, 0, 40, 0, 0, 0, 0, 0, 206, 0, 0, 40, 0, 0, 206, 0, 0,
+        100, 0, 0, 0, 0, 0, 81, 0, 0, 0, 0, 0, 60, 0, 0, 0, 0, 0, 17, 0, 0, 124, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 21, 0, 0, 18, 139, 0, 0, 0, 0, 17, 0, 0,
+        0, 0, 0, 0,
+    ]);
 }

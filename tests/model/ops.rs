@@ -564,12 +564,6 @@ fn trace(s: &Rs, p: TracePoint) {
 /// model; panics with the operation log on the first difference. Checks at
 /// the end that no fd leaked and nothing is left in flight.
 pub fn check_ops(data: &[u8]) {
-    check_ops_with(data, false)
-}
-
-/// [`check_ops`], optionally checking in-flight operations also after raw
-/// watches were used (a known issue).
-pub fn check_ops_with(data: &[u8], strict: bool) {
     // SAFETY: ignoring SIGPIPE is process-wide and harmless here.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let fds_before = open_fds();
@@ -654,11 +648,13 @@ pub fn check_ops_with(data: &[u8], strict: bool) {
             }
             7 if npairs > 0 => {
                 let mut g = s.borrow_mut();
-                // Not after any raw watch: removing one does not flush its
-                // poll cancel, so the kernel may still hold the file and
-                // the peer would not see EOF (reported, not fixed yet).
-                let raw_watch = (0..g.model.watches.len())
-                    .any(|w| !g.model.watches[w].owned && g.model.watches[w].file == p);
+                // Not while a raw watch still uses the base fd: add_raw_fd's
+                // contract is that the fd stays open until the watch is removed.
+                let raw_watch = (0..g.model.watches.len()).any(|w| {
+                    !g.model.watches[w].owned
+                        && g.model.watches[w].file == p
+                        && g.model.watches[w].alive
+                });
                 if !raw_watch && g.pairs[p].base.is_some() {
                     g.log.push(format!("  close base of pair {p}"));
                     g.pairs[p].base = None;
@@ -791,11 +787,7 @@ pub fn check_ops_with(data: &[u8], strict: bool) {
     let in_flight = lp.stats().unwrap().in_flight;
     {
         let g = s.borrow();
-        let raw_used = g.model.watches.iter().any(|w| !w.owned);
-        // Known issue (see tests/prop_regressions.rs,
-        // raw_watch_removal_leaves_an_operation_in_flight): only checked
-        // when no raw watch was used.
-        if in_flight != baseline && (strict || !raw_used) {
+        if in_flight != baseline {
             fail(
                 &g,
                 format!(
@@ -810,10 +802,7 @@ pub fn check_ops_with(data: &[u8], strict: bool) {
             pair.base = None;
             pair.held.clear();
         }
-        // A removed raw watch's poll may still hold the file (known issue).
-        if strict || !g.model.watches.iter().any(|w| !w.owned) {
-            g.check_eof();
-        }
+        g.check_eof();
     }
     lp.set_trace_hook(None);
     drop(lp);
