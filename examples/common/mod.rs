@@ -74,3 +74,14 @@ pub fn stats_fields(before: ringloop::Stats, after: ringloop::Stats, events: u64
         enters as f64 / events.max(1) as f64
     )
 }
+
+/// CPU time used so far by the calling thread.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
