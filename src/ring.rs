@@ -2,6 +2,43 @@
 //! feature probing, SQE submission and the one blocking call, `io_uring_enter`.
 //!
 //! Nothing above this module touches the `io-uring` crate's queues directly.
+//!
+//! # Kernel floor and feature gating
+//!
+//! The floor is Linux 6.1. What the loop cannot work without is checked once,
+//! in [`Ring::new`], from the setup's feature bits and the opcode probe
+//! (`IORING_REGISTER_PROBE`); a gap gives [`Error::KernelTooOld`] naming the
+//! kernel release and the feature:
+//!
+//! | required | why | since |
+//! |---|---|---|
+//! | `IORING_FEAT_EXT_ARG` | waits with a timeout | 5.11 |
+//! | `IORING_FEAT_NODROP` | a full CQ never loses a completion | 5.5 |
+//! | `IORING_FEAT_CQE_SKIP` | internal poll removes and cancels post nothing on success | 5.17 |
+//! | `IORING_OP_POLL_ADD`, `POLL_REMOVE`, `ASYNC_CANCEL` | fd watches, "close means closed", cancelling operations | 5.1 / 5.5 |
+//!
+//! Everything else is optional, with a fallback that keeps SEMANTICS.md:
+//!
+//! | optional | how it is detected | fallback |
+//! |---|---|---|
+//! | `SETUP_SINGLE_ISSUER`, `SETUP_DEFER_TASKRUN` (6.0 / 6.1) | by trying `io_uring_setup` | a plain ring: completions are posted by task work instead of only inside `io_uring_enter`; same events, same order rules |
+//! | `SETUP_SUBMIT_ALL` (5.18) | by trying `io_uring_setup` | SQEs behind one that fails at submission stay queued and go in with the next `io_uring_enter` (every enter passes the whole queue) |
+//! | `IORING_REGISTER_RING_FDS` (5.18) | by trying the registration | `io_uring_enter` on the ring fd itself |
+//!
+//! Setup flags cannot be probed: the only way to learn whether the kernel
+//! accepts one is to ask for it, and an unknown flag gives `EINVAL`. So setup
+//! tries the best combination first and drops flags on `EINVAL` only; any
+//! other error ends the attempt at once. Everything an operation or wait could
+//! use is gated on the feature bits or the probe, never on an `EINVAL`.
+//!
+//! Deliberately unused, because 6.1 lacks them (or fails them silently):
+//! `min_wait_usec` and `IORING_ENTER_ABS_TIMER` (6.12; the loop passes a
+//! relative timeout computed from its own clock), `SETUP_NO_SQARRAY` and
+//! `SETUP_NO_MMAP` (6.5 / 6.6), multishot timeouts (6.4), FUTEX opcodes
+//! (6.7), `IORING_ASYNC_CANCEL_OP` (completes `-ENOENT` on 6.1 without
+//! cancelling anything; the loop cancels by `user_data` only), MSG_RING (the
+//! remote wake-up is an eventfd poll) and `IORING_POLL_ADD_LEVEL` (no kernel
+//! accepts it; level triggering is done by re-arming one-shot polls).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -30,7 +67,13 @@ pub struct Features {
     pub ext_arg: bool,
     /// `IORING_FEAT_NODROP`: a full CQ never drops completions (required).
     pub nodrop: bool,
-    /// `IORING_FEAT_MIN_TIMEOUT` (6.12+).
+    /// `IORING_FEAT_CQE_SKIP`: `IOSQE_CQE_SKIP_SUCCESS` is honoured (required).
+    pub cqe_skip: bool,
+    /// `IORING_FEAT_FAST_POLL`: operations on sockets poll internally instead
+    /// of blocking a worker thread (informational).
+    pub fast_poll: bool,
+    /// `IORING_FEAT_MIN_TIMEOUT` (6.12+). Informational: the loop never passes
+    /// `min_wait_usec`, which makes the whole wait fail with `EINVAL` on 6.1.
     pub min_timeout: bool,
     /// Submission queue size.
     pub sq_entries: u32,
@@ -121,7 +164,9 @@ impl Ring {
             }
         }
         let Some((ring, single_issuer, defer_taskrun, submit_all)) = built else {
-            return Err(unavailable(last_err.unwrap_or_else(|| io::Error::other("setup failed"))));
+            return Err(unavailable(
+                last_err.unwrap_or_else(|| io::Error::other("setup failed")),
+            ));
         };
 
         let mut probe = Probe::new();
@@ -138,6 +183,8 @@ impl Ring {
             registered_ring: false,
             ext_arg: params.is_feature_ext_arg(),
             nodrop: params.is_feature_nodrop(),
+            cqe_skip: params.is_feature_skip_cqe_on_success(),
+            fast_poll: params.is_feature_fast_poll(),
             min_timeout: params.is_feature_min_timeout(),
             sq_entries: params.sq_entries(),
             cq_entries: params.cq_entries(),
@@ -147,6 +194,7 @@ impl Ring {
             match missing {
                 "IORING_FEAT_EXT_ARG" => features.ext_arg = false,
                 "IORING_FEAT_NODROP" => features.nodrop = false,
+                "IORING_FEAT_CQE_SKIP" => features.cqe_skip = false,
                 other => {
                     if let Some(&(code, _)) = REQUIRED_OPCODES.iter().find(|(_, n)| *n == other) {
                         features.opcodes.retain(|&op| op != code);
@@ -255,6 +303,8 @@ fn check_required(f: &Features) -> Result<()> {
         Some("IORING_FEAT_EXT_ARG (timed waits, Linux 5.11)")
     } else if !f.nodrop {
         Some("IORING_FEAT_NODROP (no lost completions, Linux 5.5)")
+    } else if !f.cqe_skip {
+        Some("IORING_FEAT_CQE_SKIP (IOSQE_CQE_SKIP_SUCCESS, Linux 5.17)")
     } else {
         REQUIRED_OPCODES
             .iter()
