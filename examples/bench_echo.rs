@@ -160,9 +160,13 @@ fn ringloop_server(
     let remote = lp.remote().map_err(io::Error::other)?;
     let before = lp.stats().map_err(io::Error::other)?;
     let cpu = common::thread_cpu();
-    let h = spawn_client(move || client(addr), done.clone(), move || {
-        let _ = remote.wake();
-    });
+    let h = spawn_client(
+        move || client(addr),
+        done.clone(),
+        move || {
+            let _ = remote.wake();
+        },
+    );
     while !done.load(Ordering::Acquire) {
         lp.run_once().map_err(io::Error::other)?;
     }
@@ -188,9 +192,13 @@ fn tokio_server(
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let done = Arc::new(AtomicBool::new(false));
         let cpu = common::thread_cpu();
-        let h = spawn_client(move || client(addr), done, move || {
-            let _ = tx.send(());
-        });
+        let h = spawn_client(
+            move || client(addr),
+            done,
+            move || {
+                let _ = tx.send(());
+            },
+        );
         loop {
             tokio::select! {
                 _ = &mut rx => break,

@@ -81,7 +81,10 @@ fn ringloop_lateness(deadlines: &[Duration]) -> io::Result<(Vec<i64>, String)> {
     lp.run().map_err(io::Error::other)?;
     let after = lp.stats().map_err(io::Error::other)?;
     let v = late.borrow().clone();
-    Ok((v, common::stats_fields(before, after, deadlines.len() as u64)))
+    Ok((
+        v,
+        common::stats_fields(before, after, deadlines.len() as u64),
+    ))
 }
 
 fn tokio_rt() -> io::Result<tokio::runtime::Runtime> {
@@ -203,7 +206,10 @@ fn main() -> io::Result<()> {
         "timers-cancel ringloop timers={n} timers_per_s={:.0} {stats}",
         rate(rc)
     );
-    println!("timers-cancel tokio timers={n} timers_per_s={:.0}", rate(tc));
+    println!(
+        "timers-cancel tokio timers={n} timers_per_s={:.0}",
+        rate(tc)
+    );
     println!(
         "timers-cancel ratio ringloop_vs_tokio={:.2}",
         rate(rc) / rate(tc)

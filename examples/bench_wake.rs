@@ -217,7 +217,10 @@ fn main() -> io::Result<()> {
 
     let (r, stats) = ringloop_rate(n)?;
     let t = tokio_rate(n)?;
-    println!("wake-rate ringloop wakes={n} wakes_per_s={:.0} {stats}", rate(r));
+    println!(
+        "wake-rate ringloop wakes={n} wakes_per_s={:.0} {stats}",
+        rate(r)
+    );
     println!("wake-rate tokio wakes={n} wakes_per_s={:.0}", rate(t));
     println!("wake-rate ratio ringloop_vs_tokio={:.2}", rate(r) / rate(t));
 
