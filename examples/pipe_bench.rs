@@ -102,6 +102,8 @@ fn bench_ringloop(p: &Params) -> io::Result<Duration> {
     use ringloop::{EventLoop, Interest, WaitTimeout};
     let lp = EventLoop::builder()
         .wait_timeout(WaitTimeout::Forever)
+        // Experiment switch: the ring without SINGLE_ISSUER/DEFER_TASKRUN.
+        .plain_setup(std::env::var_os("RINGLOOP_PLAIN_SETUP").is_some())
         .build()
         .map_err(io::Error::other)?;
     let ps = pairs(p.pipes)?;
