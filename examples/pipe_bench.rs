@@ -84,17 +84,12 @@ impl Counters {
     }
 }
 
-/// Runs warm-up + R rounds: `round` starts the chains and runs until all
-/// A + W reads are done.
-fn rounds(p: &Params, mut round: impl FnMut()) -> Duration {
+/// Runs warm-up + R rounds: `round` starts the chains, runs until all
+/// A + W reads are done and returns how long that took from just after the
+/// chains were started (as bench.c times it).
+fn rounds(p: &Params, mut round: impl FnMut() -> Duration) -> Duration {
     round();
-    let mut times: Vec<Duration> = (0..p.rounds)
-        .map(|_| {
-            let t = Instant::now();
-            round();
-            t.elapsed()
-        })
-        .collect();
+    let mut times: Vec<Duration> = (0..p.rounds).map(|_| round()).collect();
     median(&mut times)
 }
 
@@ -128,13 +123,16 @@ fn bench_ringloop(p: &Params) -> io::Result<Duration> {
         for i in starts(p) {
             write1(wfds[i]);
         }
+        let t = Instant::now();
         while c.count.get() < target {
             lp.run_once().expect("run_once");
         }
+        let el = t.elapsed();
         if before.is_none() {
             // The warm-up round is over: count only the timed rounds.
             before = Some(lp.stats().expect("stats"));
         }
+        el
     });
     let after = lp.stats().map_err(io::Error::other)?;
     let events = (target * p.rounds) as u64;
@@ -175,6 +173,7 @@ fn bench_epoll(p: &Params) -> io::Result<Duration> {
         for i in starts(p) {
             write1(wfds[i]);
         }
+        let t = Instant::now();
         while c.count.get() < target {
             // SAFETY: `events` has room for the count we pass.
             let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
@@ -186,6 +185,7 @@ fn bench_epoll(p: &Params) -> io::Result<Duration> {
                 }
             }
         }
+        t.elapsed()
     });
     let events_total = (target * (p.rounds + 1)) as f64;
     eprintln!(
@@ -239,12 +239,12 @@ fn bench_tokio(p: &Params) -> io::Result<Duration> {
         tokio::task::yield_now().await;
         let mut times = Vec::new();
         for r in 0..=p.rounds {
-            let t = Instant::now();
             c.count.set(0);
             c.writes.set(p.writes);
             for i in starts(p) {
                 write1(wfds[i]);
             }
+            let t = Instant::now();
             done.notified().await;
             if r > 0 {
                 times.push(t.elapsed());
