@@ -26,11 +26,15 @@ fn smoke() {
         })
         .unwrap();
     let l = log.clone();
-    lp.add_immediate(move |_| l.borrow_mut().push("imm".into())).unwrap();
+    lp.add_immediate(move |_| l.borrow_mut().push("imm".into()))
+        .unwrap();
     let l = log.clone();
     let start = Instant::now();
     lp.add_timer(Duration::from_millis(20), move |_| {
-        l.borrow_mut().push(format!("timer {}", start.elapsed() >= Duration::from_millis(20)))
+        l.borrow_mut().push(format!(
+            "timer {}",
+            start.elapsed() >= Duration::from_millis(20)
+        ))
     })
     .unwrap();
     b.write_all(b"hi").unwrap();

@@ -198,59 +198,6 @@ pub(crate) struct Watch {
     pub error: Option<i32>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    const IN: u32 = libc::POLLIN as u32;
-    const OUT: u32 = libc::POLLOUT as u32;
-    const ERR: u32 = libc::POLLERR as u32;
-    const HUP: u32 = libc::POLLHUP as u32;
-    const RDHUP: u32 = libc::POLLRDHUP as u32;
-    use Decision::*;
-    const R: Interest = Interest::READ;
-    const W: Interest = Interest::WRITE;
-    const E: Interest = Interest::ERROR;
-
-    #[test]
-    fn semantics_table() {
-        // READ, peer closed (unix): IN|HUP|RDHUP -> READ
-        assert_eq!(decide(IN | HUP | RDHUP, R), Call(R));
-        // ERROR, data arrives: IN is never in the mask, but if reported anyway it is ignored.
-        assert_eq!(decide(IN, E), Rearm);
-        // ERROR, peer shutdown(SHUT_WR): RDHUP -> ERROR
-        assert_eq!(decide(RDHUP, E), Call(E));
-        // READ|ERROR, peer closed
-        assert_eq!(decide(IN | HUP | RDHUP, R | E), Call(R | E));
-        // WRITE, peer closed or pipe reader closed
-        assert_eq!(decide(OUT | ERR | HUP | RDHUP, W), DisableWrite);
-        assert_eq!(decide(ERR, W), DisableWrite);
-        // WRITE, peer shutdown(SHUT_WR): still writable
-        assert_eq!(decide(OUT | RDHUP, W), Call(W));
-        assert_eq!(decide(RDHUP, W), WaitQuietly);
-        // WRITE|ERROR, pipe reader closed
-        assert_eq!(decide(OUT | ERR, W | E), Call(W | E));
-        assert_eq!(decide(ERR, W | E), Call(E));
-    }
-
-    #[test]
-    fn flags_are_always_a_nonempty_subset_of_interest() {
-        for revents in 0..64u32 {
-            let revents = [IN, OUT, ERR, HUP, RDHUP, 0x8000]
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| revents & (1 << i) != 0)
-                .fold(0, |acc, (_, b)| acc | b);
-            for bits in 0..8 {
-                let interest = Interest::from_bits_truncate(bits);
-                if let Call(flags) = decide(revents, interest) {
-                    assert!(!flags.is_empty());
-                    assert!(interest.contains(flags), "{revents:#x} {interest:?} {flags:?}");
-                }
-            }
-        }
-    }
-}
-
 // ---- The loop's side of fd watches ----
 
 use std::os::fd::AsRawFd;
@@ -345,7 +292,12 @@ impl Handle {
     /// The watch's current interest (empty after a WRITE-only watch saw an
     /// error, or after the fd turned out to be closed).
     pub fn interest(&self, id: FdId) -> Result<Interest> {
-        self.with(|st| st.watches.get(id).map(|w| w.interest).ok_or(Error::NotFound))?
+        self.with(|st| {
+            st.watches
+                .get(id)
+                .map(|w| w.interest)
+                .ok_or(Error::NotFound)
+        })?
     }
 
     /// Changes what the watch waits for. Takes effect for the next dispatch,
@@ -492,15 +444,17 @@ impl State {
     pub(super) fn prepare_fd(&mut self, id: FdId) -> Option<Dispatch> {
         let w = self.watches.get_mut(id)?;
         w.queued = false;
-        if w.handler.is_none() {
-            // Its handler is running in an outer (nested) iteration;
-            // `restore_fd` queues it again.
-            return None;
-        }
+        // A missing handler is running in an outer (nested) iteration;
+        // `restore_fd` queues the watch again.
+        w.handler.as_ref()?;
         let revents = std::mem::take(&mut w.revents);
         match decide(revents, w.interest) {
             Decision::Call(ready) => {
-                let event = FdEvent { id, fd: w.fd, ready };
+                let event = FdEvent {
+                    id,
+                    fd: w.fd,
+                    ready,
+                };
                 let handler = w.handler.take()?;
                 if let Some(armed) = w.armed.take() {
                     self.cancel_poll(armed.op);
@@ -528,7 +482,11 @@ impl State {
 
     /// Puts a handler back after it ran and polls again (the re-arm rides in
     /// the next `io_uring_enter` and completes inline if the fd is still ready).
-    pub(super) fn restore_fd(&mut self, id: FdId, handler: super::FdHandler) -> Option<super::FdHandler> {
+    pub(super) fn restore_fd(
+        &mut self,
+        id: FdId,
+        handler: super::FdHandler,
+    ) -> Option<super::FdHandler> {
         let Some(w) = self.watches.get_mut(id) else {
             return Some(handler);
         };
@@ -554,5 +512,61 @@ impl State {
             let _ = self.ring.flush();
         }
         Some(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const IN: u32 = libc::POLLIN as u32;
+    const OUT: u32 = libc::POLLOUT as u32;
+    const ERR: u32 = libc::POLLERR as u32;
+    const HUP: u32 = libc::POLLHUP as u32;
+    const RDHUP: u32 = libc::POLLRDHUP as u32;
+    use Decision::*;
+    const R: Interest = Interest::READ;
+    const W: Interest = Interest::WRITE;
+    const E: Interest = Interest::ERROR;
+
+    #[test]
+    fn semantics_table() {
+        // READ, peer closed (unix): IN|HUP|RDHUP -> READ
+        assert_eq!(decide(IN | HUP | RDHUP, R), Call(R));
+        // ERROR, data arrives: IN is never in the mask, but if reported anyway it is ignored.
+        assert_eq!(decide(IN, E), Rearm);
+        // ERROR, peer shutdown(SHUT_WR): RDHUP -> ERROR
+        assert_eq!(decide(RDHUP, E), Call(E));
+        // READ|ERROR, peer closed
+        assert_eq!(decide(IN | HUP | RDHUP, R | E), Call(R | E));
+        // WRITE, peer closed or pipe reader closed
+        assert_eq!(decide(OUT | ERR | HUP | RDHUP, W), DisableWrite);
+        assert_eq!(decide(ERR, W), DisableWrite);
+        // WRITE, peer shutdown(SHUT_WR): still writable
+        assert_eq!(decide(OUT | RDHUP, W), Call(W));
+        assert_eq!(decide(RDHUP, W), WaitQuietly);
+        // WRITE|ERROR, pipe reader closed
+        assert_eq!(decide(OUT | ERR, W | E), Call(W | E));
+        assert_eq!(decide(ERR, W | E), Call(E));
+    }
+
+    #[test]
+    fn flags_are_always_a_nonempty_subset_of_interest() {
+        for revents in 0..64u32 {
+            let revents = [IN, OUT, ERR, HUP, RDHUP, 0x8000]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| revents & (1 << i) != 0)
+                .fold(0, |acc, (_, b)| acc | b);
+            for bits in 0..8 {
+                let interest = Interest::from_bits_truncate(bits);
+                if let Call(flags) = decide(revents, interest) {
+                    assert!(!flags.is_empty());
+                    assert!(
+                        interest.contains(flags),
+                        "{revents:#x} {interest:?} {flags:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -50,6 +50,8 @@ pub type FdHandler = Box<dyn FnMut(&Handle, FdEvent)>;
 type OnceHandler = Box<dyn FnOnce(&Handle)>;
 type OpCallback = Box<dyn FnMut(&Handle, Completion)>;
 type SignalHandler = Box<dyn FnMut(&Handle, SignalEvent)>;
+/// A hook called at each [`TracePoint`].
+pub type TraceHook = Box<dyn FnMut(TracePoint)>;
 
 /// `user_data` of internal requests whose completions are ignored (cancels).
 /// Slot keys are never 0 (their version is odd), so no operation can carry it.
@@ -244,7 +246,7 @@ struct Inner {
     depth: Cell<u32>,
     allow_nesting: Cell<bool>,
     fork_generation: u64,
-    trace: RefCell<Option<Box<dyn FnMut(TracePoint)>>>,
+    trace: RefCell<Option<TraceHook>>,
 }
 
 /// What an in-flight io_uring request belongs to.
@@ -357,7 +359,11 @@ impl Handle {
         if sys::fork_generation() != self.inner.fork_generation {
             return Err(Error::Forked);
         }
-        let mut guard = self.inner.state.try_borrow_mut().map_err(|_| Error::Nested)?;
+        let mut guard = self
+            .inner
+            .state
+            .try_borrow_mut()
+            .map_err(|_| Error::Nested)?;
         let state = guard.as_mut().ok_or(Error::LoopGone)?;
         Ok(f(state))
     }
@@ -378,7 +384,7 @@ impl Handle {
     /// Installs (or with `None` removes) a hook called at each trace point:
     /// before and after the loop waits, before each handler, and when events
     /// are attached and detached.
-    pub fn set_trace_hook(&self, hook: Option<Box<dyn FnMut(TracePoint)>>) {
+    pub fn set_trace_hook(&self, hook: Option<TraceHook>) {
         if let Ok(mut slot) = self.inner.trace.try_borrow_mut() {
             *slot = hook;
         }
@@ -510,7 +516,12 @@ impl Handle {
 
     /// Tears the loop down; see [`EventLoop`]'s docs.
     fn teardown(&self) {
-        let Some(mut st) = self.inner.state.try_borrow_mut().ok().and_then(|mut s| s.take())
+        let Some(mut st) = self
+            .inner
+            .state
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut s| s.take())
         else {
             return;
         };
@@ -711,9 +722,8 @@ impl State {
     /// Moves completions from the ring into the loop's queues.
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        match self.ring.reap(&mut cqes) {
-            Ok(flushes) => self.stats.overflow_flushes += flushes,
-            Err(_) => {}
+        if let Ok(flushes) = self.ring.reap(&mut cqes) {
+            self.stats.overflow_flushes += flushes;
         }
         self.stats.completions += cqes.len() as u64;
         for cqe in cqes.drain(..) {
@@ -776,7 +786,8 @@ impl State {
                 if !more {
                     *done = true;
                 }
-                self.ready.push_back(Ready::Op(id, Completion { result, flags }));
+                self.ready
+                    .push_back(Ready::Op(id, Completion { result, flags }));
             }
         }
     }

@@ -130,11 +130,9 @@ impl Handle {
                 }
             }
         })?;
-        if id.is_err() {
-            return id;
-        }
+        let id = id?;
         self.trace(TracePoint::Attach(EventKind::Op));
-        id
+        Ok(id)
     }
 
     /// Asks the kernel to cancel an operation. Its callback still runs once,

@@ -49,13 +49,17 @@ impl RemoteShared {
 ///
 /// ```
 /// use ringloop::EventLoop;
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicBool, Ordering};
 /// let lp = EventLoop::new()?;
-/// let remote = lp.remote();
-/// std::thread::spawn(move || remote.schedule(|_| println!("on the loop's thread")).unwrap())
+/// let remote = lp.remote()?;
+/// let ran = Arc::new(AtomicBool::new(false));
+/// let flag = ran.clone();
+/// std::thread::spawn(move || remote.schedule(move |_| flag.store(true, Ordering::SeqCst)))
 ///     .join()
-///     .unwrap();
-/// lp.run_once()?; // wakes, turns the closure into an immediate
-/// lp.run_once()?; // runs it
+///     .unwrap()?;
+/// lp.run_once()?; // wakes from io_uring_enter and runs the closure
+/// assert!(ran.load(Ordering::SeqCst));
 /// # Ok::<(), ringloop::Error>(())
 /// ```
 #[derive(Clone)]

@@ -17,7 +17,10 @@ impl State {
 
     fn deadline_after(&self, after: Duration) -> Result<u64> {
         let ns = u64::try_from(after.as_nanos()).map_err(|_| Error::DeadlineOverflow)?;
-        let at = self.now_ns().checked_add(ns).ok_or(Error::DeadlineOverflow)?;
+        let at = self
+            .now_ns()
+            .checked_add(ns)
+            .ok_or(Error::DeadlineOverflow)?;
         Ok(at.max(1))
     }
 }

@@ -107,7 +107,15 @@ impl Signals {
             .filter_map(|(id, w)| {
                 let count = counts[w.signo as usize];
                 let handler = w.handler.take()?;
-                Some((id, handler, SignalEvent { id, signo: w.signo, count }))
+                Some((
+                    id,
+                    handler,
+                    SignalEvent {
+                        id,
+                        signo: w.signo,
+                        count,
+                    },
+                ))
             })
             .collect();
         (!list.is_empty()).then_some(list)
@@ -128,9 +136,8 @@ impl Signals {
         let current = self.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
         // SAFETY: `set` is initialised; signalfd either updates `current`
         // or returns a new fd that we then own.
-        let fd = unsafe {
-            libc::signalfd(current, &self.set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-        };
+        let fd =
+            unsafe { libc::signalfd(current, &self.set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
@@ -151,10 +158,7 @@ impl Handle {
         signo: i32,
         handler: impl FnMut(&Handle, SignalEvent) + 'static,
     ) -> Result<SignalId> {
-        if signo <= 0
-            || signo as usize >= NSIG
-            || signo == libc::SIGKILL
-            || signo == libc::SIGSTOP
+        if signo <= 0 || signo as usize >= NSIG || signo == libc::SIGKILL || signo == libc::SIGSTOP
         {
             return Err(Error::BadSignal(signo));
         }
@@ -228,7 +232,9 @@ impl State {
                 let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
                 let size = std::mem::size_of::<libc::signalfd_siginfo>();
                 // SAFETY: reads at most `size` bytes into `info`.
-                let n = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+                let n = unsafe {
+                    libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size)
+                };
                 if n != size as isize {
                     break;
                 }
@@ -250,7 +256,10 @@ impl State {
         // Discard deliveries still pending, so unblocking does not run the
         // default action (which for most signals ends the process).
         let one = one_signal(signo);
-        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: sigtimedwait with a zero timeout consumes one pending
         // instance or fails at once.
         while unsafe { libc::sigtimedwait(&one, std::ptr::null_mut(), &zero) } == signo {}
