@@ -437,20 +437,23 @@ impl Handle {
         if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
             return Err(Error::Nested);
         }
-        self.with(|st| st.stats.iterations += 1)?;
+        // One borrow of the state per step: this is the hot path.
+        let (first, mode) = self.with(|st| {
+            st.stats.iterations += 1;
+            (st.next_counted(), st.wait_timeout)
+        })?;
         self.inner.depth.set(self.inner.depth.get() + 1);
         let _depth = DepthGuard(&self.inner.depth);
 
-        if let Some(d) = self.with(|st| st.next_dispatch())? {
+        if let Some(d) = first {
             self.dispatch(d);
             return Ok(());
         }
-        let mode = self.with(|st| st.wait_timeout)?;
         self.trace(TracePoint::BeforeWait);
         let waited = self.with(|st| st.wait())?;
         self.trace(TracePoint::AfterWait);
         waited?;
-        if let Some(d) = self.with(|st| st.next_dispatch())? {
+        if let Some(d) = self.with(|st| st.next_counted())? {
             self.dispatch(d);
             return Ok(());
         }
@@ -475,7 +478,6 @@ impl Handle {
 
     fn dispatch(&self, d: Dispatch) {
         self.trace(TracePoint::BeforeHandler(d.kind()));
-        let _ = self.with(|st| st.stats.handlers += 1);
         match d {
             Dispatch::Signals(list) => {
                 for (id, mut handler, event) in list {
@@ -651,6 +653,15 @@ impl State {
             }
             _ => Some(callback),
         }
+    }
+
+    /// [`State::next_dispatch`], counting the handler it picks.
+    fn next_counted(&mut self) -> Option<Dispatch> {
+        let d = self.next_dispatch();
+        if d.is_some() {
+            self.stats.handlers += 1;
+        }
+        d
     }
 
     /// Picks what runs next, in SEMANTICS.md §1 order, without waiting.
