@@ -21,12 +21,26 @@
 //! before the fd is closed, so the peer sees EOF at once), timers on the
 //! monotonic clock, immediates, signals through a signalfd, immediates from
 //! other threads, and a generic "submit any operation" API.
+//!
+//! On top of it, ordinary async Rust: the [`rt`] executor (`block_on`,
+//! `spawn`, `JoinHandle`), [`time`] (sleep, timeout, interval), completion-
+//! based sockets in [`net`] and files in [`fs`] (the `(result, buf)` pattern:
+//! operations own their buffers), readiness for foreign fds in [`io`]
+//! (`AsyncFd`), [`signal`] streams, and [`op::submit`] for any raw io_uring
+//! operation.
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod fs;
+pub mod io;
+pub mod net;
+pub mod op;
 pub mod reactor;
 mod ring;
+pub mod rt;
+pub mod signal;
 mod sys;
+pub mod time;
 
 pub use error::{Error, Result};
 pub use reactor::{

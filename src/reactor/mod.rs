@@ -383,7 +383,24 @@ impl Handle {
 
     /// Installs (or with `None` removes) a hook called at each trace point:
     /// before and after the loop waits, before each handler, and when events
-    /// are attached and detached.
+    /// are attached and detached. It runs on the loop's thread; keep it quick.
+    ///
+    /// ```
+    /// use std::{cell::Cell, rc::Rc};
+    /// use ringloop::{EventKind, EventLoop, TracePoint};
+    /// let lp = EventLoop::new()?;
+    /// let timers_run = Rc::new(Cell::new(0));
+    /// let seen = timers_run.clone();
+    /// lp.set_trace_hook(Some(Box::new(move |point| {
+    ///     if point == TracePoint::BeforeHandler(EventKind::Timer) {
+    ///         seen.set(seen.get() + 1);
+    ///     }
+    /// })));
+    /// lp.add_timer_asap(|_| {})?;
+    /// lp.run()?;
+    /// assert_eq!(timers_run.get(), 1);
+    /// # Ok::<(), ringloop::Error>(())
+    /// ```
     pub fn set_trace_hook(&self, hook: Option<TraceHook>) {
         if let Ok(mut slot) = self.inner.trace.try_borrow_mut() {
             *slot = hook;
@@ -396,6 +413,17 @@ impl Handle {
     }
 
     /// The loop's counters.
+    ///
+    /// ```
+    /// use ringloop::EventLoop;
+    /// let lp = EventLoop::new()?;
+    /// lp.add_immediate(|_| {})?;
+    /// lp.run()?;
+    /// let stats = lp.stats()?;
+    /// assert_eq!(stats.handlers, 1);
+    /// println!("{} iterations, {} io_uring_enter calls", stats.iterations, stats.enters);
+    /// # Ok::<(), ringloop::Error>(())
+    /// ```
     pub fn stats(&self) -> Result<Stats> {
         self.with(|st| Stats {
             enters: st.ring.enters,
@@ -407,6 +435,11 @@ impl Handle {
     /// The current time on the loop's clock.
     pub fn now(&self) -> Result<Instant> {
         self.with(|st| st.epoch + Duration::from_nanos(st.now_ns()))
+    }
+
+    /// How long an idle iteration may block.
+    pub fn wait_timeout(&self) -> Result<WaitTimeout> {
+        self.with(|st| st.wait_timeout)
     }
 
     /// Sets how long an idle iteration may block.

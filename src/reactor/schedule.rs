@@ -28,6 +28,20 @@ impl State {
 impl Handle {
     /// Runs `handler` once, no earlier than `after` from now on the
     /// monotonic clock. Equal deadlines fire in the order added.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use ringloop::EventLoop;
+    /// let lp = EventLoop::new()?;
+    /// let start = Instant::now();
+    /// lp.add_timer(Duration::from_millis(5), move |_| {
+    ///     assert!(start.elapsed() >= Duration::from_millis(5)); // never early
+    /// })?;
+    /// let doomed = lp.add_timer(Duration::from_millis(1), |_| unreachable!())?;
+    /// lp.cancel_timer(doomed)?;
+    /// lp.run()?; // returns once the timer ran: nothing is left
+    /// # Ok::<(), ringloop::Error>(())
+    /// ```
     pub fn add_timer(
         &self,
         after: Duration,
@@ -107,6 +121,22 @@ impl Handle {
 
     /// Schedules `handler` to run on a later iteration, before timers and
     /// fds, after the immediates already scheduled.
+    ///
+    /// ```
+    /// use std::{cell::RefCell, rc::Rc};
+    /// use ringloop::EventLoop;
+    /// let lp = EventLoop::new()?;
+    /// let order = Rc::new(RefCell::new(Vec::new()));
+    /// let o = order.clone();
+    /// lp.add_timer_asap(move |_| o.borrow_mut().push("timer"))?;
+    /// for name in ["first", "second"] {
+    ///     let o = order.clone();
+    ///     lp.add_immediate(move |_| o.borrow_mut().push(name))?;
+    /// }
+    /// lp.run()?;
+    /// assert_eq!(*order.borrow(), ["first", "second", "timer"]);
+    /// # Ok::<(), ringloop::Error>(())
+    /// ```
     pub fn add_immediate(&self, handler: impl FnOnce(&Handle) + 'static) -> Result<ImmediateId> {
         let id = self.with(|st| st.immediates.push(Box::new(handler)))?;
         self.trace(TracePoint::Attach(EventKind::Immediate));

@@ -1,0 +1,239 @@
+//! Sockets whose I/O goes through io_uring operations: [`TcpListener`],
+//! [`TcpStream`], [`UnixStream`] and [`UdpSocket`].
+//!
+//! These are completion-based, not readiness-based: `accept`, `connect`,
+//! `read`, `write`, `send_to` and `recv_from` each submit one io_uring
+//! operation and await its completion, so a busy connection costs no poll
+//! round trip and no syscall of its own (the operations of all tasks go to
+//! the kernel together when the loop next enters it).
+//!
+//! Buffers are passed by value and handed back with the result, the
+//! `(result, buf)` pattern: the operation owns the buffer while the kernel
+//! may touch it. Reads fill a `Vec`'s **spare capacity** (`len..capacity`)
+//! and extend its length; writes send its contents (`..len`).
+//!
+//! Dropping a future mid-operation cancels the operation; the buffer and
+//! the socket stay alive until the kernel is done with them, and a socket
+//! that an `accept` produced after the cancel is closed. A socket's fd is
+//! closed when the socket value and every operation using it are gone.
+//!
+//! ```
+//! use ringloop::{net::{TcpListener, TcpStream}, rt};
+//! rt::block_on(async {
+//!     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+//!     let addr = listener.local_addr().unwrap();
+//!     let client = rt::spawn(async move {
+//!         let s = TcpStream::connect(addr).await.unwrap();
+//!         let (r, _) = s.write_all(b"ping".to_vec()).await;
+//!         r.unwrap();
+//!         let (r, buf) = s.read(Vec::with_capacity(16)).await;
+//!         assert_eq!((r.unwrap(), &buf[..]), (4, &b"pong"[..]));
+//!     });
+//!     let (s, _peer) = listener.accept().await.unwrap();
+//!     let (r, buf) = s.read(Vec::with_capacity(16)).await;
+//!     assert_eq!(&buf[..r.unwrap()], b"ping");
+//!     s.write_all(b"pong".to_vec()).await.0.unwrap();
+//!     client.await.unwrap();
+//! });
+//! ```
+
+mod addr;
+mod tcp;
+mod udp;
+mod unix;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+use io_uring::{opcode, types};
+
+use crate::op::{Op, Orphan};
+
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::UnixStream;
+
+pub(crate) use addr::SockAddr;
+
+/// An fd shared by a socket value and its in-flight operations, so it is
+/// closed only when all of them are done with it (an operation submitted
+/// after a close would act on whatever file reuses the number).
+#[derive(Clone)]
+pub(crate) struct Socket(Rc<OwnedFd>);
+
+impl Socket {
+    pub(crate) fn from_fd(fd: OwnedFd) -> Socket {
+        Socket(Rc::new(fd))
+    }
+
+    /// A new socket (blocking mode: io_uring never blocks on it, and
+    /// `IORING_OP_CONNECT` behaves the same on every kernel).
+    pub(crate) fn new(domain: i32, ty: i32) -> io::Result<Socket> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd owned by nobody else.
+        Ok(Socket::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    fn fd(&self) -> types::Fd {
+        types::Fd(self.raw())
+    }
+
+    /// Receives into `buf`'s spare capacity.
+    pub(crate) async fn recv(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let spare = buf.capacity() - buf.len();
+        if spare == 0 {
+            return (Err(no_spare_capacity()), buf);
+        }
+        let len = u32::try_from(spare).unwrap_or(u32::MAX);
+        // SAFETY: `len` bytes past `buf.len()` are allocated.
+        let ptr = unsafe { buf.as_mut_ptr().add(buf.len()) };
+        let entry = opcode::Recv::new(self.fd(), ptr, len).build();
+        // SAFETY: the Vec's heap buffer and the fd are owned by the operation.
+        let (r, (mut buf, _sock)) = unsafe { Op::submit(entry, (buf, self.clone()), Orphan::Drop) }
+            .result()
+            .await;
+        (r.map(|n| extend(&mut buf, n)), buf)
+    }
+
+    /// Sends `buf[..len]` once; returns how much went out.
+    pub(crate) async fn send(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.send_from(buf, 0).await
+    }
+
+    async fn send_from(&self, buf: Vec<u8>, from: usize) -> (io::Result<usize>, Vec<u8>) {
+        let rest = &buf[from.min(buf.len())..];
+        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Send::new(self.fd(), rest.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        // SAFETY: as in `recv`.
+        let (r, (buf, _sock)) = unsafe { Op::submit(entry, (buf, self.clone()), Orphan::Drop) }
+            .result()
+            .await;
+        (r.map(|n| n as usize), buf)
+    }
+
+    /// Sends all of `buf[..len]`.
+    pub(crate) async fn send_all(&self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let mut sent = 0;
+        while sent < buf.len() {
+            let (r, b) = self.send_from(buf, sent).await;
+            buf = b;
+            match r {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Connects through `IORING_OP_CONNECT`.
+    pub(crate) async fn connect(&self, addr: SockAddr) -> io::Result<()> {
+        let addr = Box::new(addr);
+        let entry = opcode::Connect::new(self.fd(), addr.as_ptr(), addr.len()).build();
+        // SAFETY: the boxed address and the fd are owned by the operation.
+        let (r, _) = unsafe { Op::submit(entry, (addr, self.clone()), Orphan::Drop) }
+            .result()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            // Kernels before the EINPROGRESS fix may retry the connect after
+            // it succeeded and report that it already is connected.
+            Err(e) if e.raw_os_error() == Some(libc::EISCONN) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Accepts one connection; the new fd is closed if the future is dropped.
+    pub(crate) async fn accept(&self) -> io::Result<(OwnedFd, SockAddr)> {
+        let mut addr = Box::new(SockAddr::empty());
+        let (ptr, len) = addr.as_mut_ptrs();
+        let entry = opcode::Accept::new(self.fd(), ptr, len)
+            .flags(libc::SOCK_CLOEXEC)
+            .build();
+        // SAFETY: the boxed address buffer and the fd are owned by the operation.
+        let (r, (addr, _sock)) =
+            unsafe { Op::submit(entry, (addr, self.clone()), Orphan::CloseFd) }
+                .result()
+                .await;
+        let fd = r?;
+        // SAFETY: the kernel just created this fd for us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok((fd, *addr))
+    }
+
+    pub(crate) fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        let how = match how {
+            std::net::Shutdown::Read => libc::SHUT_RD,
+            std::net::Shutdown::Write => libc::SHUT_WR,
+            std::net::Shutdown::Both => libc::SHUT_RDWR,
+        };
+        // SAFETY: plain syscall on an fd we own.
+        cvt(unsafe { libc::shutdown(self.raw(), how) }).map(drop)
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SockAddr> {
+        SockAddr::query(self.raw(), libc::getsockname)
+    }
+
+    pub(crate) fn peer_addr(&self) -> io::Result<SockAddr> {
+        SockAddr::query(self.raw(), libc::getpeername)
+    }
+
+    pub(crate) fn set_int_opt(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
+        // SAFETY: `value` is a live c_int of the size passed.
+        cvt(unsafe {
+            libc::setsockopt(
+                self.raw(),
+                level,
+                name,
+                (&value as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    }
+
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// The fd, if no operation is using it.
+    pub(crate) fn into_fd(self) -> Result<OwnedFd, Socket> {
+        Rc::try_unwrap(self.0).map_err(Socket)
+    }
+}
+
+/// Sets `buf`'s length after the kernel wrote `n` bytes into its spare capacity.
+pub(crate) fn extend(buf: &mut Vec<u8>, n: u32) -> usize {
+    let n = (n as usize).min(buf.capacity() - buf.len());
+    // SAFETY: the kernel initialised `n` bytes after the old length, within capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    n
+}
+
+pub(crate) fn no_spare_capacity() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "the buffer has no spare capacity to read into (reads fill len..capacity)",
+    )
+}
+
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}

@@ -1,0 +1,162 @@
+//! TCP through io_uring: [`TcpListener`] and [`TcpStream`].
+
+use std::fmt;
+use std::io;
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use super::{SockAddr, Socket};
+
+/// A TCP listening socket whose `accept` is an `IORING_OP_ACCEPT`.
+pub struct TcpListener {
+    sock: Socket,
+}
+
+impl TcpListener {
+    /// Binds and listens (with `SO_REUSEADDR`, as `std` does). Name
+    /// resolution, if `addr` is a host name, blocks.
+    pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        let std = std::net::TcpListener::bind(addr)?;
+        Ok(TcpListener::from_std(std))
+    }
+
+    /// Wraps a listener made elsewhere (blocking or not: either works).
+    pub fn from_std(listener: std::net::TcpListener) -> TcpListener {
+        TcpListener {
+            sock: Socket::from_fd(OwnedFd::from(listener)),
+        }
+    }
+
+    /// Accepts a connection. If the future is dropped before it completes,
+    /// the accept is cancelled, and a connection it accepted anyway is
+    /// closed (the peer sees EOF), never leaked.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (fd, addr) = self.sock.accept().await?;
+        let stream = TcpStream {
+            sock: Socket::from_fd(fd),
+        };
+        Ok((stream, addr.to_std()?))
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()?.to_std()
+    }
+}
+
+impl AsFd for TcpListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("fd", &self.sock.raw())
+            .field("addr", &self.local_addr().ok())
+            .finish()
+    }
+}
+
+/// A TCP connection whose reads and writes are io_uring operations
+/// (`IORING_OP_RECV` / `IORING_OP_SEND`).
+///
+/// Methods take `&self`, so one task can read while another writes. The fd
+/// is closed when the stream and all operations using it are gone.
+pub struct TcpStream {
+    sock: Socket,
+}
+
+impl TcpStream {
+    /// Connects with `IORING_OP_CONNECT`, trying each resolved address in
+    /// turn. A closed port gives `ConnectionRefused`. Name resolution, if
+    /// `addr` is a host name, blocks.
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+        for a in addrs {
+            let domain = if a.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            let sock = Socket::new(domain, libc::SOCK_STREAM)?;
+            match sock.connect(SockAddr::from(a)).await {
+                Ok(()) => return Ok(TcpStream { sock }),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Wraps a connected stream made elsewhere.
+    pub fn from_std(stream: std::net::TcpStream) -> TcpStream {
+        TcpStream {
+            sock: Socket::from_fd(OwnedFd::from(stream)),
+        }
+    }
+
+    /// Reads once into `buf`'s **spare capacity** (`len..capacity`) and
+    /// extends its length by the bytes read; `Ok(0)` means end of stream.
+    /// A buffer without spare capacity gives `InvalidInput`.
+    pub async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.sock.recv(buf).await
+    }
+
+    /// Writes `buf[..len]` once and returns how many bytes were sent.
+    pub async fn write(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.sock.send(buf).await
+    }
+
+    /// Writes all of `buf[..len]`.
+    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        self.sock.send_all(buf).await
+    }
+
+    /// Shuts down one or both directions at once (a plain `shutdown(2)`,
+    /// which never blocks).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.sock.shutdown(how)
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()?.to_std()
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.peer_addr()?.to_std()
+    }
+
+    /// Sets `TCP_NODELAY`.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.sock
+            .set_int_opt(libc::IPPROTO_TCP, libc::TCP_NODELAY, i32::from(nodelay))
+    }
+
+    /// Turns the stream back into a `std` one; fails (returning the stream)
+    /// while an operation still uses the fd.
+    pub fn into_std(self) -> Result<std::net::TcpStream, TcpStream> {
+        self.sock
+            .into_fd()
+            .map(std::net::TcpStream::from)
+            .map_err(|sock| TcpStream { sock })
+    }
+}
+
+impl AsFd for TcpStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("fd", &self.sock.raw())
+            .field("peer", &self.peer_addr().ok())
+            .finish()
+    }
+}

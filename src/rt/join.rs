@@ -1,0 +1,223 @@
+//! [`JoinHandle`] and [`JoinError`]: awaiting a spawned task's output.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+
+use super::task::Core;
+use super::waker::TaskKey;
+
+/// Why a task produced no output.
+pub struct JoinError {
+    repr: Repr,
+}
+
+enum Repr {
+    Cancelled,
+    NoRuntime,
+    Panic(Box<dyn Any + Send + 'static>),
+}
+
+impl JoinError {
+    pub(crate) fn cancelled() -> Self {
+        JoinError {
+            repr: Repr::Cancelled,
+        }
+    }
+
+    pub(crate) fn no_runtime() -> Self {
+        JoinError {
+            repr: Repr::NoRuntime,
+        }
+    }
+
+    pub(crate) fn panic(payload: Box<dyn Any + Send + 'static>) -> Self {
+        JoinError {
+            repr: Repr::Panic(payload),
+        }
+    }
+
+    /// The task was aborted, or dropped unfinished because its runtime was
+    /// dropped, or never ran because there was no runtime to spawn it on
+    /// (see [`JoinError::is_no_runtime`]).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.repr, Repr::Cancelled | Repr::NoRuntime)
+    }
+
+    /// The task was never run: it was spawned with no runtime on the thread,
+    /// or while its runtime was shutting down.
+    pub fn is_no_runtime(&self) -> bool {
+        matches!(self.repr, Repr::NoRuntime)
+    }
+
+    /// The task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.repr, Repr::Panic(_))
+    }
+
+    /// The panic's payload, to re-raise it with `std::panic::resume_unwind`.
+    ///
+    /// # Panics
+    /// If the task did not panic; use [`JoinError::try_into_panic`] to check.
+    pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
+        match self.try_into_panic() {
+            Ok(p) => p,
+            Err(e) => panic!("JoinError::into_panic on a task that did not panic: {e}"),
+        }
+    }
+
+    /// The panic's payload, or the error itself if the task did not panic.
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, JoinError> {
+        match self.repr {
+            Repr::Panic(p) => Ok(p),
+            repr => Err(JoinError { repr }),
+        }
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Cancelled => f.write_str("task was cancelled"),
+            Repr::NoRuntime => f.write_str(
+                "task was never run: no ringloop runtime on this thread (or it was shutting down)",
+            ),
+            Repr::Panic(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| p.downcast_ref::<String>().map(String::as_str));
+                match msg {
+                    Some(m) => write!(f, "task panicked: {m}"),
+                    None => f.write_str("task panicked"),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JoinError({self})")
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// What a task and its handle share.
+pub(crate) struct JoinState<T> {
+    pub(crate) result: Option<Result<T, JoinError>>,
+    pub(crate) waker: Option<Waker>,
+    /// Set once the output (or error) has been handed out.
+    pub(crate) taken: bool,
+}
+
+impl<T> JoinState<T> {
+    pub(crate) fn new() -> Rc<RefCell<JoinState<T>>> {
+        Rc::new(RefCell::new(JoinState {
+            result: None,
+            waker: None,
+            taken: false,
+        }))
+    }
+
+    /// Stores the outcome (unless one is stored already) and wakes the awaiter.
+    pub(crate) fn complete(cell: &RefCell<JoinState<T>>, outcome: Result<T, JoinError>) {
+        let waker = match cell.try_borrow_mut() {
+            Ok(mut st) => {
+                if st.result.is_some() || st.taken {
+                    return;
+                }
+                st.result = Some(outcome);
+                st.waker.take()
+            }
+            Err(_) => return,
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// An owned permission to await a spawned task's output, or to abort it.
+///
+/// Awaiting gives `Ok(output)`, or a [`JoinError`] if the task panicked, was
+/// aborted, or never ran. Dropping the handle detaches the task: it keeps
+/// running.
+pub struct JoinHandle<T> {
+    state: Rc<RefCell<JoinState<T>>>,
+    core: Weak<Core>,
+    key: TaskKey,
+}
+
+impl<T> JoinHandle<T> {
+    pub(crate) fn new(state: Rc<RefCell<JoinState<T>>>, core: Weak<Core>, key: TaskKey) -> Self {
+        JoinHandle { state, core, key }
+    }
+
+    /// A handle for a task that could not be spawned.
+    pub(crate) fn failed() -> Self {
+        let state = JoinState::new();
+        state.borrow_mut().result = Some(Err(JoinError::no_runtime()));
+        JoinHandle {
+            state,
+            core: Weak::new(),
+            key: TaskKey::default(),
+        }
+    }
+
+    /// Aborts the task: it is dropped without being polled again (at once if
+    /// it is not running, else when its current poll returns), and awaiting
+    /// the handle gives a cancelled [`JoinError`]. Does nothing if the task
+    /// has finished.
+    pub fn abort(&self) {
+        if self.is_finished() {
+            return;
+        }
+        JoinState::complete(&self.state, Err(JoinError::cancelled()));
+        if let Some(core) = self.core.upgrade() {
+            core.abort(self.key);
+        }
+    }
+
+    /// Whether the task has finished (completed, panicked or been aborted).
+    pub fn is_finished(&self) -> bool {
+        self.state
+            .try_borrow()
+            .map(|st| st.result.is_some() || st.taken)
+            .unwrap_or(false)
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = self.state.borrow_mut();
+        if let Some(r) = st.result.take() {
+            st.taken = true;
+            return Poll::Ready(r);
+        }
+        if st.taken {
+            // Polled again after completion: the output is gone.
+            return Poll::Ready(Err(JoinError::cancelled()));
+        }
+        match &mut st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}

@@ -1,0 +1,248 @@
+//! The executor: runs futures on the event loop's thread.
+//!
+//! A [`Runtime`] owns an [`EventLoop`]. [`Runtime::block_on`] alternates
+//! between two things until its future is done:
+//!
+//! 1. a *poll pass*: every task woken so far is polled once, in wake order;
+//! 2. one loop iteration ([`Handle::run_once`]): it runs one handler (an I/O
+//!    completion, a timer…), whose waker calls queue tasks for the next pass.
+//!    It blocks in `io_uring_enter` only when no task is queued, and never
+//!    blocks while one is.
+//!
+//! Futures submit their io_uring operations while being polled; the SQEs wait
+//! in the ring until the loop next enters the kernel, so the operations of
+//! every task polled in between go to the kernel in one `io_uring_enter`.
+//! Polling itself never makes a syscall.
+//!
+//! Tasks need not be `Send`: they only ever run on the runtime's thread.
+//! Wakers are `Send + Sync`. A wake on the runtime's thread only queues the
+//! task (no syscall); a wake from another thread also writes the loop's
+//! eventfd (once per burst), so a loop blocked in `io_uring_enter` returns.
+//! Waking a task that is already queued does nothing.
+//!
+//! ```
+//! use ringloop::rt;
+//! let out = rt::block_on(async {
+//!     let task = rt::spawn(async { 6 * 7 });
+//!     rt::yield_now().await;
+//!     task.await.unwrap()
+//! });
+//! assert_eq!(out, 42);
+//! ```
+
+mod join;
+mod task;
+mod waker;
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use slotmap::Key;
+
+use crate::error::{Error, Result};
+use crate::reactor::{EventLoop, Handle, WaitTimeout};
+
+pub use join::{JoinError, JoinHandle};
+use task::Core;
+use waker::{Header, Shared, TaskKey};
+
+/// An executor bound to one [`EventLoop`], on one thread.
+///
+/// Dropping the runtime drops every unfinished task (their join handles then
+/// give a cancelled [`JoinError`]) and then the loop, which cancels the
+/// operations still in flight and waits for the kernel to let go of their
+/// buffers.
+pub struct Runtime {
+    core: Rc<Core>,
+    /// `None` only during drop.
+    lp: Option<EventLoop>,
+}
+
+impl Runtime {
+    /// A runtime on a new loop with the default configuration.
+    ///
+    /// Fails if io_uring is unavailable (see [`Error::Unavailable`]).
+    pub fn new() -> Result<Runtime> {
+        Runtime::with_loop(EventLoop::new()?)
+    }
+
+    /// A runtime on a loop built elsewhere (see [`EventLoop::builder`]).
+    ///
+    /// Events already on the loop keep working alongside tasks.
+    pub fn with_loop(lp: EventLoop) -> Result<Runtime> {
+        let shared = Arc::new(Shared::new(lp.remote()?));
+        let core = Core::new(lp.handle(), shared);
+        task::push_current(&core);
+        Ok(Runtime { core, lp: Some(lp) })
+    }
+
+    /// The loop's handle, for registering events directly.
+    pub fn handle(&self) -> Handle {
+        self.core.handle.clone()
+    }
+
+    /// Spawns a task; it first runs during a [`Runtime::block_on`] call.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.core.spawn(future)
+    }
+
+    /// Runs the loop and the runtime's tasks until `future` completes, and
+    /// returns its output. While it runs, this runtime is the thread's
+    /// current one (for [`spawn`], [`current_handle`], timers and sockets).
+    ///
+    /// # Panics
+    /// If called re-entrantly on the same runtime (from one of its tasks, or
+    /// from a handler of its loop), or if `io_uring_enter` itself fails (an
+    /// error that leaves the loop unusable). A panic in `future` itself
+    /// propagates; panics in spawned tasks do not (see [`JoinError`]).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        assert!(
+            !self.core.running.get(),
+            "Runtime::block_on called from inside the same runtime; \
+             spawn the future instead, or await it"
+        );
+        let _enter = Enter::new(&self.core);
+        let main = Header::new(TaskKey::null(), self.core.shared.clone(), true);
+        let waker = Waker::from(main.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut future = pin!(future);
+        let handle = &self.core.handle;
+        let base = handle.wait_timeout().unwrap_or(WaitTimeout::Forever);
+        loop {
+            if main.take_wake()
+                && let Poll::Ready(v) = future.as_mut().poll(&mut cx)
+            {
+                return v;
+            }
+            self.core.run_ready();
+            let busy = main.queued.load(std::sync::atomic::Ordering::Acquire)
+                || self.core.shared.has_queued();
+            let turn = if busy && base != WaitTimeout::Never {
+                // Let completions in without blocking, then poll again.
+                let _ = handle.set_wait_timeout(WaitTimeout::Never);
+                let r = handle.run_once();
+                let _ = handle.set_wait_timeout(base);
+                r
+            } else {
+                handle.run_once()
+            };
+            match turn {
+                Ok(()) | Err(Error::WouldBlock) => {}
+                Err(Error::Nested) => panic!(
+                    "Runtime::block_on called from inside a handler of its own loop; \
+                     spawn the future instead"
+                ),
+                Err(e) => panic!("the event loop failed: {e}"),
+            }
+        }
+    }
+
+    /// Number of spawned tasks that have not finished.
+    pub fn task_count(&self) -> usize {
+        self.core.task_count()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        task::push_current(&self.core);
+        self.core.shutdown();
+        task::pop_current(&self.core);
+        task::pop_current(&self.core);
+        drop(self.lp.take());
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("tasks", &self.core.task_count())
+            .finish()
+    }
+}
+
+/// Marks a runtime as running and current for the length of `block_on`.
+struct Enter<'a>(&'a Rc<Core>);
+
+impl<'a> Enter<'a> {
+    fn new(core: &'a Rc<Core>) -> Self {
+        core.running.set(true);
+        task::push_current(core);
+        Enter(core)
+    }
+}
+
+impl Drop for Enter<'_> {
+    fn drop(&mut self) {
+        self.0.running.set(false);
+        task::pop_current(self.0);
+    }
+}
+
+/// Runs `future` to completion on a new [`Runtime`] and returns its output.
+///
+/// # Panics
+/// If io_uring is unavailable on this machine (disabled by sysctl, blocked
+/// by seccomp, kernel too old): use [`Runtime::new`] to handle that as an
+/// error. Also in the cases listed under [`Runtime::block_on`].
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    match Runtime::new() {
+        Ok(rt) => rt.block_on(future),
+        Err(e) => panic!("ringloop::rt::block_on: cannot create a runtime: {e}"),
+    }
+}
+
+/// Spawns a task on the thread's current runtime (the innermost one running
+/// [`Runtime::block_on`], or else the newest live one).
+///
+/// With no runtime on the thread, or while it shuts down, the task is
+/// dropped unrun and the handle resolves to a [`JoinError`] for which
+/// [`JoinError::is_no_runtime`] holds: spawning never panics.
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    match task::current() {
+        Some(core) => core.spawn(future),
+        None => JoinHandle::failed(),
+    }
+}
+
+/// The loop handle of the thread's current runtime, if any.
+pub fn current_handle() -> Option<Handle> {
+    task::current().map(|c| c.handle.clone())
+}
+
+/// Yields once: the task is queued again behind the others already woken,
+/// and the loop gets a (non-blocking) turn before it runs again.
+pub fn yield_now() -> YieldNow {
+    YieldNow { yielded: false }
+}
+
+/// The future returned by [`yield_now`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct YieldNow {
+    yielded: bool,
+}
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded {
+            return Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

@@ -1,0 +1,124 @@
+//! Wakers: `Send + Sync`, one allocation per task, never queue a task twice.
+//!
+//! Each task has a [`Header`] shared by all its wakers. Waking sets the
+//! header's `queued` flag; only the wake that flips it from `false` to `true`
+//! pushes the task onto the runtime's run queue, so a task is queued at most
+//! once however many times it is woken. The executor clears the flag just
+//! before polling, so a wake during the poll queues the task again and no
+//! wake-up is lost.
+//!
+//! A wake on the runtime's own thread only pushes onto the queue (an
+//! uncontended mutex, no syscall): the executor drains the queue before the
+//! loop waits. A wake from another thread also wakes the loop through the
+//! reactor's [`Remote`] (an eventfd write, skipped when one is already
+//! pending), so a loop blocked in `io_uring_enter` returns.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Wake;
+use std::thread::{self, ThreadId};
+
+use slotmap::Key;
+
+use crate::reactor::Remote;
+
+slotmap::new_key_type! {
+    /// Names a spawned task of one runtime.
+    pub(crate) struct TaskKey;
+}
+
+/// What a runtime's wakers share: its run queue and how to wake its loop.
+pub(crate) struct Shared {
+    /// Tasks to poll, in wake order; `None` once the runtime is gone, so late
+    /// wakes are dropped.
+    queue: Mutex<Option<VecDeque<TaskKey>>>,
+    /// The thread that runs the runtime.
+    owner: ThreadId,
+    remote: Remote,
+}
+
+impl Shared {
+    pub(crate) fn new(remote: Remote) -> Self {
+        Shared {
+            queue: Mutex::new(Some(VecDeque::new())),
+            owner: thread::current().id(),
+            remote,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<VecDeque<TaskKey>>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the queued tasks into `out` (which should be empty).
+    pub(crate) fn take_queue(&self, out: &mut VecDeque<TaskKey>) {
+        if let Some(q) = self.lock().as_mut() {
+            std::mem::swap(q, out);
+        }
+    }
+
+    /// Whether any task is queued.
+    pub(crate) fn has_queued(&self) -> bool {
+        self.lock().as_ref().is_some_and(|q| !q.is_empty())
+    }
+
+    /// Refuses further wakes and forgets queued ones.
+    pub(crate) fn close(&self) {
+        let old = self.lock().take();
+        drop(old);
+    }
+
+    /// Wakes the loop if called from a thread other than the runtime's.
+    fn notify(&self) {
+        if thread::current().id() != self.owner {
+            // An error means the loop is gone: nothing left to wake.
+            let _ = self.remote.wake();
+        }
+    }
+}
+
+/// Per-task wake state, shared by all of the task's wakers.
+pub(crate) struct Header {
+    /// The task; the null key stands for the future given to `block_on`,
+    /// which is not in the task table and is never put on the queue.
+    pub(crate) key: TaskKey,
+    /// Whether the task is queued (or, for `block_on`'s future, due a poll).
+    pub(crate) queued: AtomicBool,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Header {
+    pub(crate) fn new(key: TaskKey, shared: Arc<Shared>, queued: bool) -> Arc<Header> {
+        Arc::new(Header {
+            key,
+            queued: AtomicBool::new(queued),
+            shared,
+        })
+    }
+
+    /// Claims the pending wake before a poll: returns whether one was pending.
+    pub(crate) fn take_wake(&self) -> bool {
+        self.queued.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for Header {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if !self.key.is_null() {
+            let mut q = self.shared.lock();
+            match q.as_mut() {
+                Some(q) => q.push_back(self.key),
+                None => return,
+            }
+        }
+        self.shared.notify();
+    }
+}

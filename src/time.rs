@@ -1,0 +1,324 @@
+//! Timers for futures: [`sleep`], [`sleep_until`], [`timeout`] and
+//! [`interval`], on the loop's own timers.
+//!
+//! The loop never runs a timer before its deadline, so a [`Sleep`] never
+//! completes early. Deadlines are on the loop's clock (the monotonic clock,
+//! or a [`ManualClock`](crate::ManualClock) in tests). A duration too long to
+//! represent (such as `Duration::MAX`) means "never": the sleep stays
+//! pending, and a [`timeout`] with it never elapses.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use ringloop::{rt, time};
+//! rt::block_on(async {
+//!     let start = Instant::now();
+//!     time::sleep(Duration::from_millis(5)).await;
+//!     assert!(start.elapsed() >= Duration::from_millis(5));
+//!     let r = time::timeout(Duration::from_millis(5), std::future::pending::<()>()).await;
+//!     assert!(r.is_err());
+//! });
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+use pin_project_lite::pin_project;
+
+use crate::error::Error;
+use crate::reactor::{Handle, TimerId};
+use crate::rt;
+
+/// The current time on the current runtime's clock (or the monotonic clock
+/// when there is no runtime).
+fn now() -> Instant {
+    rt::current_handle()
+        .and_then(|h| h.now().ok())
+        .unwrap_or_else(Instant::now)
+}
+
+/// Completes no earlier than `duration` from now.
+///
+/// # Panics
+/// When polled on a thread with no ringloop runtime (see [`rt::Runtime`]),
+/// or after the runtime it first ran on was dropped.
+pub fn sleep(duration: Duration) -> Sleep {
+    Sleep::new(now().checked_add(duration))
+}
+
+/// Completes no earlier than `deadline`. A deadline in the past completes on
+/// the next loop iteration.
+///
+/// # Panics
+/// As for [`sleep`].
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep::new(Some(deadline))
+}
+
+#[derive(Default)]
+struct Fired {
+    fired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// The future returned by [`sleep`] and [`sleep_until`]. Dropping it
+/// cancels its timer.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Sleep {
+    /// `None`: never completes.
+    deadline: Option<Instant>,
+    armed: Option<(Handle, TimerId)>,
+    fired: Rc<Fired>,
+}
+
+impl Sleep {
+    fn new(deadline: Option<Instant>) -> Sleep {
+        Sleep {
+            deadline,
+            armed: None,
+            fired: Rc::new(Fired::default()),
+        }
+    }
+
+    /// The deadline, or `None` if this sleep never completes.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the deadline has been reached (the timer ran).
+    pub fn is_elapsed(&self) -> bool {
+        self.fired.fired.get()
+    }
+
+    /// Moves the deadline (also of a sleep that already completed, which
+    /// then waits again).
+    pub fn reset(&mut self, deadline: Instant) {
+        self.disarm();
+        self.deadline = Some(deadline);
+        self.fired = Rc::new(Fired::default());
+    }
+
+    fn disarm(&mut self) {
+        if let Some((h, id)) = self.armed.take() {
+            // NotFound: it already ran. LoopGone: nothing to cancel.
+            let _ = h.cancel_timer(id);
+        }
+    }
+
+    fn arm(&mut self, deadline: Instant) {
+        let handle = match &self.armed {
+            Some((h, _)) => h.clone(),
+            None => match rt::current_handle() {
+                Some(h) => h,
+                None => panic!(
+                    "ringloop::time::Sleep polled outside a ringloop runtime; \
+                     run it with ringloop::rt::block_on or spawn it on a Runtime"
+                ),
+            },
+        };
+        let fired = self.fired.clone();
+        let added = handle.add_timer_at(deadline, move |_| {
+            fired.fired.set(true);
+            let waker = fired.waker.borrow_mut().take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        });
+        match added {
+            Ok(id) => self.armed = Some((handle, id)),
+            // Too far away to represent: never fires.
+            Err(Error::DeadlineOverflow) => self.deadline = None,
+            Err(e) => panic!("ringloop::time::Sleep: cannot add a timer: {e}"),
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.fired.fired.get() {
+            return Poll::Ready(());
+        }
+        if self.armed.is_none()
+            && let Some(deadline) = self.deadline
+        {
+            self.arm(deadline);
+        }
+        if self.deadline.is_some() {
+            let mut slot = self.fired.waker.borrow_mut();
+            match &*slot {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *slot = Some(cx.waker().clone()),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if !self.fired.fired.get() {
+            self.disarm();
+        }
+    }
+}
+
+impl fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sleep")
+            .field("deadline", &self.deadline)
+            .field("elapsed", &self.is_elapsed())
+            .finish()
+    }
+}
+
+/// The error of a [`timeout`] whose deadline passed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(());
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for std::io::Error {
+    fn from(e: Elapsed) -> Self {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, e)
+    }
+}
+
+/// Runs `future` with a time limit: its output, or [`Elapsed`] if `duration`
+/// passes first (the future is then dropped with the `Timeout`).
+///
+/// The future is always polled before the deadline is checked, so a ready
+/// future wins even with a zero duration. `Duration::MAX` never elapses.
+pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
+    Timeout {
+        future,
+        sleep: sleep(duration),
+    }
+}
+
+/// Like [`timeout`], with a deadline.
+pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
+    Timeout {
+        future,
+        sleep: sleep_until(deadline),
+    }
+}
+
+pin_project! {
+    /// The future returned by [`timeout`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Timeout<F> {
+        #[pin]
+        future: F,
+        sleep: Sleep,
+    }
+}
+
+impl<F> Timeout<F> {
+    /// The wrapped future.
+    pub fn get_ref(&self) -> &F {
+        &self.future
+    }
+
+    /// Unwraps the future, dropping the timer.
+    pub fn into_inner(self) -> F {
+        self.future
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.future.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match Pin::new(this.sleep).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed(()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A stream of instants `period` apart, the first one now.
+///
+/// A zero period is treated as 1 ns. Ticks missed because the task was busy
+/// are skipped: the next tick comes one period after the late one.
+pub fn interval(period: Duration) -> Interval {
+    interval_at(now(), period)
+}
+
+/// Like [`interval`], with the first tick at `start`.
+pub fn interval_at(start: Instant, period: Duration) -> Interval {
+    Interval {
+        sleep: sleep_until(start),
+        period: period.max(Duration::from_nanos(1)),
+    }
+}
+
+/// The stream returned by [`interval`]; each item is the tick's deadline.
+#[derive(Debug)]
+#[must_use = "streams do nothing unless polled"]
+pub struct Interval {
+    sleep: Sleep,
+    period: Duration,
+}
+
+impl Interval {
+    /// Waits for the next tick.
+    pub async fn tick(&mut self) -> Instant {
+        std::future::poll_fn(|cx| self.poll_tick(cx)).await
+    }
+
+    /// Polls for the next tick.
+    pub fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<Instant> {
+        let Some(tick) = self.sleep.deadline() else {
+            // Never fires.
+            return Poll::Pending;
+        };
+        match Pin::new(&mut self.sleep).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                let now = now();
+                match tick.checked_add(self.period) {
+                    Some(next) => self.sleep.reset(if next <= now {
+                        now.checked_add(self.period).unwrap_or(next)
+                    } else {
+                        next
+                    }),
+                    None => {
+                        self.sleep.disarm();
+                        self.sleep.deadline = None;
+                    }
+                }
+                Poll::Ready(tick)
+            }
+        }
+    }
+
+    /// The period.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+}
+
+impl Stream for Interval {
+    type Item = Instant;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Instant>> {
+        self.get_mut().poll_tick(cx).map(Some)
+    }
+}

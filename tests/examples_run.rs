@@ -1,0 +1,154 @@
+//! Runs the examples that are not servers (`demo`, `timers`, `file_copy`)
+//! and checks what they print and do.
+//!
+//! Like `examples_servers.rs`, this needs the example binaries built
+//! (plain `cargo test` or `cargo build --examples`); a missing binary is
+//! reported and the test passes without checking anything.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn example_path(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is missing; build the examples first \
+             (`cargo build --examples`, or run plain `cargo test`)",
+            path.display()
+        );
+        None
+    }
+}
+
+fn run(name: &str, args: &[&str]) -> Option<Output> {
+    let path = example_path(name)?;
+    Some(
+        Command::new(&path)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display())),
+    )
+}
+
+fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that `needles` occur in `hay` in this order.
+fn assert_in_order(hay: &str, needles: &[&str]) {
+    let mut at = 0;
+    for n in needles {
+        match hay[at..].find(n) {
+            Some(i) => at += i + n.len(),
+            None => panic!("{n:?} missing (or out of order) in:\n{hay}"),
+        }
+    }
+}
+
+#[test]
+fn demo_shows_every_kind_of_event() {
+    let Some(out) = run("demo", &[]) else {
+        return;
+    };
+    let text = stdout_of(&out);
+    assert_in_order(
+        &text,
+        &[
+            "read \"ping\"",
+            "read \" pon\"",
+            "read \"g\"",
+            "peer hangs up",
+            "read gave EOF",
+            "the peer already reads EOF",
+            "10 ms timer fired",
+            "20 ms timer fired",
+            "30 ms timer fired",
+            "immediate 1",
+            "immediate 2",
+            "immediate 3",
+            "immediate scheduled by immediate 3",
+            "as-soon-as-possible timer",
+            "worker thread: scheduling",
+            "on the loop's thread",
+            "SIGUSR1 handled",
+            "IORING_OP_READ of /proc/self/stat",
+            "main task: got back",
+            "iterations=",
+        ],
+    );
+    assert!(!text.contains("unexpected"), "{text}");
+}
+
+#[test]
+fn timers_example() {
+    let Some(out) = run("timers", &[]) else {
+        return;
+    };
+    let text = stdout_of(&out);
+    assert_in_order(
+        &text,
+        &[
+            "tick  1",
+            "tick 10",
+            "the debounced action ran once",
+            "cancelling the 200 ms timeout",
+            "a deadline one second ago",
+            "first",
+            "second",
+            "third",
+            "too far in the future",
+            "before advancing: fired = false",
+            "after clock.advance(1 h): fired = true",
+        ],
+    );
+    assert!(!text.contains("not expected"), "{text}");
+}
+
+#[test]
+fn file_copy_copies_exactly() {
+    let dir = std::env::temp_dir().join(format!("ringloop-file-copy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("src");
+    let dst = dir.join("dst");
+    // Not a multiple of the chunk size, with a pattern that shows misplaced chunks.
+    let data: Vec<u8> = (0..3_000_017u32)
+        .map(|i| (i % 251) as u8 ^ (i >> 18) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    std::fs::write(
+        &dst,
+        b"old contents that must be replaced, and longer than nothing",
+    )
+    .unwrap();
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+
+    if let Some(out) = run("file_copy", &[s, d]) {
+        let text = stdout_of(&out);
+        assert!(text.contains("copied 3000017 bytes"), "{text}");
+        assert!(std::fs::read(&dst).unwrap() == data, "the copy differs");
+
+        // An empty file.
+        std::fs::write(&src, b"").unwrap();
+        stdout_of(&run("file_copy", &[s, d]).unwrap());
+        assert_eq!(std::fs::read(&dst).unwrap().len(), 0);
+
+        // Bad input gives an error message and a failing status, not a panic.
+        for args in [&[s][..], &[s, s], &["/nonexistent/ringloop", d], &["/", d]] {
+            let out = run("file_copy", args).unwrap();
+            assert!(!out.status.success(), "{args:?} succeeded");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.starts_with("file_copy: "), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,255 @@
+//! Cancellation safety: dropped operation futures cancel their io_uring
+//! operation, buffers outlive the kernel's use, fds produced after a cancel
+//! are closed, peers see EOF. The fd counts need this binary to itself, so
+//! its tests run one at a time.
+
+use std::io::Read;
+use std::net::Shutdown;
+use std::pin::pin;
+use std::sync::Mutex;
+use std::task::Poll;
+use std::time::Duration;
+
+use ringloop::net::{TcpListener, TcpStream, UnixStream};
+use ringloop::rt::{self, Runtime};
+use ringloop::{fs, time};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Lets the loop run for a while (cancellations complete, callbacks run).
+async fn settle() {
+    time::sleep(Duration::from_millis(50)).await;
+}
+
+#[test]
+fn dropped_accept_leaks_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = Runtime::new().unwrap();
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        settle().await;
+        let before = fd_count();
+        let base = rt.handle().stats().unwrap().in_flight;
+        for _ in 0..50 {
+            let r = time::timeout(Duration::from_millis(1), listener.accept()).await;
+            assert!(r.is_err());
+        }
+        settle().await;
+        assert_eq!(fd_count(), before, "cancelled accepts leak no fds");
+        let stats = rt.handle().stats().unwrap();
+        assert_eq!(
+            stats.in_flight, base,
+            "cancelled ops are gone from the ring: {stats:?}"
+        );
+    });
+}
+
+#[test]
+fn accept_completed_but_dropped_closes_the_connection() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rt::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        settle().await;
+        let before = fd_count();
+        let mut client = {
+            let mut accept = Box::pin(listener.accept());
+            // Submit the accept, then let it complete without polling it again.
+            let first = std::future::poll_fn(|cx| Poll::Ready(accept.as_mut().poll(cx))).await;
+            assert!(first.is_pending());
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            settle().await;
+            // The future is dropped here holding an accepted, unread fd.
+            drop(accept);
+            client
+        };
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).unwrap(), 0, "peer sees EOF");
+        settle().await;
+        assert_eq!(fd_count(), before + 1, "no fd left behind");
+    });
+}
+
+#[test]
+fn accept_racing_its_cancel_never_leaks() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rt::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        settle().await;
+        let before = fd_count();
+        let mut clients = Vec::new();
+        let mut accepted = Vec::new();
+        for i in 0..40 {
+            clients.push(std::net::TcpStream::connect(addr).unwrap());
+            // Cancel at varying points: some accepts complete, some are
+            // cancelled, some complete after the cancel was sent (and the
+            // connection they took is then closed).
+            let limit = Duration::from_micros(50 * (i % 8));
+            if let Ok(Ok((s, _))) = time::timeout(limit, listener.accept()).await {
+                accepted.push(s);
+            }
+        }
+        // Accept whatever is still in the backlog.
+        while let Ok(Ok((s, _))) =
+            time::timeout(Duration::from_millis(100), listener.accept()).await
+        {
+            accepted.push(s);
+        }
+        // Every client either talks to an accepted stream or sees EOF: no
+        // connection is stuck in a leaked fd.
+        for s in &accepted {
+            s.write_all(b"!".to_vec()).await.0.unwrap();
+        }
+        let (mut talked, mut eof) = (0, 0);
+        for mut c in clients {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut b = [0u8; 1];
+            match c.read(&mut b).expect("no client is left hanging") {
+                0 => eof += 1,
+                _ => talked += 1,
+            }
+        }
+        assert_eq!(talked, accepted.len());
+        assert_eq!(talked + eof, 40);
+        drop(accepted);
+        settle().await;
+        assert_eq!(fd_count(), before, "no fd leaked");
+    });
+}
+
+#[test]
+fn dropped_read_keeps_the_stream_usable_and_buffer_alive() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rt::block_on(async {
+        let (a, b) = UnixStream::pair().unwrap();
+        for _ in 0..20 {
+            // The buffer moves into the op; the timeout drops the future.
+            let r = time::timeout(
+                Duration::from_millis(1),
+                a.read(Vec::with_capacity(1 << 16)),
+            )
+            .await;
+            assert!(r.is_err());
+        }
+        settle().await;
+        b.write_all(b"after".to_vec()).await.0.unwrap();
+        let (r, buf) = a.read(Vec::with_capacity(16)).await;
+        assert_eq!(r.unwrap(), 5);
+        assert_eq!(&buf, b"after");
+    });
+}
+
+#[test]
+fn aborted_reader_task_closes_its_socket_peer_sees_eof() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rt::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        settle().await;
+        let before = fd_count();
+        let task = rt::spawn(async move {
+            // Blocks in an in-flight recv holding the socket.
+            let _ = server_side.read(Vec::with_capacity(64)).await;
+            unreachable!("nobody writes");
+        });
+        settle().await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        settle().await;
+        assert_eq!(
+            fd_count(),
+            before - 1,
+            "the socket is closed once its recv is cancelled"
+        );
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).unwrap(), 0, "peer sees EOF");
+    });
+}
+
+#[test]
+fn dropping_the_runtime_with_ops_in_flight_cleans_up() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = fd_count();
+    let (client, peer_addr_listener) = {
+        let rt = Runtime::new().unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            // An accept and a recv left in flight.
+            rt::spawn(async move {
+                let _ = listener.accept().await;
+            });
+            let s = TcpStream::connect(addr).await.unwrap();
+            rt::spawn(async move {
+                let _ = s.read(Vec::with_capacity(8)).await;
+            });
+            settle().await;
+        });
+        let (server_conn, _) = l.accept().unwrap();
+        drop(rt);
+        (server_conn, l)
+    };
+    let mut client = client;
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(
+        client.read(&mut b).unwrap(),
+        0,
+        "peer of a dropped runtime's socket sees EOF"
+    );
+    drop(client);
+    drop(peer_addr_listener);
+    assert_eq!(fd_count(), before, "runtime drop leaks no fds");
+}
+
+#[test]
+fn dropped_open_closes_the_file() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::env::temp_dir().join(format!("ringloop-cancel-open-{}", std::process::id()));
+    std::fs::write(&path, b"x").unwrap();
+    rt::block_on(async {
+        settle().await;
+        let before = fd_count();
+        for _ in 0..50 {
+            let mut open = pin!(fs::File::open(&path));
+            let first = std::future::poll_fn(|cx| Poll::Ready(open.as_mut().poll(cx))).await;
+            if let Poll::Ready(r) = first {
+                drop(r);
+            }
+            // Dropped right after submission: cancelled, or completed and closed.
+        }
+        settle().await;
+        assert_eq!(fd_count(), before);
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn shutdown_then_read_and_write_on_closed_socket() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rt::block_on(async {
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let (r, _) = a.read(Vec::with_capacity(8)).await;
+        assert_eq!(r.unwrap(), 0);
+        let (r, _) = a.write(b"x".to_vec()).await;
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
+        a.shutdown(Shutdown::Both).unwrap();
+    });
+}

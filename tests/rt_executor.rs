@@ -1,0 +1,331 @@
+//! Executor: block_on, spawn, join handles, abort, panics, yield, wakers.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use ringloop::rt::{self, JoinHandle, Runtime};
+use ringloop::time;
+
+#[test]
+fn block_on_returns_output() {
+    assert_eq!(rt::block_on(async { 7 }), 7);
+    let rt = Runtime::new().unwrap();
+    assert_eq!(rt.block_on(async { "x" }), "x");
+    // The runtime is reusable.
+    assert_eq!(rt.block_on(async { 8 }), 8);
+}
+
+#[test]
+fn spawn_and_join_non_send_tasks() {
+    let rt = Runtime::new().unwrap();
+    let shared = Rc::new(Cell::new(0));
+    let s = shared.clone();
+    let out = rt.block_on(async move {
+        let handles: Vec<JoinHandle<u32>> = (0..10u32)
+            .map(|i| {
+                let s = s.clone();
+                rt::spawn(async move {
+                    rt::yield_now().await;
+                    s.set(s.get() + 1);
+                    i * 2
+                })
+            })
+            .collect();
+        let mut sum = 0;
+        for h in handles {
+            sum += h.await.unwrap();
+        }
+        sum
+    });
+    assert_eq!(out, 90);
+    assert_eq!(shared.get(), 10);
+    assert_eq!(rt.task_count(), 0);
+}
+
+#[test]
+fn runtime_spawn_runs_during_block_on() {
+    let rt = Runtime::new().unwrap();
+    let h = rt.spawn(async { 5 });
+    assert_eq!(rt.block_on(h).unwrap(), 5);
+}
+
+#[test]
+fn panics_surface_through_the_handle() {
+    rt::block_on(async {
+        let h = rt::spawn(async {
+            if true {
+                panic!("boom");
+            }
+            1
+        });
+        let err = h.await.unwrap_err();
+        assert!(err.is_panic());
+        assert!(!err.is_cancelled());
+        assert!(err.to_string().contains("boom"), "{err}");
+        let payload = err.into_panic();
+        assert_eq!(*payload.downcast::<&str>().unwrap(), "boom");
+        // The loop survives.
+        assert_eq!(rt::spawn(async { 3 }).await.unwrap(), 3);
+    });
+}
+
+#[test]
+fn abort_cancels_and_drops_the_task() {
+    struct DropFlag(Rc<Cell<bool>>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+    rt::block_on(async {
+        let dropped = Rc::new(Cell::new(false));
+        let flag = DropFlag(dropped.clone());
+        let h = rt::spawn(async move {
+            let _flag = flag;
+            time::sleep(Duration::from_secs(3600)).await;
+        });
+        rt::yield_now().await;
+        h.abort();
+        assert!(dropped.get(), "aborting an idle task drops it at once");
+        let err = h.await.unwrap_err();
+        assert!(err.is_cancelled());
+        assert!(!err.is_panic());
+    });
+}
+
+#[test]
+fn abort_of_a_finished_task_keeps_its_output() {
+    rt::block_on(async {
+        let h = rt::spawn(async { 1 });
+        while !h.is_finished() {
+            rt::yield_now().await;
+        }
+        h.abort();
+        assert_eq!(h.await.unwrap(), 1);
+    });
+}
+
+#[test]
+fn spawn_without_runtime_errors() {
+    let h = rt::spawn(async { 1 });
+    assert!(h.is_finished());
+    let rt = Runtime::new().unwrap();
+    drop(rt);
+    let h2 = rt::spawn(async { 2 });
+    // Await them on a fresh runtime: they resolve, no hang, no panic.
+    let (a, b) = Runtime::new()
+        .unwrap()
+        .block_on(async { (h.await, h2.await) });
+    assert!(a.unwrap_err().is_no_runtime());
+    assert!(b.unwrap_err().is_cancelled());
+    assert!(rt::current_handle().is_none());
+}
+
+#[test]
+fn dropping_the_runtime_cancels_tasks() {
+    let rt = Runtime::new().unwrap();
+    let h = rt.spawn(async {
+        time::sleep(Duration::from_secs(3600)).await;
+        1
+    });
+    rt.block_on(rt::yield_now());
+    drop(rt);
+    let r = Runtime::new().unwrap().block_on(h);
+    assert!(r.unwrap_err().is_cancelled());
+}
+
+#[test]
+fn tasks_spawned_from_drop_during_shutdown_are_refused() {
+    struct SpawnOnDrop(Rc<RefCell<Option<JoinHandle<()>>>>);
+    impl Drop for SpawnOnDrop {
+        fn drop(&mut self) {
+            *self.0.borrow_mut() = Some(rt::spawn(async {}));
+        }
+    }
+    let slot = Rc::new(RefCell::new(None));
+    let rt = Runtime::new().unwrap();
+    let guard = SpawnOnDrop(slot.clone());
+    rt.spawn(async move {
+        let _g = guard;
+        std::future::pending::<()>().await;
+    });
+    rt.block_on(rt::yield_now());
+    drop(rt);
+    let h = slot.borrow_mut().take().unwrap();
+    assert!(h.is_finished());
+}
+
+/// Counts polls; completes once `wakes` reaches `need`.
+struct CountPolls {
+    polls: Rc<Cell<usize>>,
+}
+impl Future for CountPolls {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.polls.set(self.polls.get() + 1);
+        if self.polls.get() == 1 {
+            // Wake many times before returning: the task must be queued once.
+            for _ in 0..100 {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
+#[test]
+fn repeated_wakes_queue_a_task_once() {
+    rt::block_on(async {
+        let polls = Rc::new(Cell::new(0));
+        rt::spawn(CountPolls {
+            polls: polls.clone(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(polls.get(), 2);
+    });
+}
+
+/// Hands its waker to a test thread, then completes when the flag is set.
+struct Remote {
+    waker: Arc<Mutex<Option<Waker>>>,
+    flag: Arc<AtomicUsize>,
+}
+impl Future for Remote {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flag.load(Ordering::Acquire) > 0 {
+            return Poll::Ready(());
+        }
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+#[test]
+fn wake_from_another_thread_reaches_a_blocked_loop() {
+    let rt = Runtime::with_loop(
+        ringloop::EventLoop::builder()
+            .wait_timeout(ringloop::WaitTimeout::Forever)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    for main_future in [true, false] {
+        let waker = Arc::new(Mutex::new(None::<Waker>));
+        let flag = Arc::new(AtomicUsize::new(0));
+        let (w2, f2) = (waker.clone(), flag.clone());
+        let thread = std::thread::spawn(move || {
+            // Give the loop time to block in io_uring_enter.
+            std::thread::sleep(Duration::from_millis(100));
+            f2.store(1, Ordering::Release);
+            let w = w2.lock().unwrap().take().expect("waker was registered");
+            w.wake();
+        });
+        let start = Instant::now();
+        let fut = Remote { waker, flag };
+        if main_future {
+            rt.block_on(fut);
+        } else {
+            rt.block_on(async { rt::spawn(fut).await.unwrap() });
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn wakers_are_send_sync_and_outlive_the_runtime() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    let waker = rt::block_on(std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())));
+    assert_send_sync(&waker);
+    // The runtime is gone: waking does nothing (no panic).
+    waker.wake_by_ref();
+    std::thread::spawn(move || waker.wake()).join().unwrap();
+}
+
+#[test]
+fn many_threads_waking_lose_nothing() {
+    let rt = Runtime::new().unwrap();
+    rt.block_on(async {
+        for round in 0..20 {
+            let waker = Arc::new(Mutex::new(None::<Waker>));
+            let flag = Arc::new(AtomicUsize::new(0));
+            let fut = Remote {
+                waker: waker.clone(),
+                flag: flag.clone(),
+            };
+            let h = rt::spawn(fut);
+            rt::yield_now().await;
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (w, f) = (waker.clone(), flag.clone());
+                    std::thread::spawn(move || {
+                        f.fetch_add(1, Ordering::AcqRel);
+                        if let Some(w) = w.lock().unwrap().clone() {
+                            w.wake();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            time::timeout(Duration::from_secs(20), h)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: wake lost"))
+                .unwrap();
+        }
+    });
+}
+
+#[test]
+fn yield_now_lets_other_tasks_and_io_run() {
+    rt::block_on(async {
+        let counter = Rc::new(Cell::new(0));
+        let c = counter.clone();
+        let other = rt::spawn(async move {
+            for _ in 0..10 {
+                c.set(c.get() + 1);
+                rt::yield_now().await;
+            }
+        });
+        // A busy task that only yields must not starve timers.
+        let start = Instant::now();
+        let sleeper = rt::spawn(time::sleep(Duration::from_millis(20)));
+        while !sleeper.is_finished() {
+            rt::yield_now().await;
+            assert!(start.elapsed() < Duration::from_secs(20));
+        }
+        other.await.unwrap();
+        assert_eq!(counter.get(), 10);
+    });
+}
+
+#[test]
+#[should_panic(expected = "same runtime")]
+fn nested_block_on_on_the_same_runtime_panics_clearly() {
+    let rt = Rc::new(Runtime::new().unwrap());
+    let rt2 = rt.clone();
+    rt.block_on(async move { rt2.block_on(async {}) });
+}
+
+#[test]
+fn block_on_in_a_task_with_a_new_runtime_works() {
+    rt::block_on(async {
+        let v = rt::spawn(async { rt::block_on(async { rt::spawn(async { 4 }).await.unwrap() }) })
+            .await
+            .unwrap();
+        assert_eq!(v, 4);
+        // The outer runtime is current again.
+        assert_eq!(rt::spawn(async { 5 }).await.unwrap(), 5);
+    });
+}

@@ -1,0 +1,217 @@
+//! AsyncFd readiness, signal streams and files.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use ringloop::io::AsyncFd;
+use ringloop::{fs, rt, signal, time};
+
+fn nonblocking_pair() -> (UnixStream, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    (a, b)
+}
+
+async fn read_some(fd: &AsyncFd<UnixStream>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        if let Ok(r) = guard.try_io(|mut s| s.read(buf)) {
+            return r;
+        }
+    }
+}
+
+#[test]
+fn asyncfd_read_write_both_modes() {
+    for multishot in [true, false] {
+        rt::block_on(async {
+            let (a, b) = nonblocking_pair();
+            let a = AsyncFd::with_mode(a, multishot).unwrap();
+            let b = AsyncFd::with_mode(b, multishot).unwrap();
+            for i in 0..200u32 {
+                let msg = i.to_le_bytes();
+                loop {
+                    let mut g = a.writable().await.unwrap();
+                    if let Ok(r) = g.try_io(|mut s| s.write(&msg)) {
+                        assert_eq!(r.unwrap(), 4);
+                        break;
+                    }
+                }
+                let mut buf = [0u8; 4];
+                let n = read_some(&b, &mut buf).await.unwrap();
+                assert_eq!(n, 4);
+                assert_eq!(u32::from_le_bytes(buf), i);
+            }
+        });
+    }
+}
+
+#[test]
+fn asyncfd_readable_waits_after_would_block() {
+    for multishot in [true, false] {
+        rt::block_on(async {
+            let (a, mut b) = nonblocking_pair();
+            let a = AsyncFd::with_mode(a, multishot).unwrap();
+            // Nothing to read: readable() must not complete.
+            let r = time::timeout(Duration::from_millis(30), a.readable()).await;
+            assert!(r.is_err(), "readable with no data (multishot={multishot})");
+            b.write_all(b"x").unwrap();
+            let mut buf = [0u8; 8];
+            assert_eq!(read_some(&a, &mut buf).await.unwrap(), 1);
+            // Drained: next read hits WouldBlock, clears, and waits again.
+            let mut g = a.readable().await.unwrap();
+            assert!(
+                g.try_io(|mut s| s.read(&mut buf)).is_err(),
+                "WouldBlock clears readiness"
+            );
+
+            let r = time::timeout(Duration::from_millis(30), a.readable()).await;
+            assert!(r.is_err(), "readiness was cleared (multishot={multishot})");
+            // A write from another thread wakes the blocked loop.
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                b.write_all(b"yz").unwrap();
+                b
+            });
+            assert_eq!(read_some(&a, &mut buf).await.unwrap(), 2);
+            drop(t.join().unwrap());
+        });
+    }
+}
+
+#[test]
+fn asyncfd_surfaces_hangup() {
+    for multishot in [true, false] {
+        rt::block_on(async {
+            let (a, b) = nonblocking_pair();
+            let a = AsyncFd::with_mode(a, multishot).unwrap();
+            drop(b);
+            let g = time::timeout(Duration::from_secs(10), a.readable())
+                .await
+                .expect("hang-up makes it readable")
+                .unwrap();
+            assert!(g.ready().is_read_closed(), "{:?}", g.ready());
+
+            let mut buf = [0u8; 4];
+            assert_eq!(read_some(&a, &mut buf).await.unwrap(), 0);
+            // Readiness of a closed side is never cleared: no hang.
+            let mut g = a.readable().await.unwrap();
+            g.clear_ready();
+
+            time::timeout(Duration::from_secs(10), a.readable())
+                .await
+                .expect("closed stays ready")
+                .unwrap();
+            // Writing: writable reports the hang-up, the write fails.
+            let mut g = time::timeout(Duration::from_secs(10), a.writable())
+                .await
+                .expect("hang-up makes it writable")
+                .unwrap();
+            let r = g.try_io(|mut s| s.write(b"x")).unwrap();
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        });
+    }
+}
+
+#[test]
+fn asyncfd_not_pollable_or_without_runtime_errors() {
+    // No runtime.
+    let (a, _b) = nonblocking_pair();
+    assert!(AsyncFd::new(a).is_err());
+    // A regular file: not pollable. Either registering or waiting fails, or
+    // it reports ready (regular files are always ready): never a hang.
+    rt::block_on(async {
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        if let Ok(fd) = AsyncFd::new(f) {
+            let r = time::timeout(Duration::from_secs(10), fd.readable()).await;
+            assert!(r.is_ok(), "no hang on a regular file");
+        }
+        let (a, _b) = nonblocking_pair();
+        let fd = AsyncFd::new(a).unwrap();
+        let inner = fd.into_inner();
+        inner.set_nonblocking(false).unwrap();
+    });
+}
+
+#[test]
+fn signals_arrive_as_a_stream() {
+    rt::block_on(async {
+        let mut s = signal::signal(libc::SIGUSR2).unwrap();
+        assert_eq!(s.signo(), libc::SIGUSR2);
+        // SAFETY: raising a signal the loop has blocked and is watching.
+        unsafe { libc::raise(libc::SIGUSR2) };
+        let n = time::timeout(Duration::from_secs(10), s.recv())
+            .await
+            .expect("signal delivered")
+            .unwrap();
+        assert!(n >= 1);
+        assert!(signal::signal(libc::SIGKILL).is_err());
+        assert!(signal::signal(0).is_err());
+        assert!(signal::signal(100_000).is_err());
+    });
+    assert!(signal::signal(libc::SIGUSR2).is_err(), "no runtime");
+}
+
+#[test]
+fn files_read_write_fsync_at_offsets() {
+    let path = std::env::temp_dir().join(format!("ringloop-rt-io-{}", std::process::id()));
+    rt::block_on(async {
+        let f = fs::File::create(&path).await.unwrap();
+        f.write_all_at(b"0123456789".to_vec(), 0).await.0.unwrap();
+        let (r, _) = f.write_at(b"AB".to_vec(), 4).await;
+        assert_eq!(r.unwrap(), 2);
+        f.sync_all().await.unwrap();
+        f.sync_data().await.unwrap();
+        let f = fs::File::open(&path).await.unwrap();
+        let (r, buf) = f.read_at(Vec::with_capacity(64), 0).await;
+        assert_eq!(r.unwrap(), 10);
+        assert_eq!(&buf, b"0123AB6789");
+        let (r, buf) = f.read_at(Vec::with_capacity(3), 7).await;
+        assert_eq!((r.unwrap(), &buf[..]), (3, &b"789"[..]));
+        let (r, _) = f.read_at(Vec::with_capacity(3), 100).await;
+        assert_eq!(r.unwrap(), 0, "past the end is EOF");
+        // Writing a read-only file: EBADF as an io::Error.
+        let (r, _) = f.write_at(b"x".to_vec(), 0).await;
+        assert!(r.is_err());
+        let missing = fs::File::open(path.with_extension("missing"))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        let nul = fs::File::open("a\0b").await.unwrap_err();
+        assert_eq!(nul.kind(), io::ErrorKind::InvalidInput);
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn raw_op_submit_from_a_library() {
+    use io_uring::opcode;
+    rt::block_on(async {
+        // SAFETY: NOP points at no memory.
+        let (c, res) = unsafe { ringloop::op::submit(opcode::Nop::new().build(), 5u8) }.await;
+        assert_eq!((c.result, res), (0, 5));
+        // A timeout op: resources and completion come back.
+        let ts = Box::new(io_uring::types::Timespec::new().nsec(1_000_000));
+        let entry = opcode::Timeout::new(&*ts).build();
+        // SAFETY: the boxed timespec is owned by the operation.
+        let (c, _ts) = unsafe { ringloop::op::submit(entry, ts) }.await;
+        assert_eq!(c.result, -libc::ETIME);
+        // Dropping it mid-flight cancels it.
+        let ts = Box::new(io_uring::types::Timespec::new().sec(3600));
+        let entry = opcode::Timeout::new(&*ts).build();
+        // SAFETY: as above.
+        let op = unsafe { ringloop::op::submit(entry, ts) };
+        assert!(time::timeout(Duration::from_millis(5), op).await.is_err());
+    });
+    // No runtime: resolves at once with -ECANCELED.
+    // SAFETY: NOP points at no memory.
+    let op = unsafe { ringloop::op::submit(io_uring::opcode::Nop::new().build(), ()) };
+    let mut op = std::pin::pin!(op);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::future::Future::poll(op.as_mut(), &mut cx) {
+        std::task::Poll::Ready((c, ())) => assert_eq!(c.result, -libc::ECANCELED),
+        std::task::Poll::Pending => panic!("must not wait without a runtime"),
+    }
+}

@@ -1,0 +1,241 @@
+//! Completion-based sockets: TCP, Unix, UDP, bad input.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::Duration;
+
+use ringloop::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
+use ringloop::{rt, time};
+
+#[test]
+fn tcp_echo_round_trips() {
+    rt::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = rt::spawn(async move {
+            let (s, peer) = listener.accept().await.unwrap();
+            assert!(peer.ip().is_loopback());
+            let mut buf = Vec::with_capacity(1024);
+            loop {
+                let (r, b) = s.read(buf).await;
+                buf = b;
+                let n = r.unwrap();
+                if n == 0 {
+                    return;
+                }
+                let (r, b) = s.write_all(buf).await;
+                r.unwrap();
+                buf = b;
+                buf.clear();
+            }
+        });
+        let c = TcpStream::connect(addr).await.unwrap();
+        c.set_nodelay(true).unwrap();
+        assert_eq!(c.peer_addr().unwrap(), addr);
+        for i in 0..100u32 {
+            let msg = format!("message {i}").into_bytes();
+            let (r, _) = c.write_all(msg.clone()).await;
+            r.unwrap();
+            let mut got = Vec::new();
+            while got.len() < msg.len() {
+                let (r, b) = c.read(Vec::with_capacity(64)).await;
+                assert!(r.unwrap() > 0);
+                got.extend_from_slice(&b);
+            }
+            assert_eq!(got, msg);
+        }
+        c.shutdown(Shutdown::Write).unwrap();
+        let (r, _) = c.read(Vec::with_capacity(8)).await;
+        assert_eq!(r.unwrap(), 0, "server closes after our FIN");
+        server.await.unwrap();
+    });
+}
+
+#[test]
+fn read_appends_into_spare_capacity() {
+    rt::block_on(async {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"world".to_vec()).await.0.unwrap();
+        let mut buf = Vec::with_capacity(16);
+        buf.extend_from_slice(b"hello ");
+        let (r, buf) = b.read(buf).await;
+        assert_eq!(r.unwrap(), 5);
+        assert_eq!(&buf, b"hello world");
+        // No spare capacity: an error, not a 0-byte "EOF".
+        let full = Vec::new();
+        let (r, _) = b.read(full).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    });
+}
+
+#[test]
+fn connect_to_closed_port_is_refused() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    rt::block_on(async {
+        let err = TcpStream::connect(("127.0.0.1", port)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    });
+}
+
+#[test]
+fn peer_reset_and_closed_socket_give_errors() {
+    rt::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let std_peer = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = listener.accept().await.unwrap();
+        // Unread data at close makes the kernel send RST.
+        s.write_all(b"unread".to_vec()).await.0.unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(std_peer);
+        std::thread::sleep(Duration::from_millis(50));
+        let (r, _) = s.read(Vec::with_capacity(8)).await;
+        match r {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+            Ok(n) => assert_eq!(n, 0),
+        }
+        // Writing after the reset fails (EPIPE or ECONNRESET), without SIGPIPE.
+        let mut failed = false;
+        for _ in 0..10 {
+            if s.write_all(vec![0u8; 1024]).await.0.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed);
+        // Reading a socket that we shut down returns EOF.
+        let (a, _b) = UnixStream::pair().unwrap();
+        a.shutdown(Shutdown::Read).unwrap();
+        let (r, _) = a.read(Vec::with_capacity(8)).await;
+        assert_eq!(r.unwrap(), 0);
+    });
+}
+
+#[test]
+fn unix_stream_connect_and_std_interop() {
+    let dir = std::env::temp_dir().join(format!("ringloop-rt-net-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+    });
+    rt::block_on(async {
+        let s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"abcd".to_vec()).await.0.unwrap();
+        let (r, buf) = s.read(Vec::with_capacity(4)).await;
+        assert_eq!(r.unwrap(), 4);
+        assert_eq!(&buf, b"abcd");
+        let missing = UnixStream::connect(dir.join("missing")).await.unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    });
+    t.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn udp_send_to_and_recv_from() {
+    rt::block_on(async {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let (r, _) = a.send_to(b"datagram".to_vec(), b_addr).await;
+        assert_eq!(r.unwrap(), 8);
+        let (r, buf) = b.recv_from(Vec::with_capacity(64)).await;
+        let (n, from) = r.unwrap();
+        assert_eq!(n, 8);
+        assert_eq!(&buf, b"datagram");
+        assert_eq!(from, a.local_addr().unwrap());
+        // Truncation to the spare capacity.
+        a.send_to(vec![7u8; 100], b_addr).await.0.unwrap();
+        let (r, buf) = b.recv_from(Vec::with_capacity(10)).await;
+        assert_eq!(r.unwrap().0, 10);
+        assert_eq!(buf.len(), 10);
+    });
+}
+
+#[test]
+fn io_without_runtime_is_an_error() {
+    // Futures polled on a runtime-less thread by another executor: ops fail cleanly.
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fut = a.read(Vec::with_capacity(4));
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut fut = std::pin::pin!(fut);
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready((r, _)) => assert!(r.is_err()),
+        std::task::Poll::Pending => panic!("should fail at once"),
+    }
+}
+
+#[test]
+fn many_connections_batch_into_few_enters() {
+    let rt = rt::Runtime::new().unwrap();
+    let handle = rt.handle();
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = rt::spawn(async move {
+            for _ in 0..20 {
+                let (s, _) = listener.accept().await.unwrap();
+                rt::spawn(async move {
+                    let mut buf = Vec::with_capacity(64);
+                    loop {
+                        let (r, b) = s.read(buf).await;
+                        buf = b;
+                        if r.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        buf = s.write_all(buf).await.1;
+                        buf.clear();
+                    }
+                });
+            }
+        });
+        let mut clients = Vec::new();
+        for _ in 0..20 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        server.await.unwrap();
+        let rounds = 50;
+        let before = handle.stats().unwrap();
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .map(|c| {
+                rt::spawn(async move {
+                    let mut buf = Vec::with_capacity(64);
+                    for _ in 0..rounds {
+                        buf.clear();
+                        buf.extend_from_slice(b"ping");
+                        buf = c.write_all(buf).await.1;
+                        buf.clear();
+                        let (r, b) = c.read(buf).await;
+                        buf = b;
+                        assert_eq!(r.unwrap(), 4);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            time::timeout(Duration::from_secs(30), t)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let after = handle.stats().unwrap();
+        let ops = 20 * rounds * 4; // write + read on each side
+        let enters = after.enters - before.enters;
+        eprintln!("{ops} operations in {enters} io_uring_enter calls");
+        assert!(
+            enters < ops as u64 / 2,
+            "{enters} enters for {ops} ops: no batching"
+        );
+    });
+}

@@ -1,0 +1,166 @@
+//! Timers for futures: never early, zero and MAX durations, intervals.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+use ringloop::rt;
+use ringloop::time::{self, Elapsed};
+
+#[test]
+fn sleep_is_never_early() {
+    rt::block_on(async {
+        for ms in [0u64, 1, 5, 20] {
+            let d = Duration::from_millis(ms);
+            let start = Instant::now();
+            time::sleep(d).await;
+            assert!(start.elapsed() >= d, "{ms} ms sleep woke early");
+        }
+        let deadline = Instant::now() + Duration::from_millis(10);
+        time::sleep_until(deadline).await;
+        assert!(Instant::now() >= deadline);
+        // A deadline in the past completes.
+        time::sleep_until(Instant::now() - Duration::from_millis(5)).await;
+    });
+}
+
+#[test]
+fn many_sleeps_in_tasks_complete_in_order_of_deadline() {
+    rt::block_on(async {
+        let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let handles: Vec<_> = [30u64, 10, 20, 0]
+            .into_iter()
+            .map(|ms| {
+                let order = order.clone();
+                rt::spawn(async move {
+                    time::sleep(Duration::from_millis(ms)).await;
+                    order.borrow_mut().push(ms);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        assert_eq!(*order.borrow(), vec![0, 10, 20, 30]);
+    });
+}
+
+#[test]
+fn timeout_zero_and_max() {
+    rt::block_on(async {
+        // Ready futures win, even with a zero timeout.
+        assert_eq!(time::timeout(Duration::ZERO, async { 1 }).await, Ok(1));
+        // A pending future with zero timeout elapses (soon, not never).
+        let start = Instant::now();
+        let r = time::timeout(Duration::ZERO, std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Elapsed::from_test()));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        // MAX never elapses and does not panic.
+        assert_eq!(time::timeout(Duration::MAX, async { 2 }).await, Ok(2));
+        let r = time::timeout(
+            Duration::from_millis(20),
+            time::timeout(Duration::MAX, std::future::pending::<()>()),
+        )
+        .await;
+        assert!(
+            r.is_err(),
+            "the outer timeout fires; the MAX one never does"
+        );
+        // A MAX sleep is simply pending.
+        let r = time::timeout(Duration::from_millis(10), time::sleep(Duration::MAX)).await;
+        assert!(r.is_err());
+        let io: std::io::Error = Elapsed::from_test().into();
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+    });
+}
+
+trait FromTest {
+    fn from_test() -> Self;
+}
+impl FromTest for Elapsed {
+    fn from_test() -> Self {
+        rt::block_on(time::timeout(Duration::ZERO, std::future::pending::<()>())).unwrap_err()
+    }
+}
+
+#[test]
+fn timeout_drops_the_future_and_cancels_its_timer() {
+    let runtime = rt::Runtime::new().unwrap();
+    let handle = runtime.handle();
+    runtime.block_on(async {
+        for _ in 0..100 {
+            let _ = time::timeout(Duration::from_secs(3600), async {}).await;
+        }
+        // No timers left pending in the loop.
+        assert!(!handle.has_events().unwrap());
+    });
+}
+
+#[test]
+fn interval_ticks_a_period_apart_and_is_a_stream() {
+    rt::block_on(async {
+        let period = Duration::from_millis(10);
+        let mut iv = time::interval(period);
+        let first = iv.tick().await;
+        let mut last = first;
+        for _ in 0..3 {
+            let t = iv.tick().await;
+            assert!(t >= last + period, "tick too close to the previous one");
+            assert!(Instant::now() >= t, "tick delivered before its deadline");
+            last = t;
+        }
+        // As a Stream.
+        let mut iv = time::interval(period);
+        let mut pinned = Pin::new(&mut iv);
+        let a = std::future::poll_fn(|cx| pinned.as_mut().poll_next(cx))
+            .await
+            .unwrap();
+        let b = std::future::poll_fn(|cx| pinned.as_mut().poll_next(cx))
+            .await
+            .unwrap();
+        assert!(b >= a + period);
+        // A zero period does not panic or hang.
+        let mut fast = time::interval(Duration::ZERO);
+        fast.tick().await;
+        fast.tick().await;
+    });
+}
+
+#[test]
+fn manual_clock_drives_sleeps() {
+    let clock = ringloop::ManualClock::new();
+    let lp = ringloop::EventLoop::builder()
+        .manual_clock(clock.clone())
+        .wait_timeout(ringloop::WaitTimeout::Never)
+        .build()
+        .unwrap();
+    let runtime = rt::Runtime::with_loop(lp).unwrap();
+    let task = runtime.spawn(time::sleep(Duration::from_secs(60)));
+    // Poll a few rounds without advancing: the sleep must not complete.
+    struct Rounds(u32);
+    impl Future for Rounds {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 == 0 {
+                return Poll::Ready(());
+            }
+            self.0 -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+    runtime.block_on(Rounds(10));
+    assert!(!task.is_finished());
+    clock.advance(Duration::from_secs(60));
+    runtime.block_on(task).unwrap();
+}
+
+#[test]
+#[should_panic(expected = "outside a ringloop runtime")]
+fn sleep_without_runtime_panics_with_a_clear_message() {
+    let mut s = time::sleep(Duration::from_millis(1));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let _ = Pin::new(&mut s).poll(&mut cx);
+}
