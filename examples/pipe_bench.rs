@@ -256,10 +256,103 @@ fn bench_tokio(p: &Params) -> io::Result<Duration> {
     Ok(med)
 }
 
-fn bench_ringloop_async(_p: &Params) -> io::Result<Duration> {
-    Err(io::Error::other(
-        "ringloop-async: not built yet (needs ringloop::rt and ringloop::io::AsyncFd from the exec branch)",
-    ))
+/// A one-waiter "the round is done" signal for the ringloop-async variant.
+#[derive(Default)]
+struct DoneSignal {
+    done: Cell<bool>,
+    waker: Cell<Option<std::task::Waker>>,
+}
+
+impl DoneSignal {
+    fn set(&self) {
+        self.done.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.done.replace(false) {
+                std::task::Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+fn bench_ringloop_async(p: &Params) -> io::Result<Duration> {
+    use ringloop::io::AsyncFd;
+    use ringloop::rt::Runtime;
+    use ringloop::{EventLoop, WaitTimeout};
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .map_err(io::Error::other)?;
+    let rt = Runtime::with_loop(lp).map_err(io::Error::other)?;
+    let ps = pairs(p.pipes)?;
+    let wfds: Rc<Vec<RawFd>> = Rc::new(ps.iter().map(|(_, w)| w.as_raw_fd()).collect());
+    let c = Rc::new(Counters::default());
+    let done = Rc::new(DoneSignal::default());
+    let target = p.active + p.writes;
+    let mut writers = Vec::new();
+    for (idx, (r, w)) in ps.into_iter().enumerate() {
+        writers.push(w);
+        let (c, wfds, done) = (c.clone(), wfds.clone(), done.clone());
+        rt.spawn(async move {
+            let afd = AsyncFd::new(r).expect("AsyncFd");
+            loop {
+                let mut guard = afd.readable().await.expect("readable");
+                match guard.try_io(|fd| match read1(fd.as_raw_fd()) {
+                    1 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }) {
+                    Ok(Ok(())) => {
+                        c.on_read(idx, &wfds);
+                        if c.count.get() == target {
+                            done.set();
+                        }
+                    }
+                    Ok(Err(e)) => panic!("read: {e}"),
+                    Err(_would_block) => {}
+                }
+            }
+        });
+    }
+    let handle = rt.handle();
+    let (med, stats) = rt.block_on(async {
+        // Let every task register its fd before the first round.
+        ringloop::rt::yield_now().await;
+        let mut times = Vec::new();
+        let mut before = None;
+        for r in 0..=p.rounds {
+            c.count.set(0);
+            c.writes.set(p.writes);
+            for i in starts(p) {
+                write1(wfds[i]);
+            }
+            let t = Instant::now();
+            done.wait().await;
+            if r > 0 {
+                times.push(t.elapsed());
+            } else {
+                before = handle.stats().ok();
+            }
+        }
+        let after = handle.stats().unwrap_or_default();
+        let events = (target * p.rounds) as u64;
+        (
+            median(&mut times),
+            common::stats_fields(before.unwrap_or_default(), after, events),
+        )
+    });
+    eprintln!("ringloop-async stats: {stats}");
+    drop(rt);
+    drop(writers);
+    Ok(med)
 }
 
 fn main() {
