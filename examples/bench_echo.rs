@@ -1,7 +1,12 @@
-//! TCP echo over loopback: ringloop against tokio's current-thread runtime.
+//! TCP echo over loopback: ringloop (callback API and futures API) against
+//! tokio's current-thread runtime.
 //!
 //! The server runs on the main thread with the loop under test; the client
 //! is the same plain blocking-socket code for every server, on its own thread.
+//! The servers: `ringloop` (add_fd READ watches, read/write in the handler),
+//! `ringloop-async` (`ringloop::net`, completion-based recv/send on
+//! `rt::Runtime`), `tokio` (`tokio::net` on a current-thread runtime). Besides
+//! the client's view, each line has the server thread's CPU time per message.
 //!
 //! * `latency`: one connection, 64-byte ping-pong; median and p99 round trip.
 //! * `throughput`: 50 connections; each round writes one 64-byte message on
@@ -104,7 +109,7 @@ fn spawn_client(
 
 fn ringloop_server(
     client: impl FnOnce(SocketAddr) -> io::Result<ClientResult> + Send + 'static,
-) -> io::Result<(ClientResult, String)> {
+) -> io::Result<(ClientResult, Option<(ringloop::Stats, ringloop::Stats)>)> {
     use ringloop::{EventLoop, Interest, WaitTimeout};
     let lp = EventLoop::builder()
         .wait_timeout(WaitTimeout::Forever)
@@ -174,13 +179,84 @@ fn ringloop_server(
     let mut r = h.join().expect("client thread")?;
     r.server_cpu = server_cpu;
     let after = lp.stats().map_err(io::Error::other)?;
-    let msgs = after.handlers - before.handlers;
-    Ok((r, common::stats_fields(before, after, msgs)))
+    Ok((r, Some((before, after))))
+}
+
+fn ringloop_async_server(
+    client: impl FnOnce(SocketAddr) -> io::Result<ClientResult> + Send + 'static,
+) -> io::Result<(ClientResult, Option<(ringloop::Stats, ringloop::Stats)>)> {
+    use ringloop::net::TcpListener;
+    use ringloop::rt::{self, Runtime};
+    use ringloop::{EventLoop, WaitTimeout};
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .map_err(io::Error::other)?;
+    let rt = Runtime::with_loop(lp).map_err(io::Error::other)?;
+    let handle = rt.handle();
+    rt.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let done = Arc::new(AtomicBool::new(false));
+        // The client thread wakes the main future through its waker.
+        let waker = Arc::new(std::sync::Mutex::new(None::<std::task::Waker>));
+        let w2 = waker.clone();
+        let before = handle.stats().map_err(io::Error::other)?;
+        let cpu = common::thread_cpu();
+        let h = spawn_client(
+            move || client(addr),
+            done.clone(),
+            move || {
+                if let Some(w) = w2.lock().expect("waker").take() {
+                    w.wake();
+                }
+            },
+        );
+        let acceptor = rt::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = s.set_nodelay(true);
+                rt::spawn(async move {
+                    let mut buf = Vec::with_capacity(4096);
+                    loop {
+                        buf.clear();
+                        let (r, b) = s.read(buf).await;
+                        buf = b;
+                        if !matches!(r, Ok(n) if n > 0) {
+                            return;
+                        }
+                        let (r, b) = s.write_all(buf).await;
+                        buf = b;
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        std::future::poll_fn(|cx| {
+            *waker.lock().expect("waker") = Some(cx.waker().clone());
+            if done.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        let server_cpu = common::thread_cpu() - cpu;
+        acceptor.abort();
+        let mut r = h.join().expect("client thread")?;
+        r.server_cpu = server_cpu;
+        let after = handle.stats().map_err(io::Error::other)?;
+        Ok((r, Some((before, after))))
+    })
 }
 
 fn tokio_server(
     client: impl FnOnce(SocketAddr) -> io::Result<ClientResult> + Send + 'static,
-) -> io::Result<(ClientResult, String)> {
+) -> io::Result<(ClientResult, Option<(ringloop::Stats, ringloop::Stats)>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -224,27 +300,36 @@ fn tokio_server(
         let server_cpu = common::thread_cpu() - cpu;
         let mut r = h.join().expect("client thread")?;
         r.server_cpu = server_cpu;
-        Ok((r, String::new()))
+        Ok((r, None))
     })
 }
 
 /// Runs `server` with `client` and returns the result.
 type Server = fn(
     Box<dyn FnOnce(SocketAddr) -> io::Result<ClientResult> + Send>,
-) -> io::Result<(ClientResult, String)>;
+) -> io::Result<(ClientResult, Option<(ringloop::Stats, ringloop::Stats)>)>;
+
+/// The loop's counters per echoed message (enters_per_event = per message).
+fn fields(stats: Option<(ringloop::Stats, ringloop::Stats)>, msgs: usize) -> String {
+    stats.map_or(String::new(), |(b, a)| {
+        common::stats_fields(b, a, msgs as u64)
+    })
+}
 
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = flag(&args, "-m", 20_000);
     let conns: usize = flag(&args, "-c", 50);
     let rounds = (n / 10).max(1);
-    let servers: [(&str, Server); 2] = [
+    let servers: [(&str, Server); 3] = [
         ("ringloop", |c| ringloop_server(c)),
+        ("ringloop-async", |c| ringloop_async_server(c)),
         ("tokio", |c| tokio_server(c)),
     ];
     let mut lat = Vec::new();
     for (name, server) in servers {
         let (mut r, stats) = server(Box::new(move |a| client_latency(a, n)))?;
+        let stats = fields(stats, n + 1000);
         r.times.sort();
         let med = percentile(&r.times, 50.0);
         println!(
@@ -256,13 +341,15 @@ fn main() -> io::Result<()> {
         lat.push(med);
     }
     println!(
-        "echo-latency ratio ringloop_vs_tokio={:.2} (tokio median / ringloop median; >1 means ringloop is faster)",
-        lat[1].as_secs_f64() / lat[0].as_secs_f64()
+        "echo-latency ratio ringloop_vs_tokio={:.2} ringloop-async_vs_tokio={:.2} (tokio median / ours; >1 means ours is faster)",
+        lat[2].as_secs_f64() / lat[0].as_secs_f64(),
+        lat[2].as_secs_f64() / lat[1].as_secs_f64()
     );
     let mut tput = Vec::new();
     let mut cpu = Vec::new();
     for (name, server) in servers {
         let (r, stats) = server(Box::new(move |a| client_throughput(a, conns, rounds)))?;
+        let stats = fields(stats, conns * rounds);
         let msgs = (conns * rounds) as f64;
         let rate = msgs / r.total.as_secs_f64();
         let cpu_per_msg = r.server_cpu.as_nanos() as f64 / msgs;
@@ -274,9 +361,12 @@ fn main() -> io::Result<()> {
         cpu.push(cpu_per_msg);
     }
     println!(
-        "echo-throughput ratio ringloop_vs_tokio={:.2} server_cpu_ratio={:.2} (tokio CPU per message / ringloop's)",
-        tput[0] / tput[1],
-        cpu[1] / cpu[0]
+        "echo-throughput ratio ringloop_vs_tokio={:.2} ringloop-async_vs_tokio={:.2} \
+         cpu_ringloop_vs_tokio={:.2} cpu_ringloop-async_vs_tokio={:.2} (server CPU: tokio's per message / ours)",
+        tput[0] / tput[2],
+        tput[1] / tput[2],
+        cpu[2] / cpu[0],
+        cpu[2] / cpu[1]
     );
     Ok(())
 }
