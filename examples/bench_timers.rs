@@ -1,5 +1,9 @@
 //! Timers: ringloop against tokio's current-thread runtime.
 //!
+//! `ringloop` is the callback API (add_timer with a closure); `ringloop-async`
+//! and `tokio` spawn one task per timer that awaits a sleep (cancel: a sleep
+//! polled once, then dropped).
+//!
 //! * `timers-fire`: add N timers (deadlines spread over 0..1 ms), run until all fired.
 //! * `timers-cancel`: add N timers (10 s away) and cancel each right after adding it.
 //! * `timers-lateness`: L timers with random 1..10 ms deadlines; how late each
@@ -85,6 +89,82 @@ fn ringloop_lateness(deadlines: &[Duration]) -> io::Result<(Vec<i64>, String)> {
         v,
         common::stats_fields(before, after, deadlines.len() as u64),
     ))
+}
+
+fn async_rt() -> io::Result<ringloop::rt::Runtime> {
+    ringloop::rt::Runtime::with_loop(ringloop_loop()?).map_err(io::Error::other)
+}
+
+fn async_fire(n: usize) -> io::Result<Duration> {
+    use ringloop::{rt, time};
+    let rt = async_rt()?;
+    let fired = Rc::new(Cell::new(0usize));
+    let el = rt.block_on(async {
+        let t = Instant::now();
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let f = fired.clone();
+            let after = Duration::from_nanos((i % 1000) as u64 * 1000);
+            handles.push(rt::spawn(async move {
+                time::sleep(after).await;
+                f.set(f.get() + 1);
+            }));
+        }
+        for h in handles {
+            h.await.expect("task");
+        }
+        t.elapsed()
+    });
+    assert_eq!(fired.get(), n);
+    Ok(el)
+}
+
+fn async_cancel(n: usize) -> io::Result<Duration> {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+    let rt = async_rt()?;
+    Ok(rt.block_on(async {
+        let t = Instant::now();
+        std::future::poll_fn(|cx: &mut Context<'_>| {
+            for _ in 0..n {
+                // Poll once (registering the timer), then drop (cancelling it).
+                let mut s = std::pin::pin!(ringloop::time::sleep(Duration::from_secs(10)));
+                assert!(s.as_mut().poll(cx).is_pending(), "cancelled timer ran");
+            }
+            Poll::Ready(())
+        })
+        .await;
+        t.elapsed()
+    }))
+}
+
+fn async_lateness(deadlines: &[Duration]) -> io::Result<Vec<i64>> {
+    use ringloop::{rt, time};
+    let rt = async_rt()?;
+    let late = Rc::new(RefCell::new(Vec::new()));
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for &d in deadlines {
+            let late = late.clone();
+            let at = start + d;
+            handles.push(rt::spawn(async move {
+                time::sleep_until(at).await;
+                let now = Instant::now();
+                let ns = if now >= at {
+                    (now - at).as_nanos() as i64
+                } else {
+                    -((at - now).as_nanos() as i64)
+                };
+                late.borrow_mut().push(ns);
+            }));
+        }
+        for h in handles {
+            h.await.expect("task");
+        }
+    });
+    let v = late.borrow().clone();
+    Ok(v)
 }
 
 fn tokio_rt() -> io::Result<tokio::runtime::Runtime> {
@@ -194,6 +274,11 @@ fn main() -> io::Result<()> {
         "timers-fire ringloop timers={n} timers_per_s={:.0} {stats}",
         rate(rf)
     );
+    let af = async_fire(n)?;
+    println!(
+        "timers-fire ringloop-async timers={n} timers_per_s={:.0}",
+        rate(af)
+    );
     println!("timers-fire tokio timers={n} timers_per_s={:.0}", rate(tf));
     println!(
         "timers-fire ratio ringloop_vs_tokio={:.2}",
@@ -205,6 +290,11 @@ fn main() -> io::Result<()> {
     println!(
         "timers-cancel ringloop timers={n} timers_per_s={:.0} {stats}",
         rate(rc)
+    );
+    let ac = async_cancel(n)?;
+    println!(
+        "timers-cancel ringloop-async timers={n} timers_per_s={:.0}",
+        rate(ac)
     );
     println!(
         "timers-cancel tokio timers={n} timers_per_s={:.0}",
@@ -221,6 +311,7 @@ fn main() -> io::Result<()> {
         .collect();
     let (rl, stats) = ringloop_lateness(&deadlines)?;
     let r_med = report_lateness("ringloop", rl, &stats);
+    report_lateness("ringloop-async", async_lateness(&deadlines)?, "");
     let t_med = report_lateness("tokio", tokio_lateness(&deadlines)?, "");
     println!(
         "timers-lateness ratio ringloop_vs_tokio={:.2} (tokio median lateness / ringloop's)",
