@@ -203,6 +203,7 @@ impl Builder {
             wake_pending: false,
             remote: remote.clone(),
             epoch: Instant::now(),
+            clock_seen: 0,
             clock: self.clock,
             wait_timeout: self.wait_timeout,
             stats: Stats::default(),
@@ -308,6 +309,8 @@ struct State {
     wake_pending: bool,
     remote: Arc<RemoteShared>,
     epoch: Instant,
+    /// The latest reading of the loop's clock taken by `next_dispatch`.
+    clock_seen: u64,
     clock: Option<ManualClock>,
     wait_timeout: WaitTimeout,
     stats: Stats,
@@ -706,11 +709,18 @@ impl State {
             return Some(Dispatch::Immediate(handler));
         }
         // Reading the clock costs more than the rest of this function: skip
-        // it when no timer is pending.
-        if !self.timers.is_empty()
-            && let Some((_, handler)) = self.timers.pop_due(self.now_ns())
-        {
-            return Some(Dispatch::Timer(handler));
+        // it when no timer is pending, and when the first deadline is at or
+        // before a reading already taken (the clock never goes backwards, so
+        // such a timer is due; a burst of due timers costs one reading).
+        if let Some(deadline) = self.timers.next_deadline() {
+            if deadline > self.clock_seen {
+                self.clock_seen = self.now_ns();
+            }
+            if deadline <= self.clock_seen
+                && let Some((_, handler)) = self.timers.pop_due(self.clock_seen)
+            {
+                return Some(Dispatch::Timer(handler));
+            }
         }
         while let Some(ready) = self.ready.pop_front() {
             match ready {
