@@ -13,7 +13,7 @@
 //!   every connection, then reads every echo back; messages per second.
 //!
 //! ```text
-//! cargo run --release --example bench_echo -- [-m MESSAGES] [-c CONNS]
+//! cargo run --release --example bench_echo -- [-m MESSAGES] [-c CONNS] [-p same|split|none]
 //! ```
 //! Prints one line per (test, server) and a ratio line per test.
 
@@ -100,6 +100,7 @@ fn spawn_client(
     wake: impl FnOnce() + Send + 'static,
 ) -> thread::JoinHandle<io::Result<ClientResult>> {
     thread::spawn(move || {
+        common::pin_other();
         let r = f();
         done.store(true, Ordering::Release);
         wake();
@@ -318,6 +319,9 @@ fn fields(stats: Option<(ringloop::Stats, ringloop::Stats)>, msgs: usize) -> Str
 
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let pin = common::Pin::from_args(&args);
+    common::pin_setup(pin);
+    println!("# threads pinned: {pin:?} (-p same|split|none)");
     let n: usize = flag(&args, "-m", 20_000);
     let conns: usize = flag(&args, "-c", 50);
     let rounds = (n / 10).max(1);

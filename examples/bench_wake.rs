@@ -10,7 +10,7 @@
 //!   N spawned tasks).
 //!
 //! ```text
-//! cargo run --release --example bench_wake -- [-n N] [-m PINGS]
+//! cargo run --release --example bench_wake -- [-n N] [-m PINGS] [-p same|split|none]
 //! ```
 
 mod common;
@@ -56,6 +56,7 @@ fn ringloop_rate(n: usize) -> io::Result<(Duration, String)> {
     let before = lp.stats().map_err(io::Error::other)?;
     let t = Instant::now();
     let h = thread::spawn(move || {
+        common::pin_other();
         for _ in 0..n {
             remote.schedule(|_| bump()).expect("schedule");
         }
@@ -78,6 +79,7 @@ fn tokio_rate(n: usize) -> io::Result<Duration> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let t = Instant::now();
         let h = thread::spawn(move || {
+            common::pin_other();
             for _ in 0..n {
                 tx.send(Box::new(bump)).expect("send");
             }
@@ -98,6 +100,7 @@ fn ringloop_latency(m: usize) -> io::Result<(Vec<Duration>, String)> {
     let (tx, rx) = mpsc::channel::<()>();
     let before = lp.stats().map_err(io::Error::other)?;
     let h = thread::spawn(move || {
+        common::pin_other();
         let mut times = Vec::with_capacity(m);
         for _ in 0..m {
             // Let the loop go back to sleep in io_uring_enter.
@@ -129,6 +132,7 @@ fn tokio_latency(m: usize) -> io::Result<Vec<Duration>> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (rtx, rrx) = mpsc::channel::<()>();
         let h = thread::spawn(move || {
+            common::pin_other();
             let mut times = Vec::with_capacity(m);
             for _ in 0..m {
                 thread::sleep(Duration::from_micros(50));
@@ -211,6 +215,9 @@ fn tokio_batch(n: usize) -> io::Result<Duration> {
 
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let pin = common::Pin::from_args(&args);
+    common::pin_setup(pin);
+    println!("# threads pinned: {pin:?} (-p same|split|none)");
     let n: usize = flag(&args, "-n", 1_000_000);
     let m: usize = flag(&args, "-m", 10_000);
     let rate = |d: Duration| n as f64 / d.as_secs_f64();

@@ -85,3 +85,86 @@ pub fn thread_cpu() -> Duration {
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+/// Where a two-thread benchmark puts its threads (`-p same|split|none`).
+///
+/// On a small VM a wake-up that crosses CPUs can cost tens of microseconds
+/// (an idle virtual CPU has to be woken), and which placement the scheduler
+/// picks changes from run to run. Pinning both threads to one CPU (`same`,
+/// the default) measures the loops' own cost; `split` puts them on two CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// Both threads on the CPU the program started on.
+    Same,
+    /// The loop on the CPU the program started on, the other thread on the next one.
+    Split,
+    /// Let the scheduler decide.
+    None,
+}
+
+impl Pin {
+    /// Parses `-p`.
+    pub fn from_args(args: &[String]) -> Pin {
+        match flag(args, "-p", String::from("same")).as_str() {
+            "same" => Pin::Same,
+            "split" => Pin::Split,
+            "none" => Pin::None,
+            other => {
+                eprintln!("-p must be same, split or none, not {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    /// The CPU of the loop's thread and of the other thread.
+    fn cpus(self) -> Option<(usize, usize)> {
+        // SAFETY: plain syscall wrappers without pointers.
+        let (cpu, n) = unsafe {
+            (
+                libc::sched_getcpu(),
+                libc::sysconf(libc::_SC_NPROCESSORS_ONLN),
+            )
+        };
+        let (cpu, n) = (cpu.max(0) as usize, n.max(1) as usize);
+        match self {
+            Pin::Same => Some((cpu, cpu)),
+            Pin::Split => Some((cpu, (cpu + 1) % n)),
+            Pin::None => None,
+        }
+    }
+
+    /// Pins the calling (loop) thread; returns the CPU for the other thread.
+    pub fn pin_loop(self) -> Option<usize> {
+        let (a, b) = self.cpus()?;
+        pin_to(a);
+        Some(b)
+    }
+}
+
+/// Pins the calling thread to one CPU (best effort).
+pub fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+static OTHER_CPU: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Applies `-p`: pins the calling (loop) thread and remembers where
+/// [`pin_other`] puts the other threads.
+pub fn pin_setup(pin: Pin) {
+    if let Some(cpu) = pin.pin_loop() {
+        OTHER_CPU.store(cpu, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Pins the calling (client or pinger) thread as `-p` asked.
+pub fn pin_other() {
+    let cpu = OTHER_CPU.load(std::sync::atomic::Ordering::Relaxed);
+    if cpu != usize::MAX {
+        pin_to(cpu);
+    }
+}
