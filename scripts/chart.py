@@ -92,9 +92,9 @@ def fmt_value(v, metric):
 
 
 def svg(data, title):
-    width, left, right = 900, 250, 150
+    width, left, right = 1060, 270, 240
     bar_h, gap, group_gap, top = 16, 3, 22, 70
-    lo, hi = 0.1, 100.0  # log-scale range of the relative speed
+    lo, hi = 0.1, 200.0  # log-scale range of the relative speed
     plot_w = width - left - right
 
     def x_of(rel):

@@ -3,14 +3,14 @@
 # and tokio. The machine is shared and noisy, so each variant runs REPS times,
 # interleaved with the others, and the median events/s of those runs counts.
 #
-#   scripts/pipe_bench.sh            # REPS=5 ROUNDS=100
+#   scripts/pipe_bench.sh            # REPS=7 ROUNDS=100
 #   REPS=3 ROUNDS=50 scripts/pipe_bench.sh
 #
 # Every raw result line goes to stdout (and to $OUT if set), followed by a
 # summary line per variant and size ("summary ... ratio_vs_epoll=...").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPS=${REPS:-5}
+REPS=${REPS:-7}
 ROUNDS=${ROUNDS:-100}
 VARIANTS=${VARIANTS:-"epoll ringloop tokio ringloop-async"}
 cargo build --release --example pipe_bench -q
