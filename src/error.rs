@@ -27,7 +27,9 @@ pub enum Error {
     /// The fd given is not open.
     BadFd(i32),
     /// The event (watch, timer, immediate, signal, operation) no longer exists:
-    /// it was removed, already fired, or belongs to another loop.
+    /// it was removed or already fired. Ids are only meaningful on the loop
+    /// that issued them: one from another loop is not detected and may name
+    /// an unrelated event there.
     NotFound,
     /// `run_once` was called from inside a handler and nesting was not allowed.
     Nested,
@@ -62,7 +64,7 @@ impl fmt::Display for Error {
             Error::BadFd(fd) => write!(f, "fd {fd} is not open; register an fd you own"),
             Error::NotFound => write!(
                 f,
-                "no such event: it was removed, already ran, or belongs to another loop"
+                "no such event: it was removed or already ran; use ids only on the loop that issued them"
             ),
             Error::Nested => write!(
                 f,

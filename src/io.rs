@@ -380,7 +380,11 @@ impl<T: AsFd> AsyncFd<T> {
         };
         match source {
             Source::Multishot(Some(op)) => {
+                // The poll holds a reference to the file: cancel it in the
+                // kernel now, so closing the fd right after this makes the
+                // peer see EOF at once (SEMANTICS.md §3).
                 let _ = self.handle.cancel_op(op);
+                let _ = self.handle.flush();
             }
             Source::Multishot(None) => {}
             Source::Watch(id) => {

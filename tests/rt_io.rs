@@ -215,3 +215,20 @@ fn raw_op_submit_from_a_library() {
         std::task::Poll::Pending => panic!("must not wait without a runtime"),
     }
 }
+
+#[test]
+fn dropping_an_asyncfd_with_a_poll_armed_makes_the_peer_see_eof_at_once() {
+    for multishot in [true, false] {
+        rt::block_on(async {
+            let (a, mut b) = nonblocking_pair();
+            let a = AsyncFd::with_mode(a, multishot).unwrap();
+            // Wait for readability long enough for the poll to be in the kernel.
+            let waited = time::timeout(Duration::from_millis(5), a.readable()).await;
+            assert!(waited.is_err(), "nothing was written, so not readable");
+            drop(a);
+            // No loop iteration in between: the peer must already see EOF.
+            let mut buf = [0u8; 1];
+            assert_eq!(b.read(&mut buf).unwrap(), 0, "multishot={multishot}");
+        });
+    }
+}

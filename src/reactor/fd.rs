@@ -424,7 +424,7 @@ impl State {
         }
         if result < 0 {
             // EBADF: the fd was closed behind our back. Disarm; the loop goes on.
-            w.error = Some(-result);
+            w.error = Some(result.saturating_neg());
             let armed = w.armed.take();
             self.set_interest(id, Interest::NONE);
             if let Some(armed) = armed {
@@ -504,11 +504,15 @@ impl State {
     /// the poll cancellation is pushed to the kernel now, so the caller can
     /// close the fd and the peer sees EOF at once.
     pub(super) fn take_watch(&mut self, id: FdId) -> Option<Watch> {
+        let had_poll = self.watches.get(id)?.armed.is_some();
         self.set_interest(id, Interest::NONE);
         let w = self.watches.remove(id)?;
-        if w.owned.is_some() || w.close_hook.is_some() {
-            // With DEFER_TASKRUN the cancelled poll drops its file reference
-            // only while the task runs with GETEVENTS: do that now.
+        if had_poll || w.owned.is_some() || w.close_hook.is_some() {
+            // Hand the cancel to the kernel now: whoever closes the fd next
+            // (the loop, a close hook, or the caller of a raw watch) must find
+            // no poll holding the file. With DEFER_TASKRUN the cancelled poll
+            // drops its reference only while task work runs with GETEVENTS,
+            // which this does.
             let _ = self.ring.flush();
         }
         Some(w)

@@ -457,7 +457,8 @@ impl Handle {
 
     /// Whether the loop still has events that keep [`Handle::run`] going:
     /// timers, scheduled immediates, watches with a non-empty interest,
-    /// signal watches or in-flight operations.
+    /// signal watches, in-flight operations or
+    /// immediates scheduled from other threads and not yet taken.
     pub fn has_events(&self) -> Result<bool> {
         self.with(|st| st.has_events())
     }
@@ -474,8 +475,13 @@ impl Handle {
             return Err(Error::Nested);
         }
         // One borrow of the state per step: this is the hot path.
+        // A signal delivered since the last iteration is pending now, as in
+        // tevent (whose signal handler sets a flag): look at the signalfd
+        // before picking an immediate, rather than waiting for its poll to be
+        // reaped in the fd phase.
         let (first, mode) = self.with(|st| {
             st.stats.iterations += 1;
+            st.check_signals();
             (st.next_counted(), st.wait_timeout)
         })?;
         self.inner.depth.set(self.inner.depth.get() + 1);
@@ -503,6 +509,9 @@ impl Handle {
     ///
     /// In [`WaitTimeout::Never`] mode this polls without blocking until then.
     pub fn run(&self) -> Result<()> {
+        if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
+            return Err(Error::Nested);
+        }
         while self.has_events()? {
             match self.run_once() {
                 Ok(()) | Err(Error::WouldBlock) => {}
@@ -517,6 +526,11 @@ impl Handle {
         match d {
             Dispatch::Signals(list) => {
                 for (id, mut handler, event) in list {
+                    // An earlier handler of this batch may have removed this watch.
+                    if !self.with(|st| st.signals.contains(id)).unwrap_or(false) {
+                        drop(handler);
+                        continue;
+                    }
                     handler(self, event);
                     let leftover = self.with(|st| st.signals.restore(id, handler));
                     drop(leftover);
@@ -536,6 +550,17 @@ impl Handle {
                 }
             }
         }
+    }
+
+    /// Hands every queued submission (cancels included) to the kernel now
+    /// and runs its deferred completion work, without blocking.
+    ///
+    /// The loop does this by itself on its next iteration; call it when a
+    /// file must be released at once, e.g. after [`Handle::cancel_op`] of an
+    /// operation on an fd you are about to close, so the peer sees EOF as
+    /// soon as the close returns. Costs one `io_uring_enter`.
+    pub fn flush(&self) -> Result<()> {
+        self.try_with(|st| st.ring.flush().map_err(Error::Io))
     }
 
     /// Test and fuzzing hook: feeds a made-up completion to the dispatch path
@@ -651,6 +676,7 @@ impl State {
             || self.active_watches > 0
             || !self.signals.is_empty()
             || self.user_ops > 0
+            || self.remote.has_pending()
     }
 
     /// Queues an SQE that references no user memory.

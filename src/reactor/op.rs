@@ -29,7 +29,7 @@ impl Completion {
     /// The result as an `io::Result`.
     pub fn result(&self) -> io::Result<u32> {
         if self.result < 0 {
-            Err(io::Error::from_raw_os_error(-self.result))
+            Err(io::Error::from_raw_os_error(self.result.saturating_neg()))
         } else {
             Ok(self.result as u32)
         }

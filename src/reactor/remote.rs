@@ -38,6 +38,12 @@ impl RemoteShared {
         drop(queued);
     }
 
+    /// Whether something was scheduled (or a wake asked for) that the loop
+    /// has not taken yet.
+    pub fn has_pending(&self) -> bool {
+        self.notified.load(Ordering::Acquire)
+    }
+
     fn notify(&self) {
         if !self.notified.swap(true, Ordering::AcqRel) {
             sys::eventfd_signal(self.eventfd.as_raw_fd());

@@ -84,6 +84,10 @@ impl Signals {
         self.watches.is_empty()
     }
 
+    pub fn contains(&self, id: SignalId) -> bool {
+        self.watches.contains_key(id)
+    }
+
     #[inline]
     pub fn needs_read(&self) -> bool {
         self.read_needed
@@ -227,6 +231,14 @@ impl State {
             .build()
             .user_data(op.data().as_ffi());
         self.push_internal(entry);
+    }
+
+    /// Reads the signalfd now if any signal is watched (one non-blocking
+    /// `read`), so deliveries are pending before the immediate phase.
+    pub(super) fn check_signals(&mut self) {
+        if !self.signals.watches.is_empty() {
+            self.read_signals();
+        }
     }
 
     /// Reads every queued `signalfd_siginfo` and counts deliveries.

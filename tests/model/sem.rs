@@ -1,0 +1,602 @@
+//! The reference model of SEMANTICS.md: a pure description of what the loop
+//! must do, with no io_uring in it.
+//!
+//! What the kernel reports for an fd is not modelled: the harness asks the
+//! kernel itself (`poll(2)` with a zero timeout, which calls the same
+//! `vfs_poll` as io_uring's POLL_ADD) at the moments the loop's polls sample
+//! readiness. Everything else is the contract:
+//!
+//! - §1 one iteration: one immediate, else one due timer, else one fd handler;
+//!   every fd watch found ready in one harvest runs once before any runs
+//!   again (round robin), in an order the model learns from the loop.
+//! - §2 fd watches: level-triggered, the flags a handler is told (the table),
+//!   a WRITE-only watch that sees a hang-up is disabled, interest changes
+//!   and removals take effect at once.
+//! - §3 close means closed: the harness checks the peer's view of EOF against
+//!   [`Model::file_has_watch`] and its own fds.
+//! - §4 timers on a manual clock: never early, `(deadline, order added)`,
+//!   ASAP first, cancel and update.
+//! - §5 immediates: FIFO, reschedule moves to the tail, cancel.
+//!
+//! Readiness is sampled once per harvest (an `io_uring_enter` with
+//! GETEVENTS): the loop dispatches the harvested watches one per iteration
+//! with the revents it harvested and the interest the watch has at dispatch
+//! time. The model samples at the same points, so a watch that became
+//! not-ready during a round may still be called once with stale flags; that
+//! is what the loop does, and SEMANTICS.md does not forbid it.
+
+use std::collections::VecDeque;
+
+/// Interest bits, as `Interest::bits()`.
+pub const R: u8 = 1;
+/// WRITE.
+pub const W: u8 = 2;
+/// ERROR.
+pub const E: u8 = 4;
+
+/// `poll(2)` bits.
+pub const IN: u32 = libc::POLLIN as u32;
+/// Writable.
+pub const OUT: u32 = libc::POLLOUT as u32;
+/// Error.
+pub const ERR: u32 = libc::POLLERR as u32;
+/// Hang-up.
+pub const HUP: u32 = libc::POLLHUP as u32;
+/// Peer half-closed.
+pub const RDHUP: u32 = libc::POLLRDHUP as u32;
+/// Not open.
+pub const NVAL: u32 = libc::POLLNVAL as u32;
+/// What io_uring's POLL_ADD reports whether asked or not (io_uring-facts.md).
+pub const UNMASK: u32 = ERR | HUP | NVAL | RDHUP;
+
+/// §2 "the kernel is asked for".
+pub fn poll_mask(interest: u8) -> u32 {
+    let mut m = 0;
+    if interest & R != 0 {
+        m |= IN | RDHUP;
+    }
+    if interest & W != 0 {
+        m |= OUT;
+    }
+    if interest & E != 0 {
+        m |= RDHUP;
+    }
+    m
+}
+
+/// What a harvested readiness means for a watch with `interest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Call the handler with these flags.
+    Call(u8),
+    /// Not called; keep watching.
+    Skip,
+    /// A WRITE-only watch saw ERR/HUP: not called, interest becomes empty.
+    DisableWrite,
+    /// WRITE-only, RDHUP and not writable (not produced by the harness).
+    Quiet,
+}
+
+/// §2 "What the handler is told", written out from the text.
+pub fn verdict(rev: u32, interest: u8) -> Verdict {
+    let wants_r_or_e = interest & (R | E) != 0;
+    let hangup = rev & (ERR | HUP) != 0 || (rev & RDHUP != 0 && wants_r_or_e);
+    let mut flags = 0;
+    if hangup {
+        if !wants_r_or_e {
+            return if interest == 0 {
+                Verdict::Skip
+            } else {
+                Verdict::DisableWrite
+            };
+        }
+        flags |= interest & (R | E);
+    }
+    if rev & IN != 0 {
+        flags |= interest & R;
+    }
+    if rev & OUT != 0 {
+        flags |= interest & W;
+    }
+    if flags != 0 {
+        Verdict::Call(flags)
+    } else if rev & RDHUP != 0 && interest == W {
+        Verdict::Quiet
+    } else {
+        Verdict::Skip
+    }
+}
+
+/// The state of a watch's kernel poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// No poll.
+    Idle,
+    /// Armed with this mask; the SQE is not submitted yet, so the kernel
+    /// samples readiness at the next flush.
+    Pending(u32),
+    /// Submitted and not ready; `woken` by a state change (a wake-up without
+    /// a key), so the kernel polls again at the next flush.
+    Waiting(u32, bool),
+    /// Completed with `(mask, revents)` at a flush, not yet harvested.
+    Done(u32, u32),
+}
+
+/// A harvested watch waiting for its turn in the current round.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    /// What was harvested.
+    pub rev: u32,
+    /// The loop may already have looked at it and skipped it (it was not
+    /// callable at some iteration start).
+    pub maybe_processed: bool,
+}
+
+/// One fd watch.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// Index of the harness's file (socket pair or pipe end).
+    pub file: usize,
+    /// Owns (a dup of) its fd, rather than a raw watch on the harness's fd.
+    pub owned: bool,
+    /// Not removed.
+    pub alive: bool,
+    /// Current interest.
+    pub interest: u8,
+    /// Its poll.
+    pub poll: Poll,
+    /// In the current round.
+    pub ready: Option<Ready>,
+}
+
+/// What the model expects of the current iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expect {
+    /// Between iterations.
+    #[default]
+    Idle,
+    /// This immediate runs.
+    Immediate(usize),
+    /// This timer runs.
+    Timer(usize),
+    /// One fd handler of the round runs.
+    Fd,
+    /// Nothing is ready: the loop must wait.
+    Wait,
+    /// Waiting; the harvest follows.
+    Waiting,
+    /// Nothing was harvested that runs: the iteration would block.
+    WouldBlock,
+    /// A handler ran.
+    Ran,
+}
+
+/// The whole model.
+#[derive(Debug, Default)]
+pub struct Model {
+    /// Every watch ever added, by index.
+    pub watches: Vec<Watch>,
+    /// Pending timers: `(index, deadline ns, sequence)`.
+    pub timers: Vec<(usize, u64, u64)>,
+    /// Number of timers ever added.
+    pub timer_count: usize,
+    /// Last sequence number given to a timer.
+    pub seq: u64,
+    /// Scheduled immediates in run order.
+    pub immediates: VecDeque<usize>,
+    /// Number of immediates ever added.
+    pub immediate_count: usize,
+    /// The manual clock, ns.
+    pub now: u64,
+    /// What the current iteration must do.
+    pub expect: Expect,
+}
+
+type Check = Result<(), String>;
+
+impl Model {
+    // ---- fd watches ----
+
+    /// Adds a watch; returns its index.
+    pub fn add_watch(&mut self, file: usize, owned: bool, interest: u8) -> usize {
+        self.watches.push(Watch {
+            file,
+            owned,
+            alive: true,
+            interest: 0,
+            poll: Poll::Idle,
+            ready: None,
+        });
+        let w = self.watches.len() - 1;
+        self.set_interest(w, interest);
+        w
+    }
+
+    /// Whether watch `w` exists and is not removed.
+    pub fn alive(&self, w: usize) -> bool {
+        self.watches.get(w).is_some_and(|x| x.alive)
+    }
+
+    fn arm_if_possible(&mut self, w: usize) {
+        let x = &mut self.watches[w];
+        if x.alive && x.interest != 0 && x.poll == Poll::Idle && x.ready.is_none() {
+            x.poll = Poll::Pending(poll_mask(x.interest));
+        }
+    }
+
+    /// Changes interest (§2: takes effect at once). The loop keeps a poll whose
+    /// mask is unchanged and replaces one whose mask changed.
+    pub fn set_interest(&mut self, w: usize, interest: u8) {
+        let x = &mut self.watches[w];
+        let mask = match x.poll {
+            Poll::Pending(m) | Poll::Waiting(m, _) | Poll::Done(m, _) => Some(m),
+            Poll::Idle => None,
+        };
+        if let Some(m) = mask
+            && (interest == 0 || m != poll_mask(interest))
+        {
+            x.poll = Poll::Idle;
+        }
+        x.interest = interest;
+        self.arm_if_possible(w);
+    }
+
+    /// Whether changing `w`'s interest now has one outcome the model can
+    /// predict: not when the loop may or may not already have skipped it in
+    /// this round.
+    pub fn may_change_interest(&self, w: usize) -> bool {
+        !self.alive(w) || self.watches[w].ready.is_none_or(|r| !r.maybe_processed)
+    }
+
+    /// Whether a flush now (removing an owned watch) samples a predictable
+    /// set of polls: not when a skipped watch may or may not be re-armed yet.
+    pub fn may_flush(&self) -> bool {
+        self.watches.iter().all(|x| {
+            !x.alive
+                || x.interest == 0
+                || x.ready.is_none_or(|r| {
+                    !r.maybe_processed || verdict(r.rev, x.interest) != Verdict::Skip
+                })
+        })
+    }
+
+    /// Removes a watch (§2: its handler never runs again).
+    pub fn remove_watch(&mut self, w: usize) {
+        let x = &mut self.watches[w];
+        x.alive = false;
+        x.poll = Poll::Idle;
+        x.ready = None;
+    }
+
+    /// Whether some live watch owns an fd of `file` (so it is still open).
+    pub fn file_has_owner(&self, file: usize) -> bool {
+        self.watches
+            .iter()
+            .any(|x| x.alive && x.owned && x.file == file)
+    }
+
+    /// Whether some live watch watches `file`.
+    pub fn file_has_watch(&self, file: usize) -> bool {
+        self.watches.iter().any(|x| x.alive && x.file == file)
+    }
+
+    /// An `io_uring_enter` with GETEVENTS: the kernel polls every newly
+    /// submitted poll and every one woken by a state change; `readiness(file)`
+    /// is what `poll(2)` says now.
+    pub fn flush(&mut self, readiness: &dyn Fn(usize) -> u32) {
+        for x in self.watches.iter_mut().filter(|x| x.alive) {
+            if let Poll::Pending(m) | Poll::Waiting(m, true) = x.poll {
+                let rev = readiness(x.file) & (m | UNMASK);
+                x.poll = if rev != 0 {
+                    Poll::Done(m, rev)
+                } else {
+                    Poll::Waiting(m, false)
+                };
+            }
+        }
+    }
+
+    /// A wake-up with a key (data arrived: `IN`): a waiting one-shot poll that
+    /// wants it completes at once with just the key, and leaves the wait
+    /// queue, so later changes do not reach it.
+    pub fn wake_keyed(&mut self, file: usize, key: u32) {
+        for x in self
+            .watches
+            .iter_mut()
+            .filter(|x| x.alive && x.file == file)
+        {
+            if let Poll::Waiting(m, false) = x.poll {
+                let rev = key & (m | UNMASK);
+                if rev != 0 {
+                    x.poll = Poll::Done(m, rev);
+                }
+            }
+        }
+    }
+
+    /// A wake-up without a key (shutdown, close): waiting polls are polled
+    /// again at the next flush.
+    pub fn wake_state(&mut self, file: usize) {
+        for x in self
+            .watches
+            .iter_mut()
+            .filter(|x| x.alive && x.file == file)
+        {
+            if let Poll::Waiting(m, _) = x.poll {
+                x.poll = Poll::Waiting(m, true);
+            }
+        }
+    }
+
+    fn harvest(&mut self) {
+        for x in self.watches.iter_mut().filter(|x| x.alive) {
+            if let Poll::Done(_, rev) = x.poll {
+                x.poll = Poll::Idle;
+                x.ready = Some(Ready {
+                    rev,
+                    maybe_processed: false,
+                });
+            }
+        }
+    }
+
+    fn callable(&self, w: usize) -> Option<u8> {
+        let x = &self.watches[w];
+        match (x.alive, x.ready) {
+            (true, Some(r)) => match verdict(r.rev, x.interest) {
+                Verdict::Call(f) => Some(f),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn any_callable(&self) -> bool {
+        (0..self.watches.len()).any(|w| self.callable(w).is_some())
+    }
+
+    fn mark_maybe_processed(&mut self) {
+        for w in 0..self.watches.len() {
+            if self.callable(w).is_none()
+                && let Some(r) = self.watches[w].ready.as_mut()
+            {
+                r.maybe_processed = true;
+            }
+        }
+    }
+
+    /// The loop went through its whole ready queue: every watch left in the
+    /// round was looked at and not called.
+    fn finish_round(&mut self) -> Check {
+        for w in 0..self.watches.len() {
+            let x = &self.watches[w];
+            let Some(r) = x.ready.filter(|_| x.alive) else {
+                continue;
+            };
+            match verdict(r.rev, x.interest) {
+                Verdict::Call(f) => {
+                    return Err(format!(
+                        "watch {w} was harvested ready (revents {:#x}, interest {}) and should have run with {f} before the loop waited",
+                        r.rev, x.interest
+                    ));
+                }
+                Verdict::Skip => {
+                    self.watches[w].ready = None;
+                    self.arm_if_possible(w);
+                }
+                Verdict::DisableWrite => {
+                    let x = &mut self.watches[w];
+                    x.ready = None;
+                    x.interest = 0;
+                }
+                Verdict::Quiet => {
+                    return Err(format!(
+                        "watch {w}: WRITE-only with RDHUP and not writable is not modelled"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- timers (§4) ----
+
+    /// Adds a timer `after` ns from now (`None`: as soon as possible).
+    pub fn add_timer(&mut self, after: Option<u64>) -> usize {
+        let deadline = after.map_or(0, |d| self.now.saturating_add(d).max(1));
+        self.seq += 1;
+        self.timers.push((self.timer_count, deadline, self.seq));
+        self.timer_count += 1;
+        self.timer_count - 1
+    }
+
+    /// Cancels a timer; whether it was pending.
+    pub fn cancel_timer(&mut self, t: usize) -> bool {
+        let before = self.timers.len();
+        self.timers.retain(|x| x.0 != t);
+        before != self.timers.len()
+    }
+
+    /// Moves a timer behind those with an equal deadline; whether it was pending.
+    pub fn update_timer(&mut self, t: usize, after: u64) -> bool {
+        self.seq += 1;
+        let (now, seq) = (self.now, self.seq);
+        match self.timers.iter_mut().find(|x| x.0 == t) {
+            Some(x) => {
+                x.1 = now.saturating_add(after).max(1);
+                x.2 = seq;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether timer `t` is pending.
+    pub fn timer_pending(&self, t: usize) -> bool {
+        self.timers.iter().any(|x| x.0 == t)
+    }
+
+    fn due_timer(&self) -> Option<usize> {
+        self.timers
+            .iter()
+            .filter(|x| x.1 <= self.now)
+            .min_by_key(|x| (x.1, x.2))
+            .map(|x| x.0)
+    }
+
+    // ---- immediates (§5) ----
+
+    /// Schedules a new immediate at the tail.
+    pub fn add_immediate(&mut self) -> usize {
+        self.immediates.push_back(self.immediate_count);
+        self.immediate_count += 1;
+        self.immediate_count - 1
+    }
+
+    /// Cancels; whether it was scheduled.
+    pub fn cancel_immediate(&mut self, i: usize) -> bool {
+        let before = self.immediates.len();
+        self.immediates.retain(|&x| x != i);
+        before != self.immediates.len()
+    }
+
+    /// Moves to the tail; whether it was scheduled.
+    pub fn reschedule_immediate(&mut self, i: usize) -> bool {
+        let found = self.cancel_immediate(i);
+        if found {
+            self.immediates.push_back(i);
+        }
+        found
+    }
+
+    // ---- one iteration (§1) ----
+
+    /// `run_once` is about to be called.
+    pub fn iteration_start(&mut self) -> Check {
+        if self.expect != Expect::Idle {
+            return Err(format!("iteration started in state {:?}", self.expect));
+        }
+        self.mark_maybe_processed();
+        self.expect = if let Some(&i) = self.immediates.front() {
+            Expect::Immediate(i)
+        } else if let Some(t) = self.due_timer() {
+            Expect::Timer(t)
+        } else if self.any_callable() {
+            Expect::Fd
+        } else {
+            Expect::Wait
+        };
+        Ok(())
+    }
+
+    /// Immediate `i`'s handler runs.
+    pub fn on_immediate(&mut self, i: usize) -> Check {
+        if self.expect != Expect::Immediate(i) {
+            return Err(format!("immediate {i} ran, expected {:?}", self.expect));
+        }
+        self.immediates.pop_front();
+        self.expect = Expect::Ran;
+        Ok(())
+    }
+
+    /// Timer `t`'s handler runs.
+    pub fn on_timer(&mut self, t: usize) -> Check {
+        if self.expect != Expect::Timer(t) {
+            return Err(format!("timer {t} ran, expected {:?}", self.expect));
+        }
+        self.cancel_timer(t);
+        self.expect = Expect::Ran;
+        Ok(())
+    }
+
+    /// Watch `w`'s handler runs with `flags`.
+    pub fn on_fd(&mut self, w: usize, flags: u8) -> Check {
+        if self.expect != Expect::Fd {
+            return Err(format!(
+                "watch {w} ran with {flags}, expected {:?}",
+                self.expect
+            ));
+        }
+        if !self.alive(w) {
+            return Err(format!("watch {w} ran after it was removed"));
+        }
+        match self.callable(w) {
+            Some(f) if f == flags => {}
+            other => {
+                let x = &self.watches[w];
+                return Err(format!(
+                    "watch {w} ran with {flags}, model says {other:?} (harvested {:?}, interest {})",
+                    x.ready, x.interest
+                ));
+            }
+        }
+        self.watches[w].ready = None;
+        self.expect = Expect::Ran;
+        Ok(())
+    }
+
+    /// An fd handler returned: its watch polls again.
+    pub fn fd_done(&mut self, w: usize) {
+        if self.alive(w) {
+            self.arm_if_possible(w);
+        }
+    }
+
+    /// The loop is about to enter the kernel to wait.
+    pub fn before_wait(&mut self, readiness: &dyn Fn(usize) -> u32) -> Check {
+        if self.expect != Expect::Wait {
+            return Err(format!("loop waits, expected {:?}", self.expect));
+        }
+        self.finish_round()?;
+        self.flush(readiness);
+        self.expect = Expect::Waiting;
+        Ok(())
+    }
+
+    /// The loop is back from the kernel and harvested.
+    pub fn after_wait(&mut self) -> Check {
+        if self.expect != Expect::Waiting {
+            return Err(format!("loop woke, expected {:?}", self.expect));
+        }
+        self.harvest();
+        self.mark_maybe_processed();
+        self.expect = if self.any_callable() {
+            Expect::Fd
+        } else {
+            Expect::WouldBlock
+        };
+        Ok(())
+    }
+
+    /// `run_once` returned; `would_block` if it said so.
+    pub fn iteration_end(&mut self, would_block: bool) -> Check {
+        let expect = std::mem::replace(&mut self.expect, Expect::Idle);
+        match (expect, would_block) {
+            (Expect::Ran, false) => Ok(()),
+            (Expect::WouldBlock, true) => self.finish_round(),
+            (e, b) => Err(format!("run_once returned would_block={b} in state {e:?}")),
+        }
+    }
+
+    /// Advances the manual clock.
+    pub fn advance(&mut self, ns: u64) {
+        self.now = self.now.saturating_add(ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_follows_the_semantics_table() {
+        assert_eq!(verdict(IN | HUP | RDHUP, R), Verdict::Call(R));
+        assert_eq!(verdict(IN, E), Verdict::Skip);
+        assert_eq!(verdict(RDHUP, E), Verdict::Call(E));
+        assert_eq!(verdict(IN | HUP | RDHUP, R | E), Verdict::Call(R | E));
+        assert_eq!(verdict(OUT | HUP | RDHUP, W), Verdict::DisableWrite);
+        assert_eq!(verdict(OUT | ERR, W), Verdict::DisableWrite);
+        assert_eq!(verdict(OUT | RDHUP, W), Verdict::Call(W));
+        assert_eq!(verdict(OUT | ERR, W | E), Verdict::Call(W | E));
+    }
+}

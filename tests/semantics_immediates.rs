@@ -1,0 +1,244 @@
+//! SEMANTICS.md §5: immediates, also from other threads.
+
+mod common;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringloop::{Error, EventLoop, WaitTimeout};
+
+/// Immediates run in FIFO order, one per iteration, before timers.
+#[test]
+fn fifo_one_per_iteration() {
+    let lp = nonblocking_loop();
+    let order = log::<usize>();
+    let o = order.clone();
+    lp.add_timer_asap(move |_| o.borrow_mut().push(100))
+        .unwrap();
+    for i in 0..5 {
+        let o = order.clone();
+        lp.add_immediate(move |_| o.borrow_mut().push(i)).unwrap();
+    }
+    for n in 1..=5 {
+        lp.run_once().unwrap();
+        assert_eq!(order.borrow().len(), n);
+    }
+    lp.run_once().unwrap();
+    assert_eq!(*order.borrow(), [0, 1, 2, 3, 4, 100]);
+    assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
+}
+
+/// Scheduling again moves an immediate to the tail; it runs once.
+#[test]
+fn reschedule_moves_to_tail_and_runs_once() {
+    let lp = nonblocking_loop();
+    let order = log::<&str>();
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let o = order.clone();
+        ids.push(
+            lp.add_immediate(move |_| o.borrow_mut().push(name))
+                .unwrap(),
+        );
+    }
+    lp.reschedule_immediate(ids[0]).unwrap();
+    lp.reschedule_immediate(ids[1]).unwrap();
+    lp.reschedule_immediate(ids[0]).unwrap();
+    spin(&lp, 10);
+    assert_eq!(*order.borrow(), ["c", "b", "a"]);
+    // Ran: stale now.
+    assert!(matches!(
+        lp.reschedule_immediate(ids[0]),
+        Err(Error::NotFound)
+    ));
+    // Many reschedules of one immediate still run it once.
+    let count = Rc::new(Cell::new(0));
+    let c = count.clone();
+    let id = lp.add_immediate(move |_| c.set(c.get() + 1)).unwrap();
+    for _ in 0..1000 {
+        lp.reschedule_immediate(id).unwrap();
+    }
+    spin(&lp, 10);
+    assert_eq!(count.get(), 1);
+}
+
+/// A cancelled immediate never runs, also when cancelled from a handler.
+#[test]
+fn cancel_means_never_runs() {
+    let lp = nonblocking_loop();
+    let order = log::<&str>();
+    let o = order.clone();
+    let a = lp.add_immediate(move |_| o.borrow_mut().push("a")).unwrap();
+    lp.cancel_immediate(a).unwrap();
+    assert!(matches!(lp.cancel_immediate(a), Err(Error::NotFound)));
+    let victim = Rc::new(Cell::new(None));
+    let (o, v) = (order.clone(), victim.clone());
+    lp.add_immediate(move |lp| {
+        o.borrow_mut().push("b");
+        lp.cancel_immediate(v.take().unwrap()).unwrap();
+    })
+    .unwrap();
+    let o = order.clone();
+    victim.set(Some(
+        lp.add_immediate(move |_| o.borrow_mut().push("c")).unwrap(),
+    ));
+    spin(&lp, 10);
+    assert_eq!(*order.borrow(), ["b"]);
+    assert!(!lp.has_events().unwrap());
+}
+
+/// One scheduled from inside a handler runs on a later iteration.
+#[test]
+fn scheduled_from_handler_runs_later() {
+    let lp = nonblocking_loop();
+    let order = log::<&str>();
+    let o = order.clone();
+    lp.add_immediate(move |lp| {
+        o.borrow_mut().push("outer");
+        let o2 = o.clone();
+        lp.add_immediate(move |_| o2.borrow_mut().push("inner"))
+            .unwrap();
+    })
+    .unwrap();
+    let o = order.clone();
+    lp.add_immediate(move |_| o.borrow_mut().push("second"))
+        .unwrap();
+    lp.run_once().unwrap();
+    assert_eq!(*order.borrow(), ["outer"]);
+    lp.run_once().unwrap();
+    assert_eq!(*order.borrow(), ["outer", "second"]);
+    lp.run_once().unwrap();
+    assert_eq!(*order.borrow(), ["outer", "second", "inner"]);
+    // Rescheduling itself from its own handler: it already ran, so NotFound.
+    let own = Rc::new(Cell::new(None));
+    let res = Rc::new(Cell::new(None));
+    let (ow, r) = (own.clone(), res.clone());
+    own.set(Some(
+        lp.add_immediate(move |lp| {
+            r.set(Some(matches!(
+                lp.reschedule_immediate(ow.get().unwrap()),
+                Err(Error::NotFound)
+            )))
+        })
+        .unwrap(),
+    ));
+    spin(&lp, 5);
+    assert_eq!(res.get(), Some(true));
+}
+
+/// A Remote schedule wakes a loop blocked forever in io_uring_enter.
+#[test]
+fn remote_wakes_blocked_loop() {
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .unwrap();
+    let remote = lp.remote().unwrap();
+    let main = std::thread::current().id();
+    let ran_on = Arc::new(Mutex::new(None));
+    let r = ran_on.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        remote
+            .schedule(move |_| *r.lock().unwrap() = Some(std::thread::current().id()))
+            .unwrap();
+    });
+    let start = Instant::now();
+    lp.run_once().unwrap();
+    if ran_on.lock().unwrap().is_none() {
+        lp.run_once().unwrap();
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(took >= Duration::from_millis(40), "did not block: {took:?}");
+    assert_eq!(*ran_on.lock().unwrap(), Some(main));
+    t.join().unwrap();
+    assert!(lp.stats().unwrap().waits >= 1);
+}
+
+/// Order from one thread is preserved; many schedules, each runs once.
+#[test]
+fn remote_order_preserved() {
+    let lp = loop_with_timeout(Duration::from_millis(100));
+    let remote = lp.remote().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let n = 500;
+    let t = std::thread::spawn(move || {
+        for i in 0..n {
+            let s = s.clone();
+            remote.schedule(move |_| s.lock().unwrap().push(i)).unwrap();
+        }
+    });
+    let start = Instant::now();
+    while seen.lock().unwrap().len() < n {
+        lp.run_once().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+    t.join().unwrap();
+    assert_eq!(*seen.lock().unwrap(), (0..n).collect::<Vec<_>>());
+    // Remote immediates take their place behind local ones already scheduled.
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o = order.clone();
+    lp.add_immediate(move |_| o.lock().unwrap().push("local"))
+        .unwrap();
+    let o = order.clone();
+    lp.remote()
+        .unwrap()
+        .schedule(move |_| o.lock().unwrap().push("remote"))
+        .unwrap();
+    lp.run().unwrap();
+    assert_eq!(*order.lock().unwrap(), ["local", "remote"]);
+}
+
+/// Several threads scheduling at once: nothing lost.
+#[test]
+fn remote_from_many_threads_loses_nothing() {
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .unwrap();
+    let count = Arc::new(Mutex::new(0usize));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let remote = lp.remote().unwrap();
+            let c = count.clone();
+            std::thread::spawn(move || {
+                for _ in 0..250 {
+                    let c = c.clone();
+                    remote.schedule(move |_| *c.lock().unwrap() += 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while *count.lock().unwrap() < 1000 {
+        lp.run_once().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(*count.lock().unwrap(), 1000);
+}
+
+/// Remote after the loop is dropped: LoopGone; queued closures are dropped.
+#[test]
+fn remote_after_drop_is_loop_gone() {
+    let lp = nonblocking_loop();
+    let remote = lp.remote().unwrap();
+    let token = Arc::new(());
+    let t = token.clone();
+    remote.schedule(move |_| drop(t)).unwrap();
+    drop(lp);
+    assert_eq!(Arc::strong_count(&token), 1, "queued closure not dropped");
+    assert!(matches!(remote.schedule(|_| {}), Err(Error::LoopGone)));
+    assert!(matches!(remote.wake(), Err(Error::LoopGone)));
+    let r2 = remote.clone();
+    std::thread::spawn(move || assert!(matches!(r2.schedule(|_| {}), Err(Error::LoopGone))))
+        .join()
+        .unwrap();
+}

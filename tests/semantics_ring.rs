@@ -1,0 +1,365 @@
+//! SEMANTICS.md §7: the ring itself (features, CQ overflow, generic
+//! submission, fork), plus trace points and the fallback setup.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::*;
+use io_uring::{opcode, types};
+use ringloop::{Completion, Error, EventKind, EventLoop, Interest, TracePoint, WaitTimeout};
+
+/// Setup probes the kernel and reports it.
+#[test]
+fn features_are_reported() {
+    let lp = EventLoop::builder()
+        .sq_entries(32)
+        .cq_entries(64)
+        .build()
+        .unwrap();
+    let f = lp.features().unwrap();
+    assert!(!f.kernel.is_empty());
+    assert!(f.ext_arg && f.nodrop, "{f:?}");
+    assert!(f.supports_opcode(opcode::PollAdd::CODE));
+    assert!(f.supports_opcode(opcode::AsyncCancel::CODE));
+    assert!(f.supports_opcode(opcode::Nop::CODE));
+    assert!(!f.opcodes().is_empty());
+    assert!(f.sq_entries >= 32, "{f:?}");
+    assert!(f.cq_entries >= 64, "{f:?}");
+    if f.defer_taskrun {
+        assert!(f.single_issuer, "DEFER_TASKRUN requires SINGLE_ISSUER");
+    }
+    let plain = EventLoop::builder().plain_setup(true).build().unwrap();
+    let p = plain.features().unwrap();
+    assert!(
+        !p.single_issuer && !p.defer_taskrun && !p.submit_all,
+        "{p:?}"
+    );
+}
+
+/// A required feature that is missing gives an error naming it.
+#[test]
+fn missing_feature_is_a_clear_error() {
+    for name in [
+        "IORING_FEAT_EXT_ARG",
+        "IORING_FEAT_NODROP",
+        "IORING_OP_POLL_ADD",
+    ] {
+        let err = EventLoop::builder()
+            .simulate_missing_feature(name)
+            .build()
+            .err()
+            .unwrap_or_else(|| panic!("{name}: built anyway"));
+        assert!(matches!(err, Error::KernelTooOld { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(name), "{msg}");
+    }
+}
+
+/// The fallback setup (no SINGLE_ISSUER / DEFER_TASKRUN) keeps the semantics:
+/// level-triggered reads, close means closed, timers and remote wake-ups.
+#[test]
+fn plain_setup_keeps_semantics() {
+    let lp = EventLoop::builder()
+        .plain_setup(true)
+        .wait_timeout(WaitTimeout::After(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    let (a, b) = socketpair();
+    write_fd(b.as_raw_fd(), b"x").unwrap();
+    let calls = Rc::new(Cell::new(0));
+    let c = calls.clone();
+    let id = lp
+        .add_fd(a, Interest::READ, move |_, _| c.set(c.get() + 1))
+        .unwrap();
+    for _ in 0..3 {
+        lp.run_once().unwrap();
+    }
+    assert_eq!(calls.get(), 3);
+    lp.remove_fd(id).unwrap();
+    assert!(peer_closed(b.as_raw_fd()));
+    let remote = lp.remote().unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        remote.schedule(|_| {}).unwrap();
+    });
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    lp.add_timer(Duration::from_millis(5), move |_| r.set(true))
+        .unwrap();
+    lp.run().unwrap();
+    t.join().unwrap();
+    assert!(ran.get());
+}
+
+/// A full completion queue loses nothing: 100 ready sockets on a ring with a
+/// 16-entry CQ all get their handler run.
+#[test]
+fn cq_overflow_loses_nothing() {
+    let lp = EventLoop::builder()
+        .sq_entries(8)
+        .cq_entries(16)
+        .wait_timeout(WaitTimeout::After(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let ran = Rc::new(RefCell::new(vec![0u32; 100]));
+    let mut peers = Vec::new();
+    for i in 0..100 {
+        let (a, b) = socketpair();
+        write_fd(b.as_raw_fd(), b"x").unwrap();
+        peers.push(b);
+        let r = ran.clone();
+        lp.add_fd(a, Interest::READ, move |lp, ev| {
+            r.borrow_mut()[i] += 1;
+            lp.remove_fd(ev.id).unwrap();
+        })
+        .unwrap();
+    }
+    // Also 50 NOPs, to overflow with operation completions.
+    let nops = Rc::new(Cell::new(0));
+    for _ in 0..50 {
+        let n = nops.clone();
+        // SAFETY: NOP points at no memory.
+        unsafe { lp.submit(opcode::Nop::new().build(), move |_, _| n.set(n.get() + 1)) }.unwrap();
+    }
+    let mut iterations = 0;
+    while lp.has_events().unwrap() {
+        lp.run_once().unwrap();
+        iterations += 1;
+        assert!(iterations < 2000, "stuck: {:?}", lp.stats());
+    }
+    assert!(ran.borrow().iter().all(|&n| n == 1), "{:?}", ran.borrow());
+    assert_eq!(nops.get(), 50);
+    for b in &peers {
+        assert!(peer_closed(b.as_raw_fd()));
+    }
+    let stats = lp.stats().unwrap();
+    eprintln!("overflow test: {stats:?}");
+    assert_eq!(
+        stats.in_flight, 1,
+        "only the wake-up poll is left: {stats:?}"
+    );
+}
+
+/// NOP through the generic API: the callback runs once, in a later iteration.
+#[test]
+fn submit_nop() {
+    let lp = nonblocking_loop();
+    let got = Rc::new(Cell::new(None));
+    let g = got.clone();
+    // SAFETY: NOP points at no memory.
+    unsafe { lp.submit(opcode::Nop::new().build(), move |_, c| g.set(Some(c))) }.unwrap();
+    assert!(got.get().is_none(), "ran inside submit");
+    assert!(lp.has_events().unwrap(), "an in-flight op keeps run going");
+    lp.run().unwrap();
+    assert_eq!(got.get().map(|c: Completion| c.result), Some(0));
+    assert!(!got.get().unwrap().has_more());
+}
+
+/// A READ into a buffer owned by the callback.
+#[test]
+fn submit_read_into_owned_buffer() {
+    let lp = loop_with_timeout(Duration::from_millis(20));
+    let (r, w) = blocking_pipe();
+    let mut buf = vec![0u8; 64].into_boxed_slice();
+    let entry = opcode::Read::new(types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 64).build();
+    let out = Rc::new(RefCell::new(None));
+    let o = out.clone();
+    // SAFETY: `buf` moves into the callback, so it outlives the operation.
+    unsafe {
+        lp.submit(entry, move |_, c| {
+            let n = c.result().unwrap() as usize;
+            *o.borrow_mut() = Some(buf[..n].to_vec());
+        })
+    }
+    .unwrap();
+    let _ = lp.run_once();
+    assert!(out.borrow().is_none(), "read completed with no data");
+    write_fd(w.as_raw_fd(), b"hello ring").unwrap();
+    lp.run().unwrap();
+    assert_eq!(out.borrow().as_deref(), Some(&b"hello ring"[..]));
+}
+
+/// cancel_op of a READ on an empty pipe: the callback gets -ECANCELED once.
+#[test]
+fn cancel_op_gives_ecanceled_once() {
+    let lp = loop_with_timeout(Duration::from_millis(20));
+    let (r, _w) = blocking_pipe();
+    let mut buf = vec![0u8; 16].into_boxed_slice();
+    let entry = opcode::Read::new(types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 16).build();
+    let results = log::<i32>();
+    let res = results.clone();
+    // SAFETY: `buf` moves into the callback.
+    let id = unsafe {
+        lp.submit(entry, move |_, c| {
+            let _ = &buf;
+            res.borrow_mut().push(c.result);
+        })
+    }
+    .unwrap();
+    let _ = lp.run_once();
+    lp.cancel_op(id).unwrap();
+    lp.cancel_op(id).unwrap(); // a second cancel before completion is harmless
+    lp.set_wait_timeout(WaitTimeout::After(Duration::from_secs(10)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    lp.run().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "cancel did not complete"
+    );
+    assert_eq!(*results.borrow(), [-libc::ECANCELED]);
+    assert!(matches!(lp.cancel_op(id), Err(Error::NotFound)));
+    assert_eq!(lp.stats().unwrap().in_flight, 1);
+}
+
+/// A multishot operation: the callback runs per completion until the last.
+#[test]
+fn submit_multishot_poll() {
+    let lp = nonblocking_loop();
+    let (r, w) = pipe();
+    let seen = log::<Completion>();
+    let s = seen.clone();
+    let entry = opcode::PollAdd::new(types::Fd(r.as_raw_fd()), libc::POLLIN as u32)
+        .multi(true)
+        .build();
+    // SAFETY: POLL_ADD points at no memory.
+    let id = unsafe { lp.submit_multishot(entry, move |_, c| s.borrow_mut().push(c)) }.unwrap();
+    spin(&lp, 3);
+    assert!(seen.borrow().is_empty());
+    write_fd(w.as_raw_fd(), b"x").unwrap();
+    spin(&lp, 3);
+    assert_eq!(seen.borrow().len(), 1);
+    assert!(seen.borrow()[0].has_more());
+    lp.cancel_op(id).unwrap();
+    spin(&lp, 5);
+    let last = *seen.borrow().last().unwrap();
+    assert!(!last.has_more());
+    assert!(!lp.has_events().unwrap());
+}
+
+/// After fork, the child cannot use the parent's loop.
+#[test]
+fn fork_child_gets_forked_error() {
+    let lp = nonblocking_loop();
+    lp.add_immediate(|_| {}).unwrap();
+    // SAFETY: the child only calls into the loop (which checks an atomic and
+    // returns an error) and then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = if !matches!(lp.run_once(), Err(Error::Forked)) {
+            1
+        } else if !matches!(lp.add_immediate(|_| {}), Err(Error::Forked)) {
+            2
+        } else if !matches!(lp.stats(), Err(Error::Forked)) {
+            3
+        } else {
+            0
+        };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    assert_eq!(wait_child(pid), 0);
+    // The parent's loop is unaffected.
+    lp.run_once().unwrap();
+}
+
+/// Trace points for a simple fd iteration and an immediate.
+#[test]
+fn trace_points_of_a_simple_iteration() {
+    let lp = nonblocking_loop();
+    let points = Rc::new(RefCell::new(Vec::new()));
+    let p = points.clone();
+    lp.set_trace_hook(Some(Box::new(move |tp| p.borrow_mut().push(tp))));
+    let (a, b) = socketpair();
+    write_fd(b.as_raw_fd(), b"x").unwrap();
+    let id = lp.add_fd(a, Interest::READ, |_, _| {}).unwrap();
+    lp.run_once().unwrap();
+    assert_eq!(
+        *points.borrow(),
+        [
+            TracePoint::Attach(EventKind::Fd),
+            TracePoint::BeforeWait,
+            TracePoint::AfterWait,
+            TracePoint::BeforeHandler(EventKind::Fd),
+        ]
+    );
+    points.borrow_mut().clear();
+    lp.add_immediate(|_| {}).unwrap();
+    lp.run_once().unwrap();
+    lp.remove_fd(id).unwrap();
+    let t = lp.add_timer(Duration::from_secs(1), |_| {}).unwrap();
+    lp.cancel_timer(t).unwrap();
+    assert_eq!(
+        *points.borrow(),
+        [
+            TracePoint::Attach(EventKind::Immediate),
+            TracePoint::BeforeHandler(EventKind::Immediate),
+            TracePoint::Detach(EventKind::Fd),
+            TracePoint::Attach(EventKind::Timer),
+            TracePoint::Detach(EventKind::Timer),
+        ]
+    );
+    lp.set_trace_hook(None);
+    points.borrow_mut().clear();
+    lp.add_immediate(|_| {}).unwrap();
+    lp.run_once().unwrap();
+    assert!(points.borrow().is_empty());
+}
+
+/// CQ overflow while other threads wake the loop: the multishot wake-up poll
+/// may be ended by the overflow, and must be re-armed (no lost wake-ups).
+#[test]
+fn cq_overflow_with_remote_wakeups() {
+    let lp = EventLoop::builder()
+        .sq_entries(4)
+        .cq_entries(8)
+        .wait_timeout(WaitTimeout::After(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    let remote = lp.remote().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    let t = std::thread::spawn(move || {
+        for i in 0..200 {
+            let c = c.clone();
+            remote
+                .schedule(move |_| {
+                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                })
+                .unwrap();
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    let mut peers = Vec::new();
+    let fd_runs = Rc::new(Cell::new(0));
+    for _ in 0..64 {
+        let (a, b) = socketpair();
+        write_fd(b.as_raw_fd(), b"x").unwrap();
+        peers.push(b);
+        let f = fd_runs.clone();
+        lp.add_fd(a, Interest::READ, move |lp, ev| {
+            f.set(f.get() + 1);
+            lp.remove_fd(ev.id).unwrap();
+        })
+        .unwrap();
+    }
+    let start = std::time::Instant::now();
+    while count.load(std::sync::atomic::Ordering::Relaxed) < 200 || fd_runs.get() < 64 {
+        lp.run_once().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "lost: {} remote, {} fds, {:?}",
+            count.load(std::sync::atomic::Ordering::Relaxed),
+            fd_runs.get(),
+            lp.stats()
+        );
+    }
+    t.join().unwrap();
+}
