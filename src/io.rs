@@ -191,29 +191,32 @@ struct State {
 }
 
 impl State {
-    fn on_ready(&mut self, r: Ready) -> Vec<Waker> {
+    /// Readiness arrived: returns the (read, write) wakers to wake. A fixed
+    /// pair, not a `Vec`: this runs once per poll completion.
+    fn on_ready(&mut self, r: Ready) -> [Option<Waker>; 2] {
         self.ready = self.ready | r;
-        let mut wake = Vec::new();
-        if self.ready.intersects(Dir::Read.ready() | Ready::ERROR)
-            && let Some(w) = self.read_waker.take()
-        {
-            wake.push(w);
+        let mut wake = [None, None];
+        if self.ready.intersects(Dir::Read.ready() | Ready::ERROR) {
+            wake[0] = self.read_waker.take();
         }
-        if self.ready.intersects(Dir::Write.ready() | Ready::ERROR)
-            && let Some(w) = self.write_waker.take()
-        {
-            wake.push(w);
+        if self.ready.intersects(Dir::Write.ready() | Ready::ERROR) {
+            wake[1] = self.write_waker.take();
         }
         wake
     }
 
-    fn fail(&mut self, errno: i32) -> Vec<Waker> {
+    fn fail(&mut self, errno: i32) -> [Option<Waker>; 2] {
         self.error = Some(errno);
-        self.read_waker
-            .take()
-            .into_iter()
-            .chain(self.write_waker.take())
-            .collect()
+        [self.read_waker.take(), self.write_waker.take()]
+    }
+}
+
+/// Adds `more` to the wakers in `wake` (each side has at most one).
+fn merge_wakers(wake: &mut [Option<Waker>; 2], more: [Option<Waker>; 2]) {
+    for (slot, w) in wake.iter_mut().zip(more) {
+        if slot.is_none() {
+            *slot = w;
+        }
     }
 }
 
@@ -426,7 +429,7 @@ fn on_watch_event(h: &Handle, ev: FdEvent, state: &Rc<RefCell<State>>) {
         (wake, wanted(&st))
     };
     let _ = h.set_interest(ev.id, interest);
-    for w in wake {
+    for w in wake.into_iter().flatten() {
         w.wake();
     }
 }
@@ -446,7 +449,7 @@ fn arm_multishot(handle: &Handle, fd: RawFd, state: &Rc<RefCell<State>>) -> io::
             let mut wake = if c.result >= 0 {
                 s.on_ready(Ready::from_revents(c.result as u32))
             } else {
-                Vec::new()
+                [None, None]
             };
             if !c.has_more() {
                 s.source = Source::Multishot(None);
@@ -456,15 +459,15 @@ fn arm_multishot(handle: &Handle, fd: RawFd, state: &Rc<RefCell<State>>) -> io::
                         drop(s);
                         if let Err(e) = arm_multishot(h, fd, &st) {
                             let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                            wake.extend(st.borrow_mut().fail(errno));
+                            merge_wakers(&mut wake, st.borrow_mut().fail(errno));
                         }
                     }
-                    r => wake.extend(s.fail(-r)),
+                    r => merge_wakers(&mut wake, s.fail(-r)),
                 }
             }
             wake
         };
-        for w in wake {
+        for w in wake.into_iter().flatten() {
             w.wake();
         }
     };

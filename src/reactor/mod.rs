@@ -203,6 +203,7 @@ impl Builder {
             wake_pending: false,
             remote: remote.clone(),
             epoch: Instant::now(),
+            clock_seen: 0,
             clock: self.clock,
             wait_timeout: self.wait_timeout,
             stats: Stats::default(),
@@ -308,6 +309,8 @@ struct State {
     wake_pending: bool,
     remote: Arc<RemoteShared>,
     epoch: Instant,
+    /// The latest reading of the loop's clock taken by `next_dispatch`.
+    clock_seen: u64,
     clock: Option<ManualClock>,
     wait_timeout: WaitTimeout,
     stats: Stats,
@@ -471,27 +474,28 @@ impl Handle {
         if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
             return Err(Error::Nested);
         }
-        self.with(|st| st.stats.iterations += 1)?;
-        self.inner.depth.set(self.inner.depth.get() + 1);
-        let _depth = DepthGuard(&self.inner.depth);
-
+        // One borrow of the state per step: this is the hot path.
         // A signal delivered since the last iteration is pending now, as in
         // tevent (whose signal handler sets a flag): look at the signalfd
         // before picking an immediate, rather than waiting for its poll to be
         // reaped in the fd phase.
-        if let Some(d) = self.with(|st| {
+        let (first, mode) = self.with(|st| {
+            st.stats.iterations += 1;
             st.check_signals();
-            st.next_dispatch()
-        })? {
+            (st.next_counted(), st.wait_timeout)
+        })?;
+        self.inner.depth.set(self.inner.depth.get() + 1);
+        let _depth = DepthGuard(&self.inner.depth);
+
+        if let Some(d) = first {
             self.dispatch(d);
             return Ok(());
         }
-        let mode = self.with(|st| st.wait_timeout)?;
         self.trace(TracePoint::BeforeWait);
         let waited = self.with(|st| st.wait())?;
         self.trace(TracePoint::AfterWait);
         waited?;
-        if let Some(d) = self.with(|st| st.next_dispatch())? {
+        if let Some(d) = self.with(|st| st.next_counted())? {
             self.dispatch(d);
             return Ok(());
         }
@@ -519,7 +523,6 @@ impl Handle {
 
     fn dispatch(&self, d: Dispatch) {
         self.trace(TracePoint::BeforeHandler(d.kind()));
-        let _ = self.with(|st| st.stats.handlers += 1);
         match d {
             Dispatch::Signals(list) => {
                 for (id, mut handler, event) in list {
@@ -714,6 +717,15 @@ impl State {
         }
     }
 
+    /// [`State::next_dispatch`], counting the handler it picks.
+    fn next_counted(&mut self) -> Option<Dispatch> {
+        let d = self.next_dispatch();
+        if d.is_some() {
+            self.stats.handlers += 1;
+        }
+        d
+    }
+
     /// Picks what runs next, in SEMANTICS.md §1 order, without waiting.
     fn next_dispatch(&mut self) -> Option<Dispatch> {
         if let Some(list) = self.signals.take_pending() {
@@ -722,8 +734,19 @@ impl State {
         if let Some((_, handler)) = self.immediates.pop() {
             return Some(Dispatch::Immediate(handler));
         }
-        if let Some((_, handler)) = self.timers.pop_due(self.now_ns()) {
-            return Some(Dispatch::Timer(handler));
+        // Reading the clock costs more than the rest of this function: skip
+        // it when no timer is pending, and when the first deadline is at or
+        // before a reading already taken (the clock never goes backwards, so
+        // such a timer is due; a burst of due timers costs one reading).
+        if let Some(deadline) = self.timers.next_deadline() {
+            if deadline > self.clock_seen {
+                self.clock_seen = self.now_ns();
+            }
+            if deadline <= self.clock_seen
+                && let Some((_, handler)) = self.timers.pop_due(self.clock_seen)
+            {
+                return Some(Dispatch::Timer(handler));
+            }
         }
         while let Some(ready) = self.ready.pop_front() {
             match ready {

@@ -88,6 +88,7 @@ impl Signals {
         self.watches.contains_key(id)
     }
 
+    #[inline]
     pub fn needs_read(&self) -> bool {
         self.read_needed
     }
@@ -98,10 +99,15 @@ impl Signals {
     }
 
     /// Takes the handlers of every signal delivered since the last dispatch.
+    #[inline]
     pub fn take_pending(&mut self) -> Option<Vec<(SignalId, SignalHandler, SignalEvent)>> {
         if !self.pending {
             return None;
         }
+        self.take_pending_slow()
+    }
+
+    fn take_pending_slow(&mut self) -> Option<Vec<(SignalId, SignalHandler, SignalEvent)>> {
         self.pending = false;
         let counts = std::mem::replace(&mut self.counts, [0; NSIG]);
         let list: Vec<_> = self

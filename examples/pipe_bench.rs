@@ -1,0 +1,403 @@
+//! The libevent dispatch benchmark (Niels Provos's `bench.c`), for ringloop
+//! and its baselines.
+//!
+//! N AF_UNIX socket pairs each have a READ watch. A round writes one byte into
+//! A evenly spaced pairs ("active chains"); each READ handler reads its byte
+//! and, while writes remain, writes one byte to the next pair. The round ends
+//! when every byte written has been read (A + W events). One untimed warm-up
+//! round, then R timed rounds; the median is reported.
+//!
+//! ```text
+//! cargo run --release --example pipe_bench -- VARIANT -n N -a A -w W -r R
+//! ```
+//!
+//! VARIANT is `ringloop` (callback API), `ringloop-async` (futures API),
+//! `epoll` (a plain level-triggered epoll loop, the reference) or `tokio`
+//! (current-thread runtime with `AsyncFd`). Prints exactly one line on
+//! stdout; syscall counters (where the variant has them) go to stderr.
+
+mod common;
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use common::{flag, median, raise_nofile};
+
+struct Params {
+    pipes: usize,
+    active: usize,
+    writes: usize,
+    rounds: usize,
+}
+
+/// Makes `n` non-blocking socket pairs: (read end, write end).
+fn pairs(n: usize) -> io::Result<Vec<(OwnedFd, OwnedFd)>> {
+    (0..n)
+        .map(|_| {
+            let (r, w) = UnixStream::pair()?;
+            r.set_nonblocking(true)?;
+            w.set_nonblocking(true)?;
+            Ok((r.into(), w.into()))
+        })
+        .collect()
+}
+
+fn read1(fd: RawFd) -> isize {
+    let mut b = 0u8;
+    // SAFETY: reads at most one byte into a local.
+    unsafe { libc::read(fd, (&raw mut b).cast(), 1) }
+}
+
+fn write1(fd: RawFd) {
+    // SAFETY: writes one byte from a static.
+    let n = unsafe { libc::write(fd, b"e".as_ptr().cast(), 1) };
+    assert_eq!(n, 1, "write: {}", io::Error::last_os_error());
+}
+
+/// The chain starts of one round: A pairs spaced N/A apart.
+fn starts(p: &Params) -> impl Iterator<Item = usize> {
+    let space = (p.pipes / p.active).max(1);
+    (0..p.active).map(move |i| (i * space) % p.pipes)
+}
+
+/// Shared benchmark counters: bytes read this round, writes left.
+#[derive(Default)]
+struct Counters {
+    count: Cell<usize>,
+    writes: Cell<usize>,
+}
+
+impl Counters {
+    /// Called after a byte was read from pair `idx`: counts it and passes the
+    /// token on to the next pair while writes remain.
+    fn on_read(&self, idx: usize, wfds: &[RawFd]) {
+        self.count.set(self.count.get() + 1);
+        let left = self.writes.get();
+        if left > 0 {
+            self.writes.set(left - 1);
+            write1(wfds[(idx + 1) % wfds.len()]);
+        }
+    }
+}
+
+/// Runs warm-up + R rounds: `round` starts the chains, runs until all
+/// A + W reads are done and returns how long that took from just after the
+/// chains were started (as bench.c times it).
+fn rounds(p: &Params, mut round: impl FnMut() -> Duration) -> Duration {
+    round();
+    let mut times: Vec<Duration> = (0..p.rounds).map(|_| round()).collect();
+    median(&mut times)
+}
+
+fn bench_ringloop(p: &Params) -> io::Result<Duration> {
+    use ringloop::{EventLoop, Interest, WaitTimeout};
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        // Experiment switch: the ring without SINGLE_ISSUER/DEFER_TASKRUN.
+        .plain_setup(std::env::var_os("RINGLOOP_PLAIN_SETUP").is_some())
+        .build()
+        .map_err(io::Error::other)?;
+    let ps = pairs(p.pipes)?;
+    let wfds: Rc<Vec<RawFd>> = Rc::new(ps.iter().map(|(_, w)| w.as_raw_fd()).collect());
+    let c = Rc::new(Counters::default());
+    let mut writers = Vec::new();
+    for (idx, (r, w)) in ps.into_iter().enumerate() {
+        let (c, wfds) = (c.clone(), wfds.clone());
+        lp.add_fd(r, Interest::READ, move |_, ev| {
+            if read1(ev.fd) == 1 {
+                c.on_read(idx, &wfds);
+            }
+        })
+        .map_err(io::Error::other)?;
+        writers.push(w);
+    }
+    let target = p.active + p.writes;
+    let mut before = None;
+    let med = rounds(p, || {
+        c.count.set(0);
+        c.writes.set(p.writes);
+        for i in starts(p) {
+            write1(wfds[i]);
+        }
+        let t = Instant::now();
+        while c.count.get() < target {
+            lp.run_once().expect("run_once");
+        }
+        let el = t.elapsed();
+        if before.is_none() {
+            // The warm-up round is over: count only the timed rounds.
+            before = Some(lp.stats().expect("stats"));
+        }
+        el
+    });
+    let after = lp.stats().map_err(io::Error::other)?;
+    let events = (target * p.rounds) as u64;
+    eprintln!(
+        "ringloop stats: {}",
+        common::stats_fields(before.unwrap_or_default(), after, events)
+    );
+    drop(writers);
+    Ok(med)
+}
+
+fn bench_epoll(p: &Params) -> io::Result<Duration> {
+    // SAFETY: plain syscall; the fd is wrapped at once.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ps = pairs(p.pipes)?;
+    let wfds: Vec<RawFd> = ps.iter().map(|(_, w)| w.as_raw_fd()).collect();
+    let rfds: Vec<RawFd> = ps.iter().map(|(r, _)| r.as_raw_fd()).collect();
+    for (idx, &fd) in rfds.iter().enumerate() {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: idx as u64,
+        };
+        // SAFETY: registers a live fd with a valid event struct.
+        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let c = Counters::default();
+    let target = p.active + p.writes;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut waits = 0u64;
+    let med = rounds(p, || {
+        c.count.set(0);
+        c.writes.set(p.writes);
+        for i in starts(p) {
+            write1(wfds[i]);
+        }
+        let t = Instant::now();
+        while c.count.get() < target {
+            // SAFETY: `events` has room for the count we pass.
+            let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
+            waits += 1;
+            for ev in &events[..n.max(0) as usize] {
+                let idx = ev.u64 as usize;
+                if read1(rfds[idx]) == 1 {
+                    c.on_read(idx, &wfds);
+                }
+            }
+        }
+        t.elapsed()
+    });
+    let events_total = (target * (p.rounds + 1)) as f64;
+    eprintln!(
+        "epoll stats: epoll_wait={waits} waits_per_event={:.3}",
+        waits as f64 / events_total
+    );
+    // SAFETY: closes the epoll fd we created.
+    unsafe { libc::close(ep) };
+    drop(ps);
+    Ok(med)
+}
+
+fn bench_tokio(p: &Params) -> io::Result<Duration> {
+    use tokio::io::unix::AsyncFd;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let ps = pairs(p.pipes)?;
+    let wfds: Rc<Vec<RawFd>> = Rc::new(ps.iter().map(|(_, w)| w.as_raw_fd()).collect());
+    let c = Rc::new(Counters::default());
+    let done = Rc::new(tokio::sync::Notify::new());
+    let target = p.active + p.writes;
+    let local = tokio::task::LocalSet::new();
+    let mut writers = Vec::new();
+    for (idx, (r, w)) in ps.into_iter().enumerate() {
+        writers.push(w);
+        let (c, wfds, done) = (c.clone(), wfds.clone(), done.clone());
+        local.spawn_local(async move {
+            // SAFETY: the OwnedFd moves into the AsyncFd and stays open as long as it.
+            let afd = unsafe { AsyncFd::register(r) }.expect("AsyncFd");
+            loop {
+                let mut guard = afd.readable().await.expect("readable");
+                match guard.try_io(|fd| match read1(fd.as_raw_fd()) {
+                    1 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }) {
+                    Ok(Ok(())) => {
+                        c.on_read(idx, &wfds);
+                        if c.count.get() == target {
+                            done.notify_one();
+                        }
+                    }
+                    Ok(Err(e)) => panic!("read: {e}"),
+                    Err(_would_block) => {}
+                }
+            }
+        });
+    }
+    let med = local.block_on(&rt, async {
+        // Let every task register its fd before the first round.
+        tokio::task::yield_now().await;
+        let mut times = Vec::new();
+        for r in 0..=p.rounds {
+            c.count.set(0);
+            c.writes.set(p.writes);
+            for i in starts(p) {
+                write1(wfds[i]);
+            }
+            let t = Instant::now();
+            done.notified().await;
+            if r > 0 {
+                times.push(t.elapsed());
+            }
+        }
+        median(&mut times)
+    });
+    drop(writers);
+    Ok(med)
+}
+
+/// A one-waiter "the round is done" signal for the ringloop-async variant.
+#[derive(Default)]
+struct DoneSignal {
+    done: Cell<bool>,
+    waker: Cell<Option<std::task::Waker>>,
+}
+
+impl DoneSignal {
+    fn set(&self) {
+        self.done.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.done.replace(false) {
+                std::task::Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+fn bench_ringloop_async(p: &Params) -> io::Result<Duration> {
+    use ringloop::io::AsyncFd;
+    use ringloop::rt::Runtime;
+    use ringloop::{EventLoop, WaitTimeout};
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .map_err(io::Error::other)?;
+    let rt = Runtime::with_loop(lp).map_err(io::Error::other)?;
+    let ps = pairs(p.pipes)?;
+    let wfds: Rc<Vec<RawFd>> = Rc::new(ps.iter().map(|(_, w)| w.as_raw_fd()).collect());
+    let c = Rc::new(Counters::default());
+    let done = Rc::new(DoneSignal::default());
+    let target = p.active + p.writes;
+    let mut writers = Vec::new();
+    for (idx, (r, w)) in ps.into_iter().enumerate() {
+        writers.push(w);
+        let (c, wfds, done) = (c.clone(), wfds.clone(), done.clone());
+        rt.spawn(async move {
+            let afd = AsyncFd::new(r).expect("AsyncFd");
+            loop {
+                let mut guard = afd.readable().await.expect("readable");
+                match guard.try_io(|fd| match read1(fd.as_raw_fd()) {
+                    1 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }) {
+                    Ok(Ok(())) => {
+                        c.on_read(idx, &wfds);
+                        if c.count.get() == target {
+                            done.set();
+                        }
+                    }
+                    Ok(Err(e)) => panic!("read: {e}"),
+                    Err(_would_block) => {}
+                }
+            }
+        });
+    }
+    let handle = rt.handle();
+    let (med, stats) = rt.block_on(async {
+        // Let every task register its fd before the first round.
+        ringloop::rt::yield_now().await;
+        let mut times = Vec::new();
+        let mut before = None;
+        for r in 0..=p.rounds {
+            c.count.set(0);
+            c.writes.set(p.writes);
+            for i in starts(p) {
+                write1(wfds[i]);
+            }
+            let t = Instant::now();
+            done.wait().await;
+            if r > 0 {
+                times.push(t.elapsed());
+            } else {
+                before = handle.stats().ok();
+            }
+        }
+        let after = handle.stats().unwrap_or_default();
+        let events = (target * p.rounds) as u64;
+        (
+            median(&mut times),
+            common::stats_fields(before.unwrap_or_default(), after, events),
+        )
+    });
+    eprintln!("ringloop-async stats: {stats}");
+    drop(rt);
+    drop(writers);
+    Ok(med)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(variant) = args.first().cloned() else {
+        eprintln!("usage: pipe_bench ringloop|ringloop-async|epoll|tokio -n N -a A -w W -r R");
+        std::process::exit(2);
+    };
+    let p = Params {
+        pipes: flag(&args, "-n", 100),
+        active: flag(&args, "-a", 1),
+        writes: flag(&args, "-w", 100),
+        rounds: flag(&args, "-r", 25),
+    };
+    if p.pipes == 0 || p.active == 0 || p.active > p.pipes || p.rounds == 0 {
+        eprintln!("need 0 < active <= pipes and rounds > 0");
+        std::process::exit(2);
+    }
+    raise_nofile();
+    let result = match variant.as_str() {
+        "ringloop" => bench_ringloop(&p),
+        "ringloop-async" => bench_ringloop_async(&p),
+        "epoll" => bench_epoll(&p),
+        "tokio" => bench_tokio(&p),
+        other => {
+            eprintln!("unknown variant {other}");
+            std::process::exit(2);
+        }
+    };
+    match result {
+        Ok(med) => {
+            let events = (p.active + p.writes) as f64;
+            println!(
+                "{variant} pipes={} active={} writes={} rounds={} median_us={:.1} events_per_s={:.0}",
+                p.pipes,
+                p.active,
+                p.writes,
+                p.rounds,
+                common::us(med),
+                events / med.as_secs_f64()
+            );
+        }
+        Err(e) => {
+            eprintln!("{variant}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
