@@ -453,3 +453,42 @@ fn take_fd_and_rewatch_inside_handler() {
     assert_eq!(second.get(), 1);
     assert!(peer_closed(b.as_raw_fd()));
 }
+
+/// Found by the pipe benchmark: with hundreds of deferred wake-ups pending,
+/// one `io_uring_enter(GETEVENTS)` runs only a batch of them, so a single
+/// flush may not reach the cancelled poll and the peer saw no EOF yet.
+#[test]
+fn remove_fd_with_a_backlog_of_wakeups_still_closes_at_once() {
+    use std::io::{Read, Write};
+    let lp = EventLoop::builder()
+        .wait_timeout(ringloop::WaitTimeout::Never)
+        .build()
+        .unwrap();
+    let (mut peers, mut ids) = (Vec::new(), Vec::new());
+    for _ in 0..600 {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        ids.push(lp.add_fd(a.into(), Interest::READ, |_, _| {}).unwrap());
+        peers.push(b);
+    }
+    let _ = lp.run_once();
+    for b in &mut peers {
+        b.write_all(b"x").unwrap();
+    }
+    for (i, id) in ids.iter().enumerate().rev().step_by(97) {
+        lp.remove_fd(*id).unwrap();
+        let r = peers[i].read(&mut [0u8; 1]);
+        assert!(
+            !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "peer {i} saw nothing after remove_fd: {r:?}"
+        );
+    }
+    drop(lp);
+    for (i, b) in peers.iter_mut().enumerate() {
+        let r = b.read(&mut [0u8; 1]);
+        assert!(
+            !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "peer {i} saw nothing after the loop was dropped: {r:?}"
+        );
+    }
+}

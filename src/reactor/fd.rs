@@ -504,18 +504,34 @@ impl State {
     /// the poll cancellation is pushed to the kernel now, so the caller can
     /// close the fd and the peer sees EOF at once.
     pub(super) fn take_watch(&mut self, id: FdId) -> Option<Watch> {
-        let had_poll = self.watches.get(id)?.armed.is_some();
+        let armed = self.watches.get(id)?.armed.map(|a| a.op);
         self.set_interest(id, Interest::NONE);
         let w = self.watches.remove(id)?;
-        if had_poll || w.owned.is_some() || w.close_hook.is_some() {
-            // Hand the cancel to the kernel now: whoever closes the fd next
-            // (the loop, a close hook, or the caller of a raw watch) must find
-            // no poll holding the file. With DEFER_TASKRUN the cancelled poll
-            // drops its reference only while task work runs with GETEVENTS,
-            // which this does.
-            let _ = self.ring.flush();
+        if armed.is_some() || w.owned.is_some() || w.close_hook.is_some() {
+            // Whoever closes the fd next (the loop, a close hook, or the
+            // caller of a raw watch) must find no poll holding the file.
+            self.settle_cancels(armed.as_slice());
         }
         Some(w)
+    }
+
+    /// Hands queued cancels to the kernel and waits (without blocking) until
+    /// the cancelled polls in `ops` have completed, so the kernel no longer
+    /// holds their files. With DEFER_TASKRUN a cancelled poll lets go only
+    /// while task work runs inside `io_uring_enter(GETEVENTS)`, and each
+    /// such call runs a bounded batch of it: with a backlog of other
+    /// completions, one call may not reach ours.
+    pub(super) fn settle_cancels(&mut self, ops: &[super::OpId]) {
+        let _ = self.ring.flush();
+        for _ in 0..4096 {
+            self.reap();
+            if !ops.iter().any(|&op| self.ops.contains_key(op)) {
+                return;
+            }
+            if self.ring.flush().is_err() {
+                return;
+            }
+        }
     }
 }
 

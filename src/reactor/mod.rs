@@ -598,10 +598,11 @@ impl Handle {
         // that closing owned fds below makes peers see EOF.
         let watch_ids: Vec<FdId> = st.watches.keys().collect();
         let mut watches = Vec::with_capacity(watch_ids.len());
+        let mut polls = Vec::new();
         for id in watch_ids {
-            if let Some(w) = st.take_watch(id) {
-                watches.push(w);
-            }
+            polls.extend(st.watches.get(id).and_then(|w| w.armed).map(|a| a.op));
+            st.set_interest(id, Interest::NONE);
+            watches.extend(st.watches.remove(id));
         }
         if let Some(op) = st.wake_armed.take() {
             st.cancel_poll(op);
@@ -611,7 +612,7 @@ impl Handle {
         for id in user_ops {
             st.cancel_user_op(id);
         }
-        let _ = st.ring.flush();
+        st.settle_cancels(&polls);
         for w in watches {
             drop(w.handler);
             if let Some(hook) = w.close_hook {
