@@ -267,7 +267,7 @@ fn cross_thread(lp: &Handle, start: Instant) -> Result<(), Box<dyn std::error::E
     Ok(())
 }
 
-/// A signal is read through a signalfd polled by the ring.
+/// A signal is counted by the loop's handler and wakes the ring through an eventfd.
 fn signal(lp: &Handle, start: Instant) -> Result<(), Box<dyn std::error::Error>> {
     section("signals");
     let seen = Rc::new(Cell::new(false));

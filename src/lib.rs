@@ -19,7 +19,7 @@
 //! level-triggered fd watches built on one-shot `IORING_OP_POLL_ADD`,
 //! "close means closed" (removing a watch that owns its fd cancels its poll
 //! before the fd is closed, so the peer sees EOF at once), timers on the
-//! monotonic clock, immediates, signals through a signalfd, immediates from
+//! monotonic clock, immediates, signals (counted by a handler, woken through the ring), immediates from
 //! other threads, and a generic "submit any operation" API.
 //!
 //! On top of it, ordinary async Rust: the [`rt`] executor (`block_on`,

@@ -1,4 +1,4 @@
-//! Signals as a stream, on the loop's signalfd.
+//! Signals as a stream, on the loop's signal watches.
 //!
 //! ```no_run
 //! use ringloop::{rt, signal};
@@ -31,10 +31,10 @@ struct Pending {
 /// Deliveries of one signal, as a [`Stream`] of counts: each item is how many
 /// times the signal arrived since the previous item (at least 1).
 ///
-/// While it exists the signal is blocked on the loop's thread and read from
-/// the loop's signalfd. Dropping it stops watching (and unblocks the signal
-/// if the loop blocked it). Block the signal in every other thread too, or
-/// the kernel may deliver it there instead.
+/// While it exists the loop's counting handler is installed for the signal
+/// (see [`Handle::add_signal`](crate::Handle::add_signal)); dropping it stops
+/// watching, and the last watch of a signal restores its previous
+/// disposition. The signal must not be blocked in every thread.
 pub struct Signals {
     handle: Handle,
     id: SignalId,

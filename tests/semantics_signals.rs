@@ -1,5 +1,5 @@
-//! SEMANTICS.md §6: signals. Real-time signals are sent with tgkill to the
-//! loop's own thread, so the test harness's other threads cannot take them.
+//! SEMANTICS.md §6: signals. Real-time signals are mostly sent with tgkill
+//! to the loop's own thread; one test sends a process-directed signal.
 
 mod common;
 
@@ -115,59 +115,112 @@ fn signal_wakes_blocked_loop() {
     lp.remove_signal(id).unwrap();
 }
 
-/// While watched the signal is blocked; remove_signal unblocks it (after
-/// discarding pending deliveries, so the default action does not run).
+/// The signal's disposition as a handler address (SIG_DFL, SIG_IGN or a function).
+fn disposition(sig: i32) -> libc::sighandler_t {
+    // SAFETY: plain data; sigaction with a null new action only reads.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old);
+        old.sa_sigaction
+    }
+}
+
+fn set_disposition(sig: i32, handler: libc::sighandler_t) {
+    // SAFETY: installs SIG_IGN or SIG_DFL, which need no handler code.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(sig, &action, std::ptr::null_mut());
+    }
+}
+
+/// Watching installs the loop's handler (never blocking the signal);
+/// removing the last watch restores what was there before.
 #[test]
-fn remove_signal_unblocks() {
+fn remove_signal_restores_the_previous_disposition() {
     let lp = nonblocking_loop();
     let sig = rt(6);
-    assert!(!is_blocked(sig));
-    let a = lp
-        .add_signal(sig, |_, _| panic!("never delivered"))
-        .unwrap();
-    let b = lp
-        .add_signal(sig, |_, _| panic!("never delivered"))
-        .unwrap();
-    assert!(is_blocked(sig));
+    set_disposition(sig, libc::SIG_IGN);
+    let a = lp.add_signal(sig, |_, _| {}).unwrap();
+    let b = lp.add_signal(sig, |_, _| {}).unwrap();
+    assert_ne!(
+        disposition(sig),
+        libc::SIG_IGN,
+        "the loop's handler is installed"
+    );
+    assert!(!is_blocked(sig), "the loop never blocks a watched signal");
     lp.remove_signal(a).unwrap();
-    assert!(is_blocked(sig), "still watched by b");
-    // A delivery pending at removal is discarded, not acted on.
-    signal_this_thread(sig);
+    assert_ne!(disposition(sig), libc::SIG_IGN, "still watched by b");
     lp.remove_signal(b).unwrap();
-    assert!(!is_blocked(sig));
+    assert_eq!(disposition(sig), libc::SIG_IGN);
     assert!(matches!(lp.remove_signal(b), Err(Error::NotFound)));
     assert!(!lp.has_events().unwrap());
     assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
+    set_disposition(sig, libc::SIG_DFL);
 }
 
-/// A signal the thread already blocked stays blocked after removal; dropping
-/// the loop unblocks what it blocked.
+/// Two loops watching one signal both see each delivery; dropping one keeps
+/// the handler for the other, dropping both restores the disposition.
 #[test]
-fn unblock_only_what_the_loop_blocked() {
-    let (own, theirs) = (rt(7), rt(8));
-    // SAFETY: plain data; blocks `theirs` on this thread.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, theirs);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+fn two_loops_share_a_signal_and_drop_restores() {
+    let sig = rt(7);
+    set_disposition(sig, libc::SIG_IGN);
+    let (one, two) = (nonblocking_loop(), nonblocking_loop());
+    let seen = Rc::new(Cell::new((0u32, 0u32)));
+    let s = seen.clone();
+    one.add_signal(sig, move |_, ev| s.set((s.get().0 + ev.count, s.get().1)))
+        .unwrap();
+    let s = seen.clone();
+    two.add_signal(sig, move |_, ev| s.set((s.get().0, s.get().1 + ev.count)))
+        .unwrap();
+    signal_this_thread(sig);
+    let _ = one.run_once();
+    let _ = two.run_once();
+    assert_eq!(seen.get(), (1, 1));
+    drop(one);
+    assert_ne!(
+        disposition(sig),
+        libc::SIG_IGN,
+        "the other loop still watches"
+    );
+    signal_this_thread(sig);
+    let _ = two.run_once();
+    assert_eq!(seen.get(), (1, 2));
+    drop(two);
+    assert_eq!(disposition(sig), libc::SIG_IGN);
+    set_disposition(sig, libc::SIG_DFL);
+}
+
+/// A process-directed signal sent from another thread (the kernel may run
+/// the handler in any thread) wakes a loop blocked in io_uring_enter.
+#[test]
+fn process_directed_signal_from_another_thread_wakes_the_loop() {
+    let sig = rt(8);
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::After(Duration::from_secs(20)))
+        .build()
+        .unwrap();
+    let got = Rc::new(Cell::new(0u32));
+    let g = got.clone();
+    lp.add_signal(sig, move |_, ev| g.set(g.get() + ev.count))
+        .unwrap();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: sends a signal that has a handler installed.
+        unsafe { libc::kill(libc::getpid(), sig) };
+    });
+    let start = Instant::now();
+    while got.get() == 0 && start.elapsed() < Duration::from_secs(15) {
+        lp.run_once().unwrap();
     }
-    let lp = nonblocking_loop();
-    let a = lp.add_signal(own, |_, _| {}).unwrap();
-    let b = lp.add_signal(theirs, |_, _| {}).unwrap();
-    lp.remove_signal(b).unwrap();
+    sender.join().unwrap();
+    assert_eq!(got.get(), 1);
     assert!(
-        is_blocked(theirs),
-        "the loop unblocked a signal it did not block"
+        start.elapsed() < Duration::from_secs(10),
+        "woke only after {:?}",
+        start.elapsed()
     );
-    assert!(is_blocked(own));
-    let _ = a;
-    drop(lp);
-    assert!(
-        !is_blocked(own),
-        "dropping the loop leaves its signal blocked"
-    );
-    assert!(is_blocked(theirs));
 }
 
 /// A signal handler may remove its own watch and others.

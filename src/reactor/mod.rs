@@ -476,9 +476,7 @@ impl Handle {
         }
         // One borrow of the state per step: this is the hot path.
         // A signal delivered since the last iteration is pending now, as in
-        // tevent (whose signal handler sets a flag): look at the signalfd
-        // before picking an immediate, rather than waiting for its poll to be
-        // reaped in the fd phase.
+        // tevent: the handler counted it, and looking is one atomic load.
         let (first, mode) = self.with(|st| {
             st.stats.iterations += 1;
             st.check_signals();
@@ -857,8 +855,10 @@ impl State {
                 self.wake_pending = true;
             }
             Op::Signal => {
-                self.ops.remove(id);
-                self.signals.on_poll_complete();
+                if !more {
+                    self.ops.remove(id);
+                }
+                self.signals.on_poll_complete(more);
             }
             Op::User { done, .. } => {
                 if *done {

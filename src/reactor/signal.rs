@@ -1,18 +1,27 @@
-//! Signals through a signalfd polled by the ring.
+//! Signals the way tevent handles them: a process-wide handler counts each
+//! delivery and wakes every loop through one eventfd that the loops poll
+//! through the ring.
 //!
-//! Watched signals are blocked on the loop's thread and read from one
-//! signalfd; each iteration that sees deliveries runs every watching handler
-//! first, with the number of deliveries coalesced since the last run.
-//! Process-directed signals reach the signalfd only if every other thread
-//! blocks them too (block them before spawning threads).
+//! Checking for deliveries at the start of an iteration is one atomic load,
+//! so signals are dispatched first (SEMANTICS.md §1, §6) without a syscall
+//! per iteration. Because the handler runs in whichever thread the kernel
+//! picks, process-directed signals (`kill`, a terminal's ^C) work in
+//! multi-threaded programs without blocking them anywhere: the signal must
+//! simply not be blocked in every thread. While a signal is watched by any
+//! loop, its previous disposition is saved; it is restored when the last
+//! watch for it (in any loop) is removed.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use io_uring::{opcode, types};
 use slotmap::{Key, SlotMap};
 
 use super::{EventKind, Handle, Op, OpId, SignalHandler, State, TracePoint};
 use crate::error::{Error, Result};
+use crate::sys;
 
 slotmap::new_key_type! {
     /// Names a signal watch of one loop.
@@ -37,44 +46,128 @@ struct SignalWatch {
     handler: Option<SignalHandler>,
 }
 
-pub(crate) struct Signals {
-    fd: Option<OwnedFd>,
-    set: libc::sigset_t,
-    blocked_by_us: Vec<i32>,
-    watches: SlotMap<SignalId, SignalWatch>,
-    counts: [u32; NSIG],
-    pending: bool,
-    armed: Option<OpId>,
-    read_needed: bool,
+/// Deliveries of each signal since the process started, counted by the handler.
+static DELIVERED: [AtomicU64; NSIG] = [const { AtomicU64::new(0) }; NSIG];
+/// Bumped by the handler after each delivery: "something may be new".
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// The eventfd the handler writes; -1 until the first watch is added.
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Created once, never closed: the handler may write it at any time.
+static WAKE_FD_INIT: OnceLock<std::result::Result<RawFd, i32>> = OnceLock::new();
+
+/// How many watches (in all loops) use each signal, and the disposition
+/// that was in place before the first one.
+struct Installed {
+    watches: usize,
+    previous: Option<libc::sigaction>,
 }
 
-fn empty_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    unsafe {
-        let mut set = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        set
+// SAFETY: `libc::sigaction` is plain data (a function address, flags and a
+// mask); it is only used under the mutex.
+unsafe impl Send for Installed {}
+
+static INSTALLED: Mutex<Vec<Installed>> = Mutex::new(Vec::new());
+
+/// The signal handler. It does only async-signal-safe work: atomic
+/// increments and one `write(2)`, keeping `errno` intact.
+extern "C" fn on_signal(signo: libc::c_int) {
+    // SAFETY: errno is thread-local; reading and restoring it is what a
+    // handler must do around calls that may change it.
+    let saved = unsafe { *libc::__errno_location() };
+    if let Some(counter) = usize::try_from(signo).ok().and_then(|n| DELIVERED.get(n)) {
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    let fd = WAKE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        sys::eventfd_signal(fd);
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+}
+
+fn wake_fd() -> Result<RawFd> {
+    let fd = WAKE_FD_INIT.get_or_init(|| {
+        let fd = sys::eventfd().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        // Leaked on purpose: a handler running in another thread may write
+        // to it at any moment, so it must never be closed and reused.
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+        WAKE_FD.store(raw, Ordering::SeqCst);
+        Ok(raw)
+    });
+    fd.map_err(|e| Error::Io(io::Error::from_raw_os_error(e)))
+}
+
+/// Installs the counting handler for `signo` (once for all loops).
+fn install(signo: i32) -> Result<()> {
+    let mut table = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if table.len() < NSIG {
+        table.resize_with(NSIG, || Installed {
+            watches: 0,
+            previous: None,
+        });
+    }
+    let slot = &mut table[signo as usize];
+    if slot.watches == 0 {
+        // SAFETY: zeroed sigaction structs are valid; the new one names an
+        // extern "C" handler with the signature SA_SIGINFO-less handlers use.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: `action.sa_mask` is a valid sigset to initialise.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: both pointers are valid sigaction structs.
+        if unsafe { libc::sigaction(signo, &action, &mut previous) } != 0 {
+            return Err(Error::Io(io::Error::last_os_error()));
+        }
+        slot.previous = Some(previous);
+    }
+    slot.watches += 1;
+    Ok(())
+}
+
+/// Drops one use of `signo`; the last restores the previous disposition.
+fn uninstall(signo: i32) {
+    let mut table = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(slot) = table.get_mut(signo as usize) else {
+        return;
+    };
+    slot.watches = slot.watches.saturating_sub(1);
+    if slot.watches == 0
+        && let Some(previous) = slot.previous.take()
+    {
+        // SAFETY: `previous` is what sigaction returned for this signal.
+        unsafe { libc::sigaction(signo, &previous, std::ptr::null_mut()) };
     }
 }
 
-fn one_signal(signo: i32) -> libc::sigset_t {
-    let mut set = empty_set();
-    // SAFETY: `set` is initialised; signo was validated by the caller.
-    unsafe { libc::sigaddset(&mut set, signo) };
-    set
+/// One loop's signal watches and the deliveries it has not dispatched yet.
+pub(crate) struct Signals {
+    watches: SlotMap<SignalId, SignalWatch>,
+    /// How many of this loop's watches use each signal.
+    watched: [u32; NSIG],
+    /// `DELIVERED` values already accounted for.
+    seen: [u64; NSIG],
+    seen_generation: u64,
+    counts: [u32; NSIG],
+    pending: bool,
+    /// The multishot poll on the wake eventfd.
+    armed: Option<OpId>,
+    poll_fired: bool,
 }
 
 impl Default for Signals {
     fn default() -> Self {
         Signals {
-            fd: None,
-            set: empty_set(),
-            blocked_by_us: Vec::new(),
             watches: SlotMap::with_key(),
+            watched: [0; NSIG],
+            seen: [0; NSIG],
+            seen_generation: 0,
             counts: [0; NSIG],
             pending: false,
             armed: None,
-            read_needed: false,
+            poll_fired: false,
         }
     }
 }
@@ -90,12 +183,45 @@ impl Signals {
 
     #[inline]
     pub fn needs_read(&self) -> bool {
-        self.read_needed
+        self.poll_fired
     }
 
-    pub fn on_poll_complete(&mut self) {
-        self.armed = None;
-        self.read_needed = true;
+    /// The wake poll completed; `more` says whether it is still armed.
+    pub fn on_poll_complete(&mut self, more: bool) {
+        if !more {
+            self.armed = None;
+        }
+        self.poll_fired = true;
+    }
+
+    /// Turns deliveries counted by the handler into pending counts. One
+    /// atomic load when nothing happened.
+    #[inline]
+    fn collect(&mut self) {
+        if self.watches.is_empty() {
+            return;
+        }
+        let generation = GENERATION.load(Ordering::SeqCst);
+        if generation == self.seen_generation {
+            return;
+        }
+        self.seen_generation = generation;
+        let per_signal = DELIVERED
+            .iter()
+            .zip(&self.watched)
+            .zip(self.seen.iter_mut().zip(self.counts.iter_mut()));
+        for ((delivered, &watched), (seen, count)) in per_signal {
+            if watched == 0 {
+                continue;
+            }
+            let delivered = delivered.load(Ordering::SeqCst);
+            let new = delivered.wrapping_sub(*seen);
+            if new > 0 {
+                *seen = delivered;
+                *count = count.saturating_add(u32::try_from(new).unwrap_or(u32::MAX));
+                self.pending = true;
+            }
+        }
     }
 
     /// Takes the handlers of every signal delivered since the last dispatch.
@@ -140,29 +266,16 @@ impl Signals {
             None => Some(handler),
         }
     }
-
-    /// Points the signalfd at the current set (creating it if needed).
-    fn update_fd(&mut self) -> Result<()> {
-        let current = self.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
-        // SAFETY: `set` is initialised; signalfd either updates `current`
-        // or returns a new fd that we then own.
-        let fd =
-            unsafe { libc::signalfd(current, &self.set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        if current < 0 {
-            // SAFETY: a fresh fd owned by nobody else.
-            self.fd = Some(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        Ok(())
-    }
 }
 
 impl Handle {
-    /// Runs `handler` on the loop's thread each iteration after `signo` was
-    /// delivered, before any other handler. The signal is blocked on this
-    /// thread while watched.
+    /// Runs `handler` on the loop's thread in the first iteration after
+    /// `signo` was delivered (to any thread of the process), before any other
+    /// handler, with the number of deliveries since it last ran.
+    ///
+    /// The loop installs a counting signal handler while the signal is
+    /// watched and restores the previous disposition when the last watch is
+    /// removed. The signal must not be blocked in every thread.
     pub fn add_signal(
         &self,
         signo: i32,
@@ -172,22 +285,17 @@ impl Handle {
         {
             return Err(Error::BadSignal(signo));
         }
+        wake_fd()?;
         let id = self.try_with(|st| {
             let s = &mut st.signals;
-            // SAFETY: `set` is initialised and signo is in range.
-            if unsafe { libc::sigismember(&s.set, signo) } != 1 {
-                let one = one_signal(signo);
-                let mut old = empty_set();
-                // SAFETY: both sets are initialised; this thread's mask only.
-                unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &one, &mut old) };
-                // SAFETY: `old` was filled in by pthread_sigmask.
-                if unsafe { libc::sigismember(&old, signo) } != 1 {
-                    s.blocked_by_us.push(signo);
-                }
-                // SAFETY: as above.
-                unsafe { libc::sigaddset(&mut s.set, signo) };
-                s.update_fd()?;
+            if s.watched[signo as usize] == 0 {
+                // Deliveries before the first watch are not this loop's.
+                s.collect();
+                s.seen[signo as usize] = DELIVERED[signo as usize].load(Ordering::SeqCst);
+                s.counts[signo as usize] = 0;
+                install(signo)?;
             }
+            s.watched[signo as usize] += 1;
             let id = s.watches.insert(SignalWatch {
                 signo,
                 handler: Some(Box::new(handler)),
@@ -199,16 +307,12 @@ impl Handle {
         Ok(id)
     }
 
-    /// Removes a signal watch. When no watch is left for its signal, the
-    /// signal is unblocked again (if the loop blocked it), after pending
-    /// deliveries are discarded.
+    /// Removes a signal watch. When no watch is left for its signal in any
+    /// loop, the signal's previous disposition is restored.
     pub fn remove_signal(&self, id: SignalId) -> Result<()> {
         let watch = self.try_with(|st| {
             let w = st.signals.watches.remove(id).ok_or(Error::NotFound)?;
-            let still_watched = st.signals.watches.values().any(|o| o.signo == w.signo);
-            if !still_watched {
-                st.stop_watching_signal(w.signo);
-            }
+            st.unwatch_signal(w.signo);
             Ok(w)
         })?;
         drop(watch);
@@ -219,7 +323,7 @@ impl Handle {
 
 impl State {
     fn arm_signal(&mut self) {
-        let Some(fd) = self.signals.fd.as_ref().map(|f| f.as_raw_fd()) else {
+        let Some(&Ok(fd)) = WAKE_FD_INIT.get() else {
             return;
         };
         if self.signals.armed.is_some() || self.signals.watches.is_empty() {
@@ -228,71 +332,42 @@ impl State {
         let op = self.ops.insert(Op::Signal);
         self.signals.armed = Some(op);
         let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
             .build()
             .user_data(op.data().as_ffi());
         self.push_internal(entry);
     }
 
-    /// Reads the signalfd now if any signal is watched (one non-blocking
-    /// `read`), so deliveries are pending before the immediate phase.
+    /// Picks up deliveries at the start of an iteration (one atomic load
+    /// when there are none).
+    #[inline]
     pub(super) fn check_signals(&mut self) {
-        if !self.signals.watches.is_empty() {
-            self.read_signals();
-        }
+        self.signals.collect();
     }
 
-    /// Reads every queued `signalfd_siginfo` and counts deliveries.
+    /// After the wake poll fired: collect deliveries and keep the poll armed.
     pub(super) fn read_signals(&mut self) {
-        self.signals.read_needed = false;
-        if let Some(fd) = self.signals.fd.as_ref().map(|f| f.as_raw_fd()) {
-            loop {
-                // SAFETY: plain data, filled in by read.
-                let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-                let size = std::mem::size_of::<libc::signalfd_siginfo>();
-                // SAFETY: reads at most `size` bytes into `info`.
-                let n = unsafe {
-                    libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size)
-                };
-                if n != size as isize {
-                    break;
-                }
-                let signo = info.ssi_signo as usize;
-                if signo < NSIG {
-                    self.signals.counts[signo] = self.signals.counts[signo].saturating_add(1);
-                    self.signals.pending = true;
-                }
-            }
+        self.signals.poll_fired = false;
+        if let Some(&Ok(fd)) = WAKE_FD_INIT.get() {
+            // Keeps the counter small so a re-armed poll does not fire at once.
+            sys::eventfd_drain(fd);
         }
+        self.signals.collect();
         self.arm_signal();
     }
 
-    fn stop_watching_signal(&mut self, signo: i32) {
+    fn unwatch_signal(&mut self, signo: i32) {
         let s = &mut self.signals;
-        // SAFETY: `set` is initialised.
-        unsafe { libc::sigdelset(&mut s.set, signo) };
-        s.counts[signo as usize] = 0;
-        // Discard deliveries still pending, so unblocking does not run the
-        // default action (which for most signals ends the process).
-        let one = one_signal(signo);
-        let zero = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: sigtimedwait with a zero timeout consumes one pending
-        // instance or fails at once.
-        while unsafe { libc::sigtimedwait(&one, std::ptr::null_mut(), &zero) } == signo {}
-        if let Some(pos) = s.blocked_by_us.iter().position(|&n| n == signo) {
-            s.blocked_by_us.swap_remove(pos);
-            // SAFETY: `one` is initialised; this thread's mask only.
-            unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut()) };
+        let n = &mut s.watched[signo as usize];
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            s.counts[signo as usize] = 0;
+            uninstall(signo);
         }
-        if s.watches.is_empty() {
-            if let Some(op) = s.armed.take() {
-                self.cancel_poll(op);
-            }
-            self.signals.fd = None;
-        } else {
-            let _ = s.update_fd();
+        if s.watches.is_empty()
+            && let Some(op) = s.armed.take()
+        {
+            self.cancel_poll(op);
         }
     }
 
@@ -300,12 +375,8 @@ impl State {
     pub(super) fn signals_shutdown(&mut self) {
         let signos: Vec<i32> = self.signals.watches.values().map(|w| w.signo).collect();
         self.signals.watches.clear();
-        let mut seen = Vec::new();
         for signo in signos {
-            if !seen.contains(&signo) {
-                seen.push(signo);
-                self.stop_watching_signal(signo);
-            }
+            self.unwatch_signal(signo);
         }
         if let Some(op) = self.signals.armed.take() {
             self.cancel_poll(op);
