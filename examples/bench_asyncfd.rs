@@ -2,7 +2,7 @@
 //! one-shot polls, on a Unix socket ping-pong (two tasks, one thread).
 //!
 //! ```text
-//! cargo run --release --example asyncfd_bench [ROUND_TRIPS]
+//! cargo run --release --example bench_asyncfd [ROUND_TRIPS]
 //! ```
 
 use std::io::{Read, Write};
