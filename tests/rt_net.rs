@@ -240,15 +240,13 @@ fn many_connections_batch_into_few_enters() {
     });
 }
 
-/// KNOWN ISSUE (ignored): on a plain ring (no SINGLE_ISSUER/DEFER_TASKRUN,
-/// the fallback for old kernels), an accept submitted in the same
-/// `io_uring_enter` as the cancel of an earlier accept on the same listener
-/// is never woken by the next connection (the cancelled accept completes
-/// with -ECANCELED; the new one stays pending). With a loop turn between the
-/// two it works. Suspected: accept's exclusive poll wait entry. The default
-/// ring setup (used on every supported kernel) is not affected.
+/// On a plain ring (no SINGLE_ISSUER/DEFER_TASKRUN, the fallback for old
+/// kernels) an accept submitted in the same `io_uring_enter` as the cancel
+/// of an earlier accept on the same listener used to hang: the cancelled
+/// accept's poll entry stayed on the listener's wait queue until task work
+/// ran, and the connection's exclusive wake-up went to it. `cancel_op` now
+/// hands cancels to the kernel on their own on such rings.
 #[test]
-#[ignore = "known issue on plain (non-DEFER_TASKRUN) rings, see doc comment"]
 fn works_on_a_ring_without_defer_taskrun() {
     let lp = ringloop::EventLoop::builder()
         .plain_setup(true)

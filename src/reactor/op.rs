@@ -139,12 +139,20 @@ impl Handle {
     /// with `-ECANCELED` or with the result it completed with first.
     pub fn cancel_op(&self, id: OpId) -> Result<()> {
         self.with(|st| {
-            if matches!(st.ops.get(id), Some(Op::User { .. })) {
-                st.cancel_user_op(id);
-                Ok(())
-            } else {
-                Err(Error::NotFound)
+            if !matches!(st.ops.get(id), Some(Op::User { .. })) {
+                return Err(Error::NotFound);
             }
+            st.cancel_user_op(id);
+            if !st.ring.features.defer_taskrun {
+                // On a ring without DEFER_TASKRUN a cancelled request leaves
+                // its poll entry on the file's wait queue until task work
+                // runs. An operation submitted in the same io_uring_enter
+                // (an accept on the same listener, say) can then lose an
+                // exclusive wake-up to the dead entry and never complete.
+                // Hand the cancel to the kernel on its own.
+                st.ring.flush().map_err(Error::Io)?;
+            }
+            Ok(())
         })?
     }
 }
