@@ -98,7 +98,7 @@ fn bench_ringloop(p: &Params) -> io::Result<Duration> {
     let lp = EventLoop::builder()
         .wait_timeout(WaitTimeout::Forever)
         // Experiment switch: the ring without SINGLE_ISSUER/DEFER_TASKRUN.
-        .plain_setup(std::env::var_os("RINGLOOP_PLAIN_SETUP").is_some())
+        .plain_setup(std::env::var_os("RINGLOOP_PLAIN_SETUP").is_some_and(|v| v == "1"))
         .build()
         .map_err(io::Error::other)?;
     let ps = pairs(p.pipes)?;

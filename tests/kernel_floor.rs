@@ -173,8 +173,13 @@ fn features_are_plausible() {
     assert!(f.cq_entries >= f.sq_entries);
 
     // Every kernel from the floor up accepts the best setup (6.0/6.1 flags)
-    // and ring fd registration (5.18).
-    assert!(f.single_issuer && f.defer_taskrun && f.submit_all, "{f:?}");
+    // and ring fd registration (5.18), unless CI asked for the fallback.
+    let plain = std::env::var_os("RINGLOOP_PLAIN_SETUP").is_some_and(|v| v == "1");
+    assert_eq!(
+        f.single_issuer && f.defer_taskrun && f.submit_all,
+        !plain,
+        "{f:?}"
+    );
     assert!(f.registered_ring, "{f:?}");
     assert!(f.fast_poll, "{f:?}");
 

@@ -128,7 +128,8 @@ impl Default for Builder {
                 sq_entries: 256,
                 cq_entries: 4096,
                 simulate_missing: None,
-                plain_setup: false,
+                // Lets CI run a whole test suite on the fallback ring.
+                plain_setup: std::env::var_os("RINGLOOP_PLAIN_SETUP").is_some_and(|v| v == "1"),
             },
             wait_timeout: WaitTimeout::After(Duration::from_secs(30)),
             allow_nesting: false,
@@ -170,7 +171,8 @@ impl Builder {
     }
 
     /// Do not ask for SINGLE_ISSUER / DEFER_TASKRUN / SUBMIT_ALL, as on a
-    /// kernel without them. For testing the fallback path.
+    /// kernel without them. For testing the fallback path; the environment
+    /// variable `RINGLOOP_PLAIN_SETUP=1` makes it the default.
     pub fn plain_setup(mut self, yes: bool) -> Self {
         self.ring.plain_setup = yes;
         self
