@@ -50,3 +50,8 @@ fn cqe_dispatch_corpus() {
 fn timer_queue_corpus() {
     replay("timer_queue", model::timerq::check_timer_queue);
 }
+
+#[test]
+fn executor_corpus() {
+    replay("executor", model::executor::check_executor);
+}

@@ -60,3 +60,75 @@ fn raw_watch_removal_leaves_an_operation_in_flight() {
         0, 0, 0, 0,
     ]);
 }
+
+/// Found by prop_reactor (ops_match_the_model) once the model covered
+/// WRITE-only watches that see only RDHUP: the loop arms a multishot poll
+/// for such a watch (`Decision::WaitQuietly`). Removing the watch before the
+/// next `io_uring_enter` put the multishot POLL_ADD and its POLL_REMOVE into
+/// one submission; the poll completed at arm time (task work pending), so
+/// POLL_REMOVE failed with EALREADY and the multishot poll stayed armed for
+/// ever, holding the file: the peer never saw EOF and an operation stayed
+/// in flight. Fixed by cancelling polls with ASYNC_CANCEL.
+#[test]
+fn quiet_writer_removed_before_its_poll_was_submitted_closes() {
+    use std::cell::Cell;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::rc::Rc;
+
+    let lp = Builder::default()
+        .wait_timeout(WaitTimeout::Never)
+        .build()
+        .unwrap();
+    let baseline = lp.stats().unwrap().in_flight;
+    let (a, b) = UnixStream::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    let (r, mut w) = std::io::pipe().unwrap();
+    let watch = lp
+        .add_fd(OwnedFd::from(a), Interest::ERROR, |_, ev| {
+            assert!(!ev.ready.is_empty());
+        })
+        .unwrap();
+    let removed = Rc::new(Cell::new(false));
+    let rm = removed.clone();
+    // A user poll on a pipe, woken after the watch: its completion comes
+    // after the watch's in the ready queue. It removes the watch.
+    // SAFETY: the entry points at no memory; `r` outlives the loop's use
+    // of it (the poll completes before the test ends).
+    unsafe {
+        lp.submit(
+            io_uring::opcode::PollAdd::new(io_uring::types::Fd(r.as_raw_fd()), libc::POLLIN as u32)
+                .build(),
+            move |h, _| {
+                h.remove_fd(watch).unwrap();
+                rm.set(true);
+            },
+        )
+        .unwrap();
+    }
+    let _ = lp.run_once(); // submits both polls; nothing is ready
+    b.shutdown(std::net::Shutdown::Write).unwrap(); // the watch sees RDHUP
+    w.write_all(b"x").unwrap(); // the pipe poll fires
+    // A NOP completes at submit, before both polls: it turns the watch
+    // into a WRITE-only one whose harvested revents are RDHUP alone.
+    // SAFETY: a NOP points at no memory.
+    unsafe {
+        lp.submit(io_uring::opcode::Nop::new().build(), move |h, _| {
+            h.set_interest(watch, Interest::WRITE).unwrap();
+        })
+        .unwrap();
+    }
+    for _ in 0..6 {
+        let _ = lp.run_once();
+    }
+    assert!(removed.get());
+    // The watch owned `a`: the peer sees EOF (ECONNRESET is fine too).
+    let mut buf = [0u8; 8];
+    match std::io::Read::read(&mut &b, &mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("peer does not see the close: {other:?}"),
+    }
+    assert_eq!(lp.stats().unwrap().in_flight, baseline);
+    drop(r);
+}

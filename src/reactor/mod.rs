@@ -691,10 +691,15 @@ impl State {
     }
 
     /// Stops a poll: its completion will be ignored.
+    ///
+    /// ASYNC_CANCEL, not POLL_REMOVE: POLL_REMOVE fails with EALREADY while
+    /// the poll's task work is pending (a multishot poll armed on a ready fd,
+    /// say), and a multishot poll then stays armed for ever, holding its
+    /// file. ASYNC_CANCEL marks it cancelled and the task work ends it.
     fn cancel_poll(&mut self, op: OpId) {
         if let Some(slot) = self.ops.get_mut(op) {
             *slot = Op::Orphan;
-            let entry = opcode::PollRemove::new(op.data().as_ffi())
+            let entry = opcode::AsyncCancel::new(op.data().as_ffi())
                 .build()
                 .flags(squeue::Flags::SKIP_SUCCESS)
                 .user_data(IGNORE);

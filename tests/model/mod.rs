@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cqe;
+pub mod executor;
 pub mod ops;
 pub mod sem;
 pub mod timerq;

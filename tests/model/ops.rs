@@ -23,6 +23,8 @@ const MAX_WATCHES: usize = 10;
 const MAX_TIMERS: usize = 12;
 const MAX_IMMEDIATES: usize = 12;
 const MS: u64 = 1_000_000;
+/// Longer inputs are cut (see the SQ size in [`check_ops`]).
+const MAX_INPUT: usize = 2048;
 
 /// Operation codes by weight: adding watches, peer activity and running
 /// iterations come up most.
@@ -94,6 +96,9 @@ struct Shared {
     timer_actions: Vec<Action>,
     imm_ids: Vec<ImmediateId>,
     imm_actions: Vec<Action>,
+    /// `io_uring_enter` calls the model has accounted for (each one is a
+    /// readiness sample); compared with the loop's `stats().enters`.
+    enters_seen: u64,
     /// Checks are off during teardown.
     checking: bool,
     log: Vec<String>,
@@ -326,20 +331,32 @@ fn remove_watch(s: &Rs, h: &Handle, k: u8, take: bool) {
         let w = k as usize % g.watch_ids.len();
         let alive = g.model.alive(w);
         let owned = alive && g.model.watches[w].owned;
-        if owned && !g.model.may_flush() {
+        // Removal enters the kernel (a readiness sample for every other
+        // poll) when the watch owns its fd, so that the close reaches the
+        // peer, or when it has a poll armed, so that a caller closing a raw
+        // fd next finds no poll holding the file.
+        let enters = if !alive {
+            Some(false)
+        } else if owned {
+            Some(true)
+        } else {
+            g.model.armed(w)
+        };
+        if g.checking && (enters.is_none() || (enters == Some(true) && !g.model.may_flush())) {
             g.log
                 .push(format!("    (skip removing {w}: outcome not predictable)"));
             return;
         }
         if owned && g.checking {
-            // Removing an owned watch enters the kernel (after cancelling its
-            // own poll) so that the close below reaches the peer.
+            // The loop cancels the watch's own poll, enters the kernel, then
+            // closes: sample before the close.
             g.model.remove_watch(w);
             g.flush_model();
         }
         g.log.push(format!("    remove watch {w} (take={take})"));
         (w, g.watch_ids[w], alive, owned)
     };
+    let enters_before = h.stats().map_or(0, |x| x.enters);
     let r = if take {
         h.take_fd(id).map(|fd| {
             let mut g = s.borrow_mut();
@@ -357,9 +374,15 @@ fn remove_watch(s: &Rs, h: &Handle, k: u8, take: bool) {
         h.remove_fd(id)
     };
     expect_found(s, "remove_fd", r, alive);
+    let entered = h.stats().map_or(0, |x| x.enters) - enters_before;
     let mut g = s.borrow_mut();
     g.model.remove_watch(w);
     if g.checking {
+        if entered > 0 && !owned {
+            // No fd was closed: the files are as they were at the enter.
+            g.flush_model();
+        }
+        g.enters_seen += entered;
         g.check_eof();
     }
 }
@@ -543,6 +566,8 @@ fn trace(s: &Rs, p: TracePoint) {
                 return;
             }
             g.log.push("    wait".into());
+            // With WaitTimeout::Never the wait is one enter with GETEVENTS.
+            g.enters_seen += 1;
             let ready: Vec<u32> = (0..g.pairs.len())
                 .map(|p| g.any_fd(p).map_or(0, readiness))
                 .collect();
@@ -571,7 +596,13 @@ pub fn check_ops(data: &[u8]) {
     // Deadlines are "now + delay"; start away from zero so a zero delay is
     // due at once, as it is on the real clock.
     clock.advance(Duration::from_millis(1));
+    // Enough SQ entries that the loop never has to enter the kernel to make
+    // room between two waits (that would be a readiness sample the model
+    // does not expect): inputs are cut at MAX_INPUT bytes.
+    let data = &data[..data.len().min(MAX_INPUT)];
     let lp = Builder::default()
+        .sq_entries(4096)
+        .cq_entries(8192)
         .wait_timeout(WaitTimeout::Never)
         .manual_clock(clock.clone())
         .build()
@@ -597,6 +628,7 @@ pub fn check_ops(data: &[u8]) {
         timer_actions: Vec::new(),
         imm_ids: Vec::new(),
         imm_actions: Vec::new(),
+        enters_seen: lp.stats().unwrap().enters,
         checking: true,
         log: Vec::new(),
     }));
@@ -679,7 +711,16 @@ pub fn check_ops(data: &[u8]) {
                 let mut g = s.borrow_mut();
                 if let Some(peer) = &g.pairs[p].peer {
                     drain(peer.as_raw_fd());
-                    g.pairs[p].unread = 0;
+                    // Each of our writes the peer consumed frees one skb, and
+                    // each free is a write-space wake-up (key OUT) on our
+                    // socket (unix_write_space). A pipe that was never full
+                    // wakes no writer.
+                    let unread = std::mem::take(&mut g.pairs[p].unread);
+                    if g.pairs[p].kind == Kind::Unix {
+                        for _ in 0..unread {
+                            g.model.wake_keyed(p, sem::OUT);
+                        }
+                    }
                     g.log.push(format!("  peer {p} reads"));
                 }
             }
@@ -748,7 +789,18 @@ pub fn check_ops(data: &[u8]) {
                 }
             }
         }
-        s.borrow().check_eof();
+        let g = s.borrow();
+        g.check_eof();
+        let enters = lp.stats().unwrap().enters;
+        if enters != g.enters_seen {
+            fail(
+                &g,
+                format!(
+                    "the loop entered the kernel {enters} times, the model accounted for {}",
+                    g.enters_seen
+                ),
+            );
+        }
     }
 
     // Teardown: remove everything, let the kernel finish the cancels.

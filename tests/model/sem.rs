@@ -18,12 +18,33 @@
 //!   ASAP first, cancel and update.
 //! - §5 immediates: FIFO, reschedule moves to the tail, cancel.
 //!
-//! Readiness is sampled once per harvest (an `io_uring_enter` with
-//! GETEVENTS): the loop dispatches the harvested watches one per iteration
-//! with the revents it harvested and the interest the watch has at dispatch
-//! time. The model samples at the same points, so a watch that became
-//! not-ready during a round may still be called once with stale flags; that
-//! is what the loop does, and SEMANTICS.md does not forbid it.
+//! Readiness is sampled when the loop enters the kernel with GETEVENTS (the
+//! wait of an iteration, and the flush a removal makes so that a close
+//! reaches the peer); the harness tells the model about every such enter and
+//! checks the loop's `stats().enters` against the count. The loop dispatches
+//! the watches harvested at a wait one per iteration, with the revents it
+//! harvested and the interest the watch has at dispatch time, so a watch
+//! that became not-ready during a round may still be called once with stale
+//! flags; that is what the loop does, and SEMANTICS.md does not forbid it.
+//!
+//! What a poll reports is the kernel's business, not the contract's; the
+//! model follows the kernel (io_uring-facts.md §2-3, `io_poll_wake` and
+//! `io_poll_check_events`) so that it can predict the loop exactly:
+//! - a poll submitted (or woken without a key) is answered by `vfs_poll`,
+//!   i.e. what `poll(2)` says at that enter, masked by `mask | UNMASK`;
+//! - the first wake-up *with a key* (data arrived: `IN`; write space: `OUT`)
+//!   that matches the mask completes a waiting one-shot poll with just that
+//!   key, even if more is ready (e.g. only `OUT` although `IN` holds too);
+//!   a second wake-up before the poll's task work ran makes it re-poll;
+//! - RDHUP, ERR and HUP are always reported;
+//! - a WRITE-only watch that saw RDHUP without OUT waits with a multishot
+//!   poll (`Decision::WaitQuietly`): it reports at arm time if anything in
+//!   `mask | UNMASK` holds, and then once per wake-up.
+//!
+//! What SEMANTICS.md promises is checked on top of that, in [`Model::on_fd`]:
+//! flags are a non-empty subset of the current interest and of the readiness
+//! the kernel sampled, a removed watch never runs, a WRITE-only watch that
+//! saw ERR/HUP is not called and its interest becomes empty.
 
 use std::collections::VecDeque;
 
@@ -73,7 +94,8 @@ pub enum Verdict {
     Skip,
     /// A WRITE-only watch saw ERR/HUP: not called, interest becomes empty.
     DisableWrite,
-    /// WRITE-only, RDHUP and not writable (not produced by the harness).
+    /// WRITE-only, RDHUP and not writable: not called; the loop waits with a
+    /// multishot poll so that the level-triggered RDHUP does not spin it.
     Quiet,
 }
 
@@ -107,6 +129,17 @@ pub fn verdict(rev: u32, interest: u8) -> Verdict {
     }
 }
 
+/// Pending wake-ups of a multishot poll, run as task work at the next enter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MultiWake {
+    /// None.
+    Idle,
+    /// One wake-up with this key: the CQE carries just the key.
+    Keyed(u32),
+    /// A wake-up without a key, or more than one: the kernel polls again.
+    Repoll,
+}
+
 /// The state of a watch's kernel poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Poll {
@@ -120,6 +153,35 @@ pub enum Poll {
     Waiting(u32, bool),
     /// Completed with `(mask, revents)` at a flush, not yet harvested.
     Done(u32, u32),
+    /// A multishot poll (WRITE-only watch that saw only RDHUP), not submitted.
+    MultiPending(u32),
+    /// A submitted multishot poll: `(mask, pending wake-ups, revents of the
+    /// CQEs posted and not yet harvested, ORed)`. It stays armed until the
+    /// loop cancels it (when it calls the handler, or on interest change).
+    Multi(u32, MultiWake, u32),
+}
+
+impl Poll {
+    /// Whether the loop has a poll armed (its `Watch::armed`).
+    pub fn armed(self) -> bool {
+        self != Poll::Idle
+    }
+
+    /// The mask, if armed.
+    fn mask(self) -> Option<u32> {
+        match self {
+            Poll::Idle => None,
+            Poll::Pending(m)
+            | Poll::Waiting(m, _)
+            | Poll::Done(m, _)
+            | Poll::MultiPending(m)
+            | Poll::Multi(m, _, _) => Some(m),
+        }
+    }
+
+    fn multishot(self) -> bool {
+        matches!(self, Poll::MultiPending(_) | Poll::Multi(..))
+    }
 }
 
 /// A harvested watch waiting for its turn in the current round.
@@ -224,16 +286,13 @@ impl Model {
         }
     }
 
-    /// Changes interest (§2: takes effect at once). The loop keeps a poll whose
-    /// mask is unchanged and replaces one whose mask changed.
+    /// Changes interest (§2: takes effect at once). The loop keeps a one-shot
+    /// poll whose mask is unchanged and replaces one whose mask changed, and
+    /// always replaces a multishot one.
     pub fn set_interest(&mut self, w: usize, interest: u8) {
         let x = &mut self.watches[w];
-        let mask = match x.poll {
-            Poll::Pending(m) | Poll::Waiting(m, _) | Poll::Done(m, _) => Some(m),
-            Poll::Idle => None,
-        };
-        if let Some(m) = mask
-            && (interest == 0 || m != poll_mask(interest))
+        if let Some(m) = x.poll.mask()
+            && (interest == 0 || m != poll_mask(interest) || x.poll.multishot())
         {
             x.poll = Poll::Idle;
         }
@@ -248,16 +307,37 @@ impl Model {
         !self.alive(w) || self.watches[w].ready.is_none_or(|r| !r.maybe_processed)
     }
 
-    /// Whether a flush now (removing an owned watch) samples a predictable
-    /// set of polls: not when a skipped watch may or may not be re-armed yet.
+    /// The poll watch `w` has after the loop looked at it in this round
+    /// and did not call it, if that may have happened and changes its poll;
+    /// `None` when its poll is the same either way.
+    fn poll_if_processed(&self, w: usize) -> Option<Poll> {
+        let x = &self.watches[w];
+        if !x.alive || !x.ready.is_some_and(|r| r.maybe_processed) || self.callable(w).is_some() {
+            return None;
+        }
+        let mut m = Model {
+            watches: vec![x.clone()],
+            ..Model::default()
+        };
+        m.process_not_called(0).ok()?;
+        let after = m.watches[0].poll;
+        (after != x.poll).then_some(after)
+    }
+
+    /// Whether a flush now (a removal) samples a predictable set of polls:
+    /// not when a skipped watch may or may not be re-armed yet.
     pub fn may_flush(&self) -> bool {
-        self.watches.iter().all(|x| {
-            !x.alive
-                || x.interest == 0
-                || x.ready.is_none_or(|r| {
-                    !r.maybe_processed || verdict(r.rev, x.interest) != Verdict::Skip
-                })
-        })
+        (0..self.watches.len()).all(|w| self.poll_if_processed(w).is_none())
+    }
+
+    /// Whether the loop has a poll armed for `w`; `None` if that depends on
+    /// whether the loop already looked at it in this round.
+    pub fn armed(&self, w: usize) -> Option<bool> {
+        let now = self.alive(w) && self.watches[w].poll.armed();
+        match self.poll_if_processed(w) {
+            Some(p) if p.armed() != now => None,
+            _ => Some(now),
+        }
     }
 
     /// Removes a watch (§2: its handler never runs again).
@@ -285,32 +365,48 @@ impl Model {
     /// is what `poll(2)` says now.
     pub fn flush(&mut self, readiness: &dyn Fn(usize) -> u32) {
         for x in self.watches.iter_mut().filter(|x| x.alive) {
-            if let Poll::Pending(m) | Poll::Waiting(m, true) = x.poll {
-                let rev = readiness(x.file) & (m | UNMASK);
-                x.poll = if rev != 0 {
-                    Poll::Done(m, rev)
-                } else {
-                    Poll::Waiting(m, false)
-                };
-            }
+            let file = x.file;
+            let sample = |m: u32| readiness(file) & (m | UNMASK);
+            x.poll = match x.poll {
+                Poll::Pending(m) | Poll::Waiting(m, true) => match sample(m) {
+                    0 => Poll::Waiting(m, false),
+                    rev => Poll::Done(m, rev),
+                },
+                Poll::MultiPending(m) => Poll::Multi(m, MultiWake::Idle, sample(m)),
+                Poll::Multi(m, MultiWake::Keyed(k), posted) => {
+                    Poll::Multi(m, MultiWake::Idle, posted | (k & (m | UNMASK)))
+                }
+                Poll::Multi(m, MultiWake::Repoll, posted) => {
+                    Poll::Multi(m, MultiWake::Idle, posted | sample(m))
+                }
+                p => p,
+            };
         }
     }
 
-    /// A wake-up with a key (data arrived: `IN`): a waiting one-shot poll that
-    /// wants it completes at once with just the key, and leaves the wait
-    /// queue, so later changes do not reach it.
+    /// A wake-up with a key (data arrived: `IN`; write space: `OUT`). Polls
+    /// whose `mask | UNMASK` does not meet the key ignore it. A waiting
+    /// one-shot poll completes at once with just the key and leaves the wait
+    /// queue, so later changes do not reach it (unless an earlier wake-up
+    /// without a key already made it re-poll). A multishot poll stays queued.
     pub fn wake_keyed(&mut self, file: usize, key: u32) {
         for x in self
             .watches
             .iter_mut()
             .filter(|x| x.alive && x.file == file)
         {
-            if let Poll::Waiting(m, false) = x.poll {
-                let rev = key & (m | UNMASK);
-                if rev != 0 {
-                    x.poll = Poll::Done(m, rev);
+            x.poll = match x.poll {
+                Poll::Waiting(m, false) if key & (m | UNMASK) != 0 => {
+                    Poll::Done(m, key & (m | UNMASK))
                 }
-            }
+                Poll::Multi(m, MultiWake::Idle, p) if key & (m | UNMASK) != 0 => {
+                    Poll::Multi(m, MultiWake::Keyed(key), p)
+                }
+                Poll::Multi(m, _, p) if key & (m | UNMASK) != 0 => {
+                    Poll::Multi(m, MultiWake::Repoll, p)
+                }
+                p => p,
+            };
         }
     }
 
@@ -322,21 +418,31 @@ impl Model {
             .iter_mut()
             .filter(|x| x.alive && x.file == file)
         {
-            if let Poll::Waiting(m, _) = x.poll {
-                x.poll = Poll::Waiting(m, true);
-            }
+            x.poll = match x.poll {
+                Poll::Waiting(m, _) => Poll::Waiting(m, true),
+                Poll::Multi(m, _, p) => Poll::Multi(m, MultiWake::Repoll, p),
+                p => p,
+            };
         }
     }
 
     fn harvest(&mut self) {
         for x in self.watches.iter_mut().filter(|x| x.alive) {
-            if let Poll::Done(_, rev) = x.poll {
-                x.poll = Poll::Idle;
-                x.ready = Some(Ready {
-                    rev,
-                    maybe_processed: false,
-                });
-            }
+            let rev = match x.poll {
+                Poll::Done(_, rev) => {
+                    x.poll = Poll::Idle;
+                    rev
+                }
+                Poll::Multi(m, wake, posted) if posted != 0 => {
+                    x.poll = Poll::Multi(m, wake, 0);
+                    posted
+                }
+                _ => continue,
+            };
+            x.ready = Some(Ready {
+                rev,
+                maybe_processed: false,
+            });
         }
     }
 
@@ -365,36 +471,41 @@ impl Model {
         }
     }
 
+    /// The loop looks at ready watch `w` and does not call it
+    /// (`prepare_fd`'s `Rearm`, `WaitQuietly` and `DisableWrite`).
+    fn process_not_called(&mut self, w: usize) -> Check {
+        let x = &mut self.watches[w];
+        let Some(r) = x.ready.filter(|_| x.alive) else {
+            return Ok(());
+        };
+        x.ready = None;
+        match verdict(r.rev, x.interest) {
+            Verdict::Call(f) => {
+                return Err(format!(
+                    "watch {w} was harvested ready (revents {:#x}, interest {}) and should have run with {f} before the loop waited",
+                    r.rev, x.interest
+                ));
+            }
+            Verdict::Skip => self.arm_if_possible(w),
+            // An armed multishot poll stays; otherwise one is armed.
+            Verdict::Quiet => {
+                if x.poll == Poll::Idle {
+                    x.poll = Poll::MultiPending(poll_mask(x.interest));
+                }
+            }
+            Verdict::DisableWrite => {
+                x.interest = 0;
+                x.poll = Poll::Idle;
+            }
+        }
+        Ok(())
+    }
+
     /// The loop went through its whole ready queue: every watch left in the
     /// round was looked at and not called.
     fn finish_round(&mut self) -> Check {
         for w in 0..self.watches.len() {
-            let x = &self.watches[w];
-            let Some(r) = x.ready.filter(|_| x.alive) else {
-                continue;
-            };
-            match verdict(r.rev, x.interest) {
-                Verdict::Call(f) => {
-                    return Err(format!(
-                        "watch {w} was harvested ready (revents {:#x}, interest {}) and should have run with {f} before the loop waited",
-                        r.rev, x.interest
-                    ));
-                }
-                Verdict::Skip => {
-                    self.watches[w].ready = None;
-                    self.arm_if_possible(w);
-                }
-                Verdict::DisableWrite => {
-                    let x = &mut self.watches[w];
-                    x.ready = None;
-                    x.interest = 0;
-                }
-                Verdict::Quiet => {
-                    return Err(format!(
-                        "watch {w}: WRITE-only with RDHUP and not writable is not modelled"
-                    ));
-                }
-            }
+            self.process_not_called(w)?;
         }
         Ok(())
     }
@@ -520,6 +631,12 @@ impl Model {
         if !self.alive(w) {
             return Err(format!("watch {w} ran after it was removed"));
         }
+        let interest = self.watches[w].interest;
+        if flags == 0 || flags & !interest != 0 {
+            return Err(format!(
+                "watch {w} ran with {flags}: not a non-empty subset of its interest {interest}"
+            ));
+        }
         match self.callable(w) {
             Some(f) if f == flags => {}
             other => {
@@ -530,7 +647,10 @@ impl Model {
                 ));
             }
         }
-        self.watches[w].ready = None;
+        // The loop cancels a poll still armed (a multishot one) before the call.
+        let x = &mut self.watches[w];
+        x.ready = None;
+        x.poll = Poll::Idle;
         self.expect = Expect::Ran;
         Ok(())
     }
