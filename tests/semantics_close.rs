@@ -492,3 +492,27 @@ fn remove_fd_with_a_backlog_of_wakeups_still_closes_at_once() {
         );
     }
 }
+
+/// Found by prop_reactor: a raw watch whose poll was cancelled by an
+/// interest change (still queued, not yet seen by the kernel) and then
+/// removed left the kernel holding the file, so closing the fd right after
+/// `remove_fd` gave the peer no EOF.
+#[test]
+fn raw_watch_disarmed_then_removed_lets_go_of_the_file() {
+    let lp = EventLoop::builder()
+        .wait_timeout(ringloop::WaitTimeout::Never)
+        .build()
+        .unwrap();
+    let (a, b) = socketpair();
+    let raw = a.as_raw_fd();
+    // SAFETY: `a` stays open until after the watch is removed.
+    let id = unsafe { lp.add_raw_fd(raw, Interest::READ, |_, _| {}) }.unwrap();
+    let _ = lp.run_once(); // the poll is now in the kernel
+    lp.set_interest(id, Interest::NONE).unwrap(); // cancel queued only
+    lp.remove_fd(id).unwrap();
+    drop(a);
+    assert!(
+        peer_closed(b.as_raw_fd()),
+        "the kernel still holds the file"
+    );
+}

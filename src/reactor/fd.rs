@@ -196,13 +196,16 @@ pub(crate) struct Watch {
     /// The errno that disarmed the watch (EBADF when the fd was closed behind
     /// the loop's back).
     pub error: Option<i32>,
+    /// Polls of this watch that were cancelled and may not have completed
+    /// yet (the kernel still holds the file until they do).
+    pub cancelled: Vec<OpId>,
 }
 
 // ---- The loop's side of fd watches ----
 
 use std::os::fd::AsRawFd;
 
-use io_uring::{opcode, types};
+use io_uring::{cqueue, opcode, types};
 use slotmap::Key;
 
 use super::{Dispatch, EventKind, Handle, Ready, State, TracePoint};
@@ -270,6 +273,7 @@ impl Handle {
                 revents: 0,
                 queued: false,
                 error: None,
+                cancelled: Vec::new(),
             });
             st.set_interest(id, interest);
             id
@@ -504,13 +508,18 @@ impl State {
     /// the poll cancellation is pushed to the kernel now, so the caller can
     /// close the fd and the peer sees EOF at once.
     pub(super) fn take_watch(&mut self, id: FdId) -> Option<Watch> {
-        let armed = self.watches.get(id)?.armed.map(|a| a.op);
         self.set_interest(id, Interest::NONE);
         let w = self.watches.remove(id)?;
-        if armed.is_some() || w.owned.is_some() || w.close_hook.is_some() {
+        let in_kernel: Vec<OpId> = w
+            .cancelled
+            .iter()
+            .copied()
+            .filter(|op| self.ops.contains_key(*op))
+            .collect();
+        if !in_kernel.is_empty() || w.owned.is_some() || w.close_hook.is_some() {
             // Whoever closes the fd next (the loop, a close hook, or the
             // caller of a raw watch) must find no poll holding the file.
-            self.settle_cancels(armed.as_slice());
+            self.settle_cancels(&in_kernel);
         }
         Some(w)
     }
@@ -521,14 +530,28 @@ impl State {
     /// while task work runs inside `io_uring_enter(GETEVENTS)`, and each
     /// such call runs a bounded batch of it: with a backlog of other
     /// completions, one call may not reach ours.
+    ///
+    /// Completions that show up meanwhile are kept aside in `cqes` and routed
+    /// by the next reap, as if they had arrived then: a removal does not
+    /// change when other events run.
     pub(super) fn settle_cancels(&mut self, ops: &[super::OpId]) {
         let _ = self.ring.flush();
+        if ops.is_empty() {
+            return;
+        }
         for _ in 0..4096 {
-            self.reap();
-            if !ops.iter().any(|&op| self.ops.contains_key(op)) {
-                return;
+            if let Ok(flushes) = self.ring.reap(&mut self.cqes) {
+                self.stats.overflow_flushes += flushes;
             }
-            if self.ring.flush().is_err() {
+            let settled = ops.iter().all(|&op| {
+                let user_data = op.data().as_ffi();
+                !self.ops.contains_key(op)
+                    || self
+                        .cqes
+                        .iter()
+                        .any(|c| c.user_data() == user_data && !cqueue::more(c.flags()))
+            });
+            if settled || self.ring.flush().is_err() {
                 return;
             }
         }

@@ -600,9 +600,11 @@ impl Handle {
         let mut watches = Vec::with_capacity(watch_ids.len());
         let mut polls = Vec::new();
         for id in watch_ids {
-            polls.extend(st.watches.get(id).and_then(|w| w.armed).map(|a| a.op));
             st.set_interest(id, Interest::NONE);
-            watches.extend(st.watches.remove(id));
+            if let Some(w) = st.watches.remove(id) {
+                polls.extend(w.cancelled.iter().copied());
+                watches.push(w);
+            }
         }
         if let Some(op) = st.wake_armed.take() {
             st.cancel_poll(op);
@@ -698,6 +700,15 @@ impl State {
     /// file. ASYNC_CANCEL marks it cancelled and the task work ends it.
     fn cancel_poll(&mut self, op: OpId) {
         if let Some(slot) = self.ops.get_mut(op) {
+            if let Op::FdPoll(watch) = *slot
+                && let Some(w) = self.watches.get_mut(watch)
+            {
+                // Until the kernel has acted on the cancel the poll still
+                // holds the file: removing the watch must wait for it.
+                w.cancelled.retain(|old| self.ops.contains_key(*old));
+                w.cancelled.push(op);
+            }
+            let slot = self.ops.get_mut(op).expect("looked up above");
             *slot = Op::Orphan;
             let entry = opcode::AsyncCancel::new(op.data().as_ffi())
                 .build()
@@ -786,6 +797,13 @@ impl State {
     fn wait(&mut self) -> Result<()> {
         self.stats.waits += 1;
         let mut timeout = match self.wait_timeout {
+            // Completions kept aside by a removal are already here: reap
+            // them (and whatever else is ready) without blocking.
+            _ if !self.cqes.is_empty() => {
+                self.ring.flush()?;
+                self.reap();
+                return Ok(());
+            }
             WaitTimeout::After(d) => Some(d),
             WaitTimeout::Forever => None,
             WaitTimeout::Never => {
@@ -805,7 +823,8 @@ impl State {
         Ok(())
     }
 
-    /// Moves completions from the ring into the loop's queues.
+    /// Moves completions from the ring (after any kept aside by a removal)
+    /// into the loop's queues.
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
         if let Ok(flushes) = self.ring.reap(&mut cqes) {
