@@ -460,6 +460,7 @@ fn take_fd_and_rewatch_inside_handler() {
 #[test]
 fn remove_fd_with_a_backlog_of_wakeups_still_closes_at_once() {
     use std::io::{Read, Write};
+    let _s = serial();
     let lp = EventLoop::builder()
         .wait_timeout(ringloop::WaitTimeout::Never)
         .build()
@@ -499,6 +500,7 @@ fn remove_fd_with_a_backlog_of_wakeups_still_closes_at_once() {
 /// `remove_fd` gave the peer no EOF.
 #[test]
 fn raw_watch_disarmed_then_removed_lets_go_of_the_file() {
+    let _s = serial();
     let lp = EventLoop::builder()
         .wait_timeout(ringloop::WaitTimeout::Never)
         .build()
