@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 
 use ringloop::{Builder, Completion, Interest, WaitTimeout};
 
-/// The model checks count the process's open fds: one test at a time.
+/// Some checks count the process's open fds: run one test at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -17,7 +17,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// watch like any other error.
 #[test]
 fn poll_result_i32_min_disarms_without_panic() {
-    let _s = serial();
+    let _g = serial();
     let lp = Builder::default()
         .wait_timeout(WaitTimeout::Never)
         .build()
@@ -41,7 +41,7 @@ fn poll_result_i32_min_disarms_without_panic() {
 /// The same overflow in `Completion::result`.
 #[test]
 fn completion_result_i32_min_is_an_error() {
-    let _s = serial();
+    let _g = serial();
     let c = Completion {
         result: i32::MIN,
         flags: 0,
@@ -59,7 +59,7 @@ mod model;
 /// by flushing the cancel whenever the removed watch had a poll armed.
 #[test]
 fn raw_watch_removal_leaves_an_operation_in_flight() {
-    let _s = serial();
+    let _g = serial();
     model::ops::check_ops(&[
         27, 120, 0, 0, 0, 0, 0, 0, 0, 0, 11, 32, 0, 0, 0, 0, 0, 0, 0, 11, 101, 0, 0, 0, 0, 0, 0, 0,
         6, 0, 0, 204, 67, 125, 0, 0, 0, 19, 0, 0, 0, 0, 0, 1, 0, 0, 4, 0, 13, 6, 5, 0, 0, 0, 0, 0,
@@ -81,7 +81,7 @@ fn raw_watch_removal_leaves_an_operation_in_flight() {
 /// in flight. Fixed by cancelling polls with ASYNC_CANCEL.
 #[test]
 fn quiet_writer_removed_before_its_poll_was_submitted_closes() {
-    let _s = serial();
+    let _g = serial();
     use std::cell::Cell;
     use std::io::Write;
     use std::os::fd::AsRawFd;
@@ -144,4 +144,48 @@ fn quiet_writer_removed_before_its_poll_was_submitted_closes() {
     }
     assert_eq!(lp.stats().unwrap().in_flight, baseline);
     drop(r);
+}
+
+/// Found while fuzzing cqe_dispatch (inputs that took seconds): when the
+/// loop was dropped with two completions of one multishot operation queued
+/// (one with F_MORE, then the final one), the teardown took the callback
+/// for the first and then skipped the final one, so the operation was never
+/// removed and the drop waited for its 5 s deadline. Teardown now delivers
+/// the queued completions one at a time, in order.
+#[test]
+fn dropping_the_loop_with_queued_multishot_completions_is_quick() {
+    let _g = serial();
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    let lp = Builder::default()
+        .wait_timeout(WaitTimeout::Never)
+        .build()
+        .unwrap();
+    let calls = Rc::new(Cell::new(0));
+    let c = calls.clone();
+    // SAFETY: a NOP points at no memory.
+    let id = unsafe {
+        lp.submit_multishot(io_uring::opcode::Nop::new().build(), move |_, _| {
+            c.set(c.get() + 1);
+        })
+    }
+    .unwrap();
+    let ud = {
+        use slotmap::Key;
+        id.data().as_ffi()
+    };
+    // Two completions of the operation, as a multishot one posts them:
+    // IORING_CQE_F_MORE (1 << 1), then the final one.
+    lp.inject_completion(ud, 0, 1 << 1).unwrap();
+    lp.inject_completion(ud, 0, 0).unwrap();
+    let t = Instant::now();
+    drop(lp);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "drop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(calls.get(), 2, "both queued completions are delivered");
 }

@@ -627,23 +627,28 @@ impl Handle {
         // close fds an accept or open produced).
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let mut callbacks = Vec::new();
+            // One completion at a time, in order: a multishot operation can
+            // have several queued, and its final one must still remove it
+            // (or this would wait for the deadline). The state is out of
+            // the RefCell, so a callback that uses the loop gets LoopGone.
             while let Some(r) = st.ready.pop_front() {
-                if let Ready::Op(id, c) = r
-                    && let Some(Op::User { callback, .. }) = st.ops.get_mut(id)
-                    && let Some(cb) = callback.take()
-                {
-                    let last = !cqueue::more(c.flags);
-                    if last {
-                        st.remove_op(id);
+                let Ready::Op(id, c) = r else { continue };
+                let Some(Op::User { callback, .. }) = st.ops.get_mut(id) else {
+                    continue;
+                };
+                let cb = callback.take();
+                let last = !cqueue::more(c.flags);
+                if last {
+                    st.remove_op(id);
+                }
+                if let Some(mut cb) = cb {
+                    cb(self, c);
+                    if !last && let Some(Op::User { callback, .. }) = st.ops.get_mut(id) {
+                        *callback = Some(cb);
                     }
-                    callbacks.push((cb, c));
                 }
             }
             let live = st.user_ops > 0;
-            for (mut cb, c) in callbacks {
-                cb(self, c);
-            }
             if !live || Instant::now() > deadline {
                 break;
             }

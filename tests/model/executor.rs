@@ -244,6 +244,9 @@ fn run_ops(rt: &Runtime, data: &[u8]) {
             2 => {
                 if let Some(i) = pick(a) {
                     h.log.push(format!("open gate {i} from another thread"));
+                    if h.threads.len() >= 8 {
+                        h.join_threads();
+                    }
                     let gate = h.tasks[i].gate.clone();
                     h.threads.push(std::thread::spawn(move || gate.open()));
                 }
