@@ -20,6 +20,31 @@ fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// The fd count once it has stopped changing (a previous test's thread may
+/// still be running its thread-local destructors).
+fn settled_fd_count() -> usize {
+    let mut last = fd_count();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = fd_count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Waits up to 2 s for the fd count to come back to `expected`; a real leak
+/// never does.
+fn assert_fd_count_returns_to(expected: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while fd_count() != expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fd_count(), expected, "{what}");
+}
+
 /// Lets the loop run for a while (cancellations complete, callbacks run).
 async fn settle() {
     time::sleep(Duration::from_millis(50)).await;
@@ -182,7 +207,7 @@ fn aborted_reader_task_closes_its_socket_peer_sees_eof() {
 #[test]
 fn dropping_the_runtime_with_ops_in_flight_cleans_up() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let before = fd_count();
+    let before = settled_fd_count();
     let (client, peer_addr_listener) = {
         let rt = Runtime::new().unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -215,7 +240,7 @@ fn dropping_the_runtime_with_ops_in_flight_cleans_up() {
     );
     drop(client);
     drop(peer_addr_listener);
-    assert_eq!(fd_count(), before, "runtime drop leaks no fds");
+    assert_fd_count_returns_to(before, "runtime drop leaks no fds");
 }
 
 #[test]
