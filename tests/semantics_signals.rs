@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 use common::*;
 use ringloop::{Error, EventLoop, SignalEvent, WaitTimeout};
 
+/// Every loop watching any signal is woken by every delivery (one
+/// process-wide eventfd), so a test that counts iterations must not share
+/// the process with others sending signals: one test at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn rt(n: i32) -> i32 {
     libc::SIGRTMIN() + n
 }
@@ -26,6 +35,7 @@ fn is_blocked(sig: i32) -> bool {
 /// Three deliveries of an RT signal before the loop looks: one call, count 3.
 #[test]
 fn count_coalesces_deliveries() {
+    let _s = serial();
     let lp = nonblocking_loop();
     let sig = rt(2);
     let seen = log::<SignalEvent>();
@@ -52,6 +62,7 @@ fn count_coalesces_deliveries() {
 /// pending signal handlers run in the same iteration.
 #[test]
 fn signals_run_first_all_in_one_iteration() {
+    let _s = serial();
     let lp = nonblocking_loop();
     let order = log::<String>();
     let (s1, s2) = (rt(3), rt(4));
@@ -89,6 +100,7 @@ fn signals_run_first_all_in_one_iteration() {
 /// A signal wakes a loop blocked in io_uring_enter.
 #[test]
 fn signal_wakes_blocked_loop() {
+    let _s = serial();
     let lp = EventLoop::builder()
         .wait_timeout(WaitTimeout::After(Duration::from_secs(10)))
         .build()
@@ -139,6 +151,7 @@ fn set_disposition(sig: i32, handler: libc::sighandler_t) {
 /// removing the last watch restores what was there before.
 #[test]
 fn remove_signal_restores_the_previous_disposition() {
+    let _s = serial();
     let lp = nonblocking_loop();
     let sig = rt(6);
     set_disposition(sig, libc::SIG_IGN);
@@ -164,6 +177,7 @@ fn remove_signal_restores_the_previous_disposition() {
 /// the handler for the other, dropping both restores the disposition.
 #[test]
 fn two_loops_share_a_signal_and_drop_restores() {
+    let _s = serial();
     let sig = rt(7);
     set_disposition(sig, libc::SIG_IGN);
     let (one, two) = (nonblocking_loop(), nonblocking_loop());
@@ -196,6 +210,7 @@ fn two_loops_share_a_signal_and_drop_restores() {
 /// the handler in any thread) wakes a loop blocked in io_uring_enter.
 #[test]
 fn process_directed_signal_from_another_thread_wakes_the_loop() {
+    let _s = serial();
     let sig = rt(8);
     let lp = EventLoop::builder()
         .wait_timeout(WaitTimeout::After(Duration::from_secs(20)))
@@ -226,6 +241,7 @@ fn process_directed_signal_from_another_thread_wakes_the_loop() {
 /// A signal handler may remove its own watch and others.
 #[test]
 fn handler_removes_signal_watches() {
+    let _s = serial();
     let lp = nonblocking_loop();
     let sig = rt(9);
     let calls = Rc::new(Cell::new(0));
@@ -248,4 +264,34 @@ fn handler_removes_signal_watches() {
     assert_eq!(calls.get(), 1, "a removed watch still ran");
     assert!(!is_blocked(sig));
     assert!(!lp.has_events().unwrap());
+}
+
+/// A signal sent to the loop's thread while it blocks in io_uring_enter
+/// interrupts the wait; that same iteration runs the signal handler.
+#[test]
+fn signal_interrupting_the_wait_runs_in_that_iteration() {
+    let _s = serial();
+    let sig = rt(9);
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .unwrap();
+    let got = Rc::new(Cell::new(0u32));
+    let g = got.clone();
+    lp.add_signal(sig, move |_, ev| g.set(g.get() + ev.count))
+        .unwrap();
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: tgkill to a live thread of this process, with a handler installed.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig) };
+    });
+    lp.run_once().unwrap();
+    sender.join().unwrap();
+    assert_eq!(
+        got.get(),
+        1,
+        "the iteration the signal interrupted ran nothing"
+    );
 }

@@ -495,7 +495,11 @@ impl Handle {
         let waited = self.with(|st| st.wait())?;
         self.trace(TracePoint::AfterWait);
         waited?;
-        if let Some(d) = self.with(|st| st.next_counted())? {
+        // A signal that interrupted the wait (EINTR) is counted already.
+        if let Some(d) = self.with(|st| {
+            st.check_signals();
+            st.next_counted()
+        })? {
             self.dispatch(d);
             return Ok(());
         }
