@@ -275,7 +275,10 @@ impl Handle {
     ///
     /// The loop installs a counting signal handler while the signal is
     /// watched and restores the previous disposition when the last watch is
-    /// removed. The signal must not be blocked in every thread.
+    /// removed. The signal must not be blocked in every thread. Every
+    /// delivery wakes every loop of the process that watches a signal; a
+    /// loop none of whose signals arrived just has an iteration that runs
+    /// nothing.
     pub fn add_signal(
         &self,
         signo: i32,
