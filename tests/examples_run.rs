@@ -5,23 +5,9 @@
 //! (plain `cargo test` or `cargo build --examples`); a missing binary is
 //! reported and the test passes without checking anything.
 
-use std::path::PathBuf;
+mod example_bin;
+use example_bin::example_path;
 use std::process::{Command, Output};
-
-fn example_path(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is missing; build the examples first \
-             (`cargo build --examples`, or run plain `cargo test`)",
-            path.display()
-        );
-        None
-    }
-}
 
 fn run(name: &str, args: &[&str]) -> Option<Output> {
     let path = example_path(name)?;

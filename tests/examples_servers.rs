@@ -7,9 +7,10 @@
 //! under `cargo test --test examples_servers` on a fresh checkout), the test
 //! prints why and passes without checking anything.
 
+mod example_bin;
+use example_bin::example_path;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -17,23 +18,6 @@ use std::time::Duration;
 
 /// Generous: the tests also run in a slow VM.
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `target/<profile>/examples/NAME`, found from this test's own path
-/// (`target/<profile>/deps/examples_servers-HASH`).
-fn example_path(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is missing; build the examples first \
-             (`cargo build --examples`, or run plain `cargo test`)",
-            path.display()
-        );
-        None
-    }
-}
 
 /// A running example server, killed when dropped.
 struct Server {

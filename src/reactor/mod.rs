@@ -708,23 +708,25 @@ impl State {
     /// say), and a multishot poll then stays armed for ever, holding its
     /// file. ASYNC_CANCEL marks it cancelled and the task work ends it.
     fn cancel_poll(&mut self, op: OpId) {
-        if let Some(slot) = self.ops.get_mut(op) {
-            if let Op::FdPoll(watch) = *slot
-                && let Some(w) = self.watches.get_mut(watch)
-            {
-                // Until the kernel has acted on the cancel the poll still
-                // holds the file: removing the watch must wait for it.
-                w.cancelled.retain(|old| self.ops.contains_key(*old));
-                w.cancelled.push(op);
-            }
-            let slot = self.ops.get_mut(op).expect("looked up above");
-            *slot = Op::Orphan;
-            let entry = opcode::AsyncCancel::new(op.data().as_ffi())
-                .build()
-                .flags(squeue::Flags::SKIP_SUCCESS)
-                .user_data(IGNORE);
-            self.push_internal(entry);
+        let Some(slot) = self.ops.get_mut(op) else {
+            return;
+        };
+        let owner = match *slot {
+            Op::FdPoll(watch) => Some(watch),
+            _ => None,
+        };
+        *slot = Op::Orphan;
+        if let Some(w) = owner.and_then(|watch| self.watches.get_mut(watch)) {
+            // Until the kernel has acted on the cancel the poll still holds
+            // the file: removing the watch must wait for it.
+            w.cancelled.retain(|old| self.ops.contains_key(*old));
+            w.cancelled.push(op);
         }
+        let entry = opcode::AsyncCancel::new(op.data().as_ffi())
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(IGNORE);
+        self.push_internal(entry);
     }
 
     fn remove_op(&mut self, id: OpId) {
