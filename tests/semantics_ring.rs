@@ -1,5 +1,5 @@
 //! SEMANTICS.md §7: the ring itself (features, CQ overflow, generic
-//! submission, fork), plus trace points and the fallback setup.
+//! submission), plus trace points and the fallback setup.
 
 mod common;
 
@@ -239,33 +239,6 @@ fn submit_multishot_poll() {
     let last = *seen.borrow().last().unwrap();
     assert!(!last.has_more());
     assert!(!lp.has_events().unwrap());
-}
-
-/// After fork, the child cannot use the parent's loop.
-#[test]
-fn fork_child_gets_forked_error() {
-    let lp = nonblocking_loop();
-    lp.add_immediate(|_| {}).unwrap();
-    // SAFETY: the child only calls into the loop (which checks an atomic and
-    // returns an error) and then _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = if !matches!(lp.run_once(), Err(Error::Forked)) {
-            1
-        } else if !matches!(lp.add_immediate(|_| {}), Err(Error::Forked)) {
-            2
-        } else if !matches!(lp.stats(), Err(Error::Forked)) {
-            3
-        } else {
-            0
-        };
-        // SAFETY: ends the child without running the parent's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    assert_eq!(wait_child(pid), 0);
-    // The parent's loop is unaffected.
-    lp.run_once().unwrap();
 }
 
 /// Trace points for a simple fd iteration and an immediate.
