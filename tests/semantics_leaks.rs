@@ -19,20 +19,23 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The first signal watch in a process creates the eventfd that the signal
+/// handler writes; it is kept for the life of the process (a handler may run
+/// at any time). Tests that count fds and add signals create it before
+/// counting, whichever of them runs first.
+fn create_signal_eventfd() {
+    let lp = EventLoop::new().unwrap();
+    let id = lp.add_signal(libc::SIGRTMIN() + 10, |_, _| {}).unwrap();
+    lp.remove_signal(id).unwrap();
+}
+
 /// Dropping a loop with live watches, timers, immediates, signals and
 /// in-flight operations leaves the fd count where it was, closes owned fds
 /// and runs every operation callback once.
 #[test]
 fn drop_with_everything_live_leaks_no_fd() {
     let _s = serial();
-    // The first signal watch in a process creates the eventfd that the
-    // signal handler writes; it is kept for the life of the process (a
-    // handler may run at any time), so create it before counting.
-    {
-        let lp = EventLoop::new().unwrap();
-        let id = lp.add_signal(libc::SIGRTMIN() + 10, |_, _| {}).unwrap();
-        lp.remove_signal(id).unwrap();
-    }
+    create_signal_eventfd();
     let before = open_fd_count();
     let (r, w) = blocking_pipe();
     let callbacks = Rc::new(Cell::new(0));
@@ -105,6 +108,7 @@ fn create_and_drop_loops() {
 #[test]
 fn in_flight_back_to_baseline() {
     let _s = serial();
+    create_signal_eventfd();
     let before_fds = open_fd_count();
     let lp = nonblocking_loop();
     let baseline = lp.stats().unwrap().in_flight;
