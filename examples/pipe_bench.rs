@@ -13,8 +13,12 @@
 //!
 //! VARIANT is `ringloop` (callback API), `ringloop-async` (futures API),
 //! `epoll` (a plain level-triggered epoll loop, the reference) or `tokio`
-//! (current-thread runtime with `AsyncFd`). Prints exactly one line on
-//! stdout; syscall counters (where the variant has them) go to stderr.
+//! (current-thread runtime with `AsyncFd`). Two more pair up edge-triggered
+//! loops: `ringloop-edge` (`Interest::READ | Interest::EDGE`, one multishot
+//! poll per fd) and `epoll-edge` (`EPOLLET`). Their handlers drain the fd
+//! (a short read means it is empty), as edge triggering requires; each byte
+//! read still counts as one event. Prints exactly one line on stdout;
+//! syscall counters (where the variant has them) go to stderr.
 
 mod common;
 
@@ -50,6 +54,33 @@ fn read1(fd: RawFd) -> isize {
     let mut b = 0u8;
     // SAFETY: reads at most one byte into a local.
     unsafe { libc::read(fd, (&raw mut b).cast(), 1) }
+}
+
+/// Reads everything buffered (for edge-triggered handlers): returns how many
+/// bytes were read. One `read` unless the buffer filled up.
+fn read_all(fd: RawFd) -> usize {
+    let mut total = 0;
+    loop {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads at most `buf.len()` bytes into a local buffer.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return total;
+        }
+        total += n as usize;
+        if (n as usize) < buf.len() {
+            return total;
+        }
+    }
+}
+
+/// Reads one byte (level-triggered) or drains the fd (edge-triggered).
+fn read_bytes(fd: RawFd, edge: bool) -> usize {
+    if edge {
+        read_all(fd)
+    } else {
+        (read1(fd) == 1) as usize
+    }
 }
 
 fn write1(fd: RawFd) {
@@ -93,8 +124,13 @@ fn rounds(p: &Params, mut round: impl FnMut() -> Duration) -> Duration {
     median(&mut times)
 }
 
-fn bench_ringloop(p: &Params) -> io::Result<Duration> {
+fn bench_ringloop(p: &Params, edge: bool) -> io::Result<Duration> {
     use ringloop::{EventLoop, Interest, WaitTimeout};
+    let interest = if edge {
+        Interest::READ | Interest::EDGE
+    } else {
+        Interest::READ
+    };
     let lp = EventLoop::builder()
         .wait_timeout(WaitTimeout::Forever)
         // Experiment switch: the ring without SINGLE_ISSUER/DEFER_TASKRUN.
@@ -107,8 +143,8 @@ fn bench_ringloop(p: &Params) -> io::Result<Duration> {
     let mut writers = Vec::new();
     for (idx, (r, w)) in ps.into_iter().enumerate() {
         let (c, wfds) = (c.clone(), wfds.clone());
-        lp.add_fd(r, Interest::READ, move |_, ev| {
-            if read1(ev.fd) == 1 {
+        lp.add_fd(r, interest, move |_, ev| {
+            for _ in 0..read_bytes(ev.fd, edge) {
                 c.on_read(idx, &wfds);
             }
         })
@@ -144,7 +180,7 @@ fn bench_ringloop(p: &Params) -> io::Result<Duration> {
     Ok(med)
 }
 
-fn bench_epoll(p: &Params) -> io::Result<Duration> {
+fn bench_epoll(p: &Params, edge: bool) -> io::Result<Duration> {
     // SAFETY: plain syscall; the fd is wrapped at once.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
@@ -155,7 +191,7 @@ fn bench_epoll(p: &Params) -> io::Result<Duration> {
     let rfds: Vec<RawFd> = ps.iter().map(|(r, _)| r.as_raw_fd()).collect();
     for (idx, &fd) in rfds.iter().enumerate() {
         let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
+            events: libc::EPOLLIN as u32 | if edge { libc::EPOLLET as u32 } else { 0 },
             u64: idx as u64,
         };
         // SAFETY: registers a live fd with a valid event struct.
@@ -180,7 +216,7 @@ fn bench_epoll(p: &Params) -> io::Result<Duration> {
             waits += 1;
             for ev in &events[..n.max(0) as usize] {
                 let idx = ev.u64 as usize;
-                if read1(rfds[idx]) == 1 {
+                for _ in 0..read_bytes(rfds[idx], edge) {
                     c.on_read(idx, &wfds);
                 }
             }
@@ -358,7 +394,10 @@ fn bench_ringloop_async(p: &Params) -> io::Result<Duration> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(variant) = args.first().cloned() else {
-        eprintln!("usage: pipe_bench ringloop|ringloop-async|epoll|tokio -n N -a A -w W -r R");
+        eprintln!(
+            "usage: pipe_bench ringloop|ringloop-edge|ringloop-async|epoll|epoll-edge|tokio \
+             -n N -a A -w W -r R"
+        );
         std::process::exit(2);
     };
     let p = Params {
@@ -373,9 +412,11 @@ fn main() {
     }
     raise_nofile();
     let result = match variant.as_str() {
-        "ringloop" => bench_ringloop(&p),
+        "ringloop" => bench_ringloop(&p, false),
+        "ringloop-edge" => bench_ringloop(&p, true),
         "ringloop-async" => bench_ringloop_async(&p),
-        "epoll" => bench_epoll(&p),
+        "epoll" => bench_epoll(&p, false),
+        "epoll-edge" => bench_epoll(&p, true),
         "tokio" => bench_tokio(&p),
         other => {
             eprintln!("unknown variant {other}");

@@ -28,6 +28,21 @@ impl Interest {
     pub const ERROR: Interest = Interest(4);
     /// READ, WRITE and ERROR.
     pub const ALL: Interest = Interest(7);
+    /// Not a condition but a mode, like epoll's `EPOLLET`: the watch is
+    /// **edge-triggered**. Its handler runs when the fd becomes ready (once
+    /// at once if it already is) and then only when new readiness arrives
+    /// (new data, freed buffer space, a hang-up), not again merely because
+    /// the fd is still ready. A handler must therefore read or write until
+    /// `EAGAIN`, or keep track of what it left behind.
+    ///
+    /// In exchange the loop keeps one multishot `POLL_ADD` armed instead of
+    /// re-arming a one-shot poll after every event, which saves an SQE and
+    /// the kernel's poll set-up per event. Everything else is as for
+    /// level-triggered watches: error mapping, fairness, close-means-closed.
+    /// `Interest::READ | Interest::EDGE` is the usual form; EDGE alone is
+    /// empty (not monitored).
+    pub const EDGE: Interest = Interest(8);
+    const CONDITIONS: u8 = 7;
 
     /// Whether every flag of `other` is in `self`.
     pub fn contains(self, other: Interest) -> bool {
@@ -39,19 +54,31 @@ impl Interest {
         self.0 & other.0 != 0
     }
 
-    /// Whether no flag is set.
+    /// Whether none of READ, WRITE and ERROR is set (EDGE alone is empty).
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0 & Self::CONDITIONS == 0
     }
 
-    /// The raw bits (READ = 1, WRITE = 2, ERROR = 4).
+    /// Whether the [`Interest::EDGE`] mode is set.
+    pub fn is_edge(self) -> bool {
+        self.0 & Self::EDGE.0 != 0
+    }
+
+    /// The conditions alone: READ, WRITE and ERROR, without the EDGE mode.
+    pub fn conditions(self) -> Interest {
+        Interest(self.0 & Self::CONDITIONS)
+    }
+
+    /// The raw bits (READ = 1, WRITE = 2, ERROR = 4, EDGE = 8).
     pub fn bits(self) -> u8 {
         self.0
     }
 
-    /// Builds a set from raw bits, ignoring unknown ones.
+    /// Builds a set of conditions from raw bits (READ = 1, WRITE = 2,
+    /// ERROR = 4), ignoring every other bit, EDGE included: the mode is
+    /// chosen explicitly with `| Interest::EDGE`.
     pub fn from_bits_truncate(bits: u8) -> Interest {
-        Interest(bits & 7)
+        Interest(bits & Self::CONDITIONS)
     }
 
     /// The `poll(2)` mask to ask the kernel for. ERR and HUP are always
@@ -91,19 +118,21 @@ impl BitAnd for Interest {
     }
 }
 
+/// The complement of the conditions (READ, WRITE, ERROR); the EDGE mode is
+/// dropped.
 impl Not for Interest {
     type Output = Interest;
     fn not(self) -> Interest {
-        Interest(!self.0 & 7)
+        Interest(!self.0 & Self::CONDITIONS)
     }
 }
 
 impl fmt::Debug for Interest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_empty() {
+        if self.0 == 0 {
             return f.write_str("NONE");
         }
-        let names = [(1, "READ"), (2, "WRITE"), (4, "ERROR")];
+        let names = [(1, "READ"), (2, "WRITE"), (4, "ERROR"), (8, "EDGE")];
         let parts: Vec<&str> = names
             .iter()
             .filter(|(b, _)| self.0 & b != 0)
@@ -165,7 +194,7 @@ pub fn decide(revents: u32, interest: Interest) -> Decision {
     }
     if !flags.is_empty() {
         Decision::Call(flags)
-    } else if rdhup && interest == Interest::WRITE {
+    } else if rdhup && interest.conditions() == Interest::WRITE {
         Decision::WaitQuietly
     } else {
         Decision::Rearm
@@ -377,8 +406,14 @@ impl State {
             _ => {}
         }
         w.interest = interest;
+        // A multishot poll stays armed only for an edge-triggered watch
+        // whose mask is unchanged; a level-triggered watch has one only
+        // while it waits quietly (see `Decision::WaitQuietly`), which an
+        // interest change ends.
         if let Some(armed) = w.armed
-            && (interest.is_empty() || armed.multishot || armed.mask != interest.poll_mask())
+            && (interest.is_empty()
+                || armed.multishot != interest.is_edge()
+                || armed.mask != interest.poll_mask())
         {
             w.armed = None;
             self.cancel_poll(armed.op);
@@ -387,7 +422,8 @@ impl State {
     }
 
     /// Arms a poll for the watch unless it is armed, waiting for dispatch,
-    /// disarmed by an error or not interested in anything.
+    /// disarmed by an error or not interested in anything. Edge-triggered
+    /// watches always get a multishot poll.
     pub(super) fn arm(&mut self, id: FdId, multishot: bool) {
         let Some(w) = self.watches.get_mut(id) else {
             return;
@@ -395,6 +431,7 @@ impl State {
         if w.interest.is_empty() || w.armed.is_some() || w.queued || w.error.is_some() {
             return;
         }
+        let multishot = multishot || w.interest.is_edge();
         let mask = w.interest.poll_mask();
         let op = self.ops.insert(super::Op::FdPoll(id));
         w.armed = Some(Armed {
@@ -460,7 +497,11 @@ impl State {
                     ready,
                 };
                 let handler = w.handler.take()?;
-                if let Some(armed) = w.armed.take() {
+                // An edge-triggered watch keeps its multishot poll: wake-ups
+                // while the handler runs queue the watch again. A level
+                // watch's multishot (waiting quietly) has done its job.
+                let keep = w.interest.is_edge() && w.armed.is_some_and(|a| a.multishot);
+                if !keep && let Some(armed) = w.armed.take() {
                     self.cancel_poll(armed.op);
                 }
                 Some(Dispatch::Fd(id, handler, event))
