@@ -280,6 +280,14 @@ fn signal_interrupting_the_wait_runs_in_that_iteration() {
     let g = got.clone();
     lp.add_signal(sig, move |_, ev| g.set(g.get() + ev.count))
         .unwrap();
+    // The signal eventfd is process-wide: an earlier test's signal may have
+    // left it readable, and then the first wait would return at once for
+    // that. Settle it without blocking first, so the measured iteration
+    // blocks until our signal.
+    lp.set_wait_timeout(WaitTimeout::Never).unwrap();
+    spin(&lp, 10);
+    lp.set_wait_timeout(WaitTimeout::Forever).unwrap();
+    assert_eq!(got.get(), 0);
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
     let sender = std::thread::spawn(move || {
