@@ -21,7 +21,9 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 struct TaskSlot {
     /// `None` while the task is being polled.
     future: Option<BoxFuture>,
-    waker: Waker,
+    /// In an `Rc` so a poll can hold it without touching the waker's
+    /// atomic reference count.
+    waker: Rc<Waker>,
     header: Arc<Header>,
     /// Aborted while being polled: drop it once the poll returns.
     aborted: bool,
@@ -108,14 +110,14 @@ impl Core {
             let header = Header::new(key, self.shared.clone(), false);
             TaskSlot {
                 future: Some(task),
-                waker: Waker::from(header.clone()),
+                waker: Rc::new(Waker::from(header.clone())),
                 header,
                 aborted: false,
             }
         });
         let waker = tasks[key].waker.clone();
         drop(tasks);
-        waker.wake();
+        waker.wake_by_ref();
         JoinHandle::new(state, Rc::downgrade(self), key)
     }
 
@@ -154,14 +156,14 @@ impl Core {
             let Some(slot) = tasks.get_mut(key) else {
                 return;
             };
-            slot.future
-                .take()
-                .map(|f| (f, slot.waker.clone(), slot.header.clone()))
+            slot.future.take().map(|f| {
+                slot.header.take_wake();
+                (f, slot.waker.clone())
+            })
         };
-        let Some((mut future, waker, header)) = taken else {
+        let Some((mut future, waker)) = taken else {
             return;
         };
-        header.take_wake();
         let mut cx = Context::from_waker(&waker);
         let done = future.as_mut().poll(&mut cx).is_ready();
         let leftover = {

@@ -13,11 +13,11 @@
 //! reactor's [`Remote`] (an eventfd write, skipped when one is already
 //! pending), so a loop blocked in `io_uring_enter` returns.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Wake;
-use std::thread::{self, ThreadId};
 
 use slotmap::Key;
 
@@ -33,8 +33,8 @@ pub(crate) struct Shared {
     /// Tasks to poll, in wake order; `None` once the runtime is gone, so late
     /// wakes are dropped.
     queue: Mutex<Option<VecDeque<TaskKey>>>,
-    /// The thread that runs the runtime.
-    owner: ThreadId,
+    /// The thread that runs the runtime, as [`thread_tag`].
+    owner: usize,
     remote: Remote,
 }
 
@@ -42,7 +42,7 @@ impl Shared {
     pub(crate) fn new(remote: Remote) -> Self {
         Shared {
             queue: Mutex::new(Some(VecDeque::new())),
-            owner: thread::current().id(),
+            owner: thread_tag(),
             remote,
         }
     }
@@ -71,11 +71,25 @@ impl Shared {
 
     /// Wakes the loop if called from a thread other than the runtime's.
     fn notify(&self) {
-        if thread::current().id() != self.owner {
+        if thread_tag() != self.owner {
             // An error means the loop is gone: nothing left to wake.
             let _ = self.remote.wake();
         }
     }
+}
+
+thread_local! {
+    static TAG: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Names the calling thread: the address of a thread-local, unique among
+/// live threads. Cheaper than `thread::current().id()` (no reference count
+/// to touch), which matters because every wake asks. An address can be
+/// reused once its thread has exited, but the owner thread outlives its
+/// runtime (which is not `Send`), and after the runtime is gone a wake finds
+/// the queue closed and does nothing.
+fn thread_tag() -> usize {
+    TAG.with(|t| t as *const Cell<u8> as usize)
 }
 
 /// Per-task wake state, shared by all of the task's wakers.
