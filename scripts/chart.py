@@ -23,8 +23,10 @@ from xml.sax.saxutils import escape
 
 COLORS = {
     "ringloop": "#d9480f",
+    "ringloop-edge": "#a61e4d",
     "ringloop-async": "#f59f00",
     "epoll": "#495057",
+    "epoll-edge": "#868e96",
     "tokio": "#1c7ed6",
 }
 
@@ -73,7 +75,7 @@ def reduce(groups):
         if not base:
             continue
         rows = []
-        order = ["ringloop", "ringloop-async", "epoll", "tokio"]
+        order = ["ringloop", "ringloop-edge", "ringloop-async", "epoll", "epoll-edge", "tokio"]
         for v in sorted(med, key=lambda v: order.index(v) if v in order else 99):
             rel = (base / med[v]) if lower else (med[v] / base)
             rows.append((v, med[v], rel))
