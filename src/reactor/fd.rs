@@ -497,11 +497,13 @@ impl State {
                     ready,
                 };
                 let handler = w.handler.take()?;
-                // An edge-triggered watch keeps its multishot poll: wake-ups
-                // while the handler runs queue the watch again. A level
-                // watch's multishot (waiting quietly) has done its job.
-                let keep = w.interest.is_edge() && w.armed.is_some_and(|a| a.multishot);
-                if !keep && let Some(armed) = w.armed.take() {
+                // An edge-triggered watch keeps its multishot poll (its poll
+                // is always multishot: `set_interest` cancels any other), so
+                // wake-ups while the handler runs queue the watch again. A
+                // level watch's multishot (waiting quietly) has done its job.
+                if !w.interest.is_edge()
+                    && let Some(armed) = w.armed.take()
+                {
                     self.cancel_poll(armed.op);
                 }
                 Some(Dispatch::Fd(id, handler, event))
