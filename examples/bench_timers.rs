@@ -281,8 +281,9 @@ fn main() -> io::Result<()> {
     );
     println!("timers-fire tokio timers={n} timers_per_s={:.0}", rate(tf));
     println!(
-        "timers-fire ratio ringloop_vs_tokio={:.2}",
-        rate(rf) / rate(tf)
+        "timers-fire ratio ringloop_vs_tokio={:.2} ringloop-async_vs_tokio={:.2}",
+        rate(rf) / rate(tf),
+        rate(af) / rate(tf)
     );
 
     let (rc, stats) = ringloop_cancel(n)?;
@@ -301,8 +302,9 @@ fn main() -> io::Result<()> {
         rate(tc)
     );
     println!(
-        "timers-cancel ratio ringloop_vs_tokio={:.2}",
-        rate(rc) / rate(tc)
+        "timers-cancel ratio ringloop_vs_tokio={:.2} ringloop-async_vs_tokio={:.2}",
+        rate(rc) / rate(tc),
+        rate(ac) / rate(tc)
     );
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);

@@ -20,8 +20,17 @@
 //! read still counts as one event. The readiness-based async variants
 //! (`ringloop-async`, `tokio`) read up to 64 bytes and clear readiness after
 //! a short read, as tokio's own `TcpStream` does, rather than reading again
-//! to hear EAGAIN. Prints exactly one line on stdout;
-//! syscall counters (where the variant has them) go to stderr.
+//! to hear EAGAIN.
+//!
+//! Two more show ring-native I/O, where the transfers themselves are
+//! io_uring operations and ride on the loop's one `io_uring_enter` per
+//! iteration instead of costing a `read` and a `write` each:
+//! `ringloop-ops` (callback API: one `RECV` per pair in flight, the token
+//! passed on with a `SEND`) and `ringloop-async-ops` (futures API:
+//! `ringloop::net::UnixStream` reads and writes).
+//!
+//! Prints exactly one line on stdout; syscall counters (where the variant
+//! has them) go to stderr.
 
 mod common;
 
@@ -193,10 +202,103 @@ fn bench_ringloop(p: &Params, edge: bool) -> io::Result<Duration> {
     let after = lp.stats().map_err(io::Error::other)?;
     let events = (target * p.rounds) as u64;
     eprintln!(
-        "ringloop stats: {}",
+        "{} stats: {}",
+        if edge { "ringloop-edge" } else { "ringloop" },
         common::stats_fields(before.unwrap_or_default(), after, events)
     );
     drop(writers);
+    Ok(med)
+}
+
+/// `ringloop-ops`: the callback API with ring-native I/O instead of watches.
+/// Each pair has one `RECV` of one byte in flight; its completion counts the
+/// byte, sends one byte to the next pair through the ring while writes
+/// remain, and submits the next `RECV`. No `read`/`write` syscalls: every
+/// transfer rides on the iteration's one `io_uring_enter`.
+fn bench_ringloop_ops(p: &Params) -> io::Result<Duration> {
+    use ringloop::{EventLoop, Handle, WaitTimeout};
+    struct Ctx {
+        c: Counters,
+        rfds: Vec<RawFd>,
+        wfds: Vec<RawFd>,
+        /// One receive byte per pair; only the kernel writes it.
+        bufs: Vec<Cell<u8>>,
+    }
+    fn arm_recv(h: &Handle, ctx: Rc<Ctx>, idx: usize) {
+        let entry = io_uring::opcode::Recv::new(
+            io_uring::types::Fd(ctx.rfds[idx]),
+            ctx.bufs[idx].as_ptr(),
+            1,
+        )
+        // IORING_RECVSEND_POLL_FIRST: the socket was just drained, so skip
+        // the doomed first attempt and wait for readiness straight away.
+        .ioprio(1)
+        .build();
+        let c2 = ctx.clone();
+        // SAFETY: the buffer lives in `ctx`, which the callback keeps alive.
+        unsafe {
+            h.submit(entry, move |h, comp| {
+                if comp.result == -libc::ECANCELED {
+                    return; // the loop is being dropped
+                }
+                assert_eq!(comp.result, 1, "recv");
+                c2.c.count.set(c2.c.count.get() + 1);
+                let left = c2.c.writes.get();
+                if left > 0 {
+                    c2.c.writes.set(left - 1);
+                    let next = c2.wfds[(idx + 1) % c2.wfds.len()];
+                    let send =
+                        io_uring::opcode::Send::new(io_uring::types::Fd(next), b"e".as_ptr(), 1)
+                            .build();
+                    // SAFETY: the buffer is a static.
+                    h.submit(send, |_, comp| assert_eq!(comp.result, 1, "send"))
+                        .expect("submit send");
+                }
+                arm_recv(h, c2, idx);
+            })
+        }
+        .expect("submit recv");
+    }
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .map_err(io::Error::other)?;
+    let ps = pairs(p.pipes)?;
+    let ctx = Rc::new(Ctx {
+        c: Counters::default(),
+        rfds: ps.iter().map(|(r, _)| r.as_raw_fd()).collect(),
+        wfds: ps.iter().map(|(_, w)| w.as_raw_fd()).collect(),
+        bufs: (0..p.pipes).map(|_| Cell::new(0)).collect(),
+    });
+    for idx in 0..p.pipes {
+        arm_recv(&lp.handle(), ctx.clone(), idx);
+    }
+    let target = p.active + p.writes;
+    let mut before = None;
+    let med = rounds(p, || {
+        ctx.c.count.set(0);
+        ctx.c.writes.set(p.writes);
+        for i in starts(p) {
+            write1(ctx.wfds[i]);
+        }
+        let t = Instant::now();
+        while ctx.c.count.get() < target {
+            lp.run_once().expect("run_once");
+        }
+        let el = t.elapsed();
+        if before.is_none() {
+            before = Some(lp.stats().expect("stats"));
+        }
+        el
+    });
+    let after = lp.stats().map_err(io::Error::other)?;
+    let events = (target * p.rounds) as u64;
+    eprintln!(
+        "ringloop-ops stats: {}",
+        common::stats_fields(before.unwrap_or_default(), after, events)
+    );
+    drop(lp);
+    drop(ps);
     Ok(med)
 }
 
@@ -405,12 +507,131 @@ fn bench_ringloop_async(p: &Params) -> io::Result<Duration> {
     Ok(med)
 }
 
+/// Polls two futures together until both are done.
+async fn join2<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(move |cx| {
+        if ra.is_none()
+            && let std::task::Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            ra = Some(v);
+        }
+        if rb.is_none()
+            && let std::task::Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            rb = Some(v);
+        }
+        if ra.is_some() && rb.is_some() {
+            std::task::Poll::Ready((ra.take().expect("a"), rb.take().expect("b")))
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// `ringloop-async`: the futures API's own sockets (`ringloop::net`), whose
+/// reads and writes are io_uring operations. One task per pair reads; when
+/// it passes the token on, its write to the next pair and its own next read
+/// are submitted together, so neither costs a syscall of its own.
+fn bench_ringloop_async_ops(p: &Params) -> io::Result<Duration> {
+    use ringloop::net::UnixStream as RingStream;
+    use ringloop::rt::Runtime;
+    use ringloop::{EventLoop, WaitTimeout};
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .map_err(io::Error::other)?;
+    let rt = Runtime::with_loop(lp).map_err(io::Error::other)?;
+    let ps = pairs(p.pipes)?;
+    let wfds: Vec<RawFd> = ps.iter().map(|(_, w)| w.as_raw_fd()).collect();
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for (r, w) in ps {
+        readers.push(RingStream::from_std(r.into()));
+        writers.push(RingStream::from_std(w.into()));
+    }
+    let writers = Rc::new(writers);
+    let c = Rc::new(Counters::default());
+    let done = Rc::new(DoneSignal::default());
+    let target = p.active + p.writes;
+    for (idx, me) in readers.into_iter().enumerate() {
+        let (c, writers, done) = (c.clone(), writers.clone(), done.clone());
+        rt.spawn(async move {
+            let next = &writers[(idx + 1) % writers.len()];
+            let mut rbuf = Vec::with_capacity(64);
+            let mut wbuf = vec![b'e'];
+            let (mut r, mut b) = me.read(rbuf).await;
+            loop {
+                let n = r.expect("read");
+                assert!(n > 0, "unexpected EOF");
+                rbuf = b;
+                rbuf.clear();
+                let mut send = 0;
+                for _ in 0..n {
+                    c.count.set(c.count.get() + 1);
+                    let left = c.writes.get();
+                    if left > 0 {
+                        c.writes.set(left - 1);
+                        send += 1;
+                    }
+                    if c.count.get() == target {
+                        done.set();
+                    }
+                }
+                if send == 0 {
+                    (r, b) = me.read(rbuf).await;
+                    continue;
+                }
+                wbuf.resize(send, b'e');
+                let ((wr, wb), (rr, rb)) = join2(next.write_all(wbuf), me.read(rbuf)).await;
+                wr.expect("write");
+                wbuf = wb;
+                (r, b) = (rr, rb);
+            }
+        });
+    }
+    let handle = rt.handle();
+    let (med, stats) = rt.block_on(async {
+        ringloop::rt::yield_now().await;
+        let mut times = Vec::new();
+        let mut before = None;
+        for r in 0..=p.rounds {
+            c.count.set(0);
+            c.writes.set(p.writes);
+            for i in starts(p) {
+                write1(wfds[i]);
+            }
+            let t = Instant::now();
+            done.wait().await;
+            if r > 0 {
+                times.push(t.elapsed());
+            } else {
+                before = handle.stats().ok();
+            }
+        }
+        let after = handle.stats().unwrap_or_default();
+        let events = (target * p.rounds) as u64;
+        (
+            median(&mut times),
+            common::stats_fields(before.unwrap_or_default(), after, events),
+        )
+    });
+    eprintln!("ringloop-async-ops stats: {stats}");
+    drop(rt);
+    Ok(med)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(variant) = args.first().cloned() else {
         eprintln!(
-            "usage: pipe_bench ringloop|ringloop-edge|ringloop-async|epoll|epoll-edge|tokio \
-             -n N -a A -w W -r R"
+            "usage: pipe_bench ringloop|ringloop-edge|ringloop-ops|ringloop-async|\
+             ringloop-async-ops|epoll|epoll-edge|tokio -n N -a A -w W -r R"
         );
         std::process::exit(2);
     };
@@ -429,6 +650,8 @@ fn main() {
         "ringloop" => bench_ringloop(&p, false),
         "ringloop-edge" => bench_ringloop(&p, true),
         "ringloop-async" => bench_ringloop_async(&p),
+        "ringloop-ops" => bench_ringloop_ops(&p),
+        "ringloop-async-ops" => bench_ringloop_async_ops(&p),
         "epoll" => bench_epoll(&p, false),
         "epoll-edge" => bench_epoll(&p, true),
         "tokio" => bench_tokio(&p),

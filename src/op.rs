@@ -59,6 +59,9 @@ impl Orphan {
 }
 
 struct Slot<T> {
+    /// The resources while the kernel may use them; the callback moves them
+    /// into `done`, and a failed submission hands them straight back.
+    carried: Option<T>,
     done: Option<(Completion, T)>,
     waker: Option<Waker>,
     /// The future is gone: clean up on completion.
@@ -113,18 +116,15 @@ impl<T: 'static> Op<T> {
             return Op::failed(no_runtime(), resources, orphan);
         };
         let slot = Rc::new(RefCell::new(Slot {
+            carried: Some(resources),
             done: None,
             waker: None,
             dropped: false,
         }));
         let cb_slot = slot.clone();
-        // The resources travel in a cell the callback empties, so that on a
-        // failed submission they can be handed back.
-        let carried = Rc::new(RefCell::new(Some(resources)));
-        let cb_carried = carried.clone();
         let callback = move |_: &Handle, c: Completion| {
-            let res = cb_carried.borrow_mut().take();
             let mut slot = cb_slot.borrow_mut();
+            let res = slot.carried.take();
             if slot.dropped {
                 drop(slot);
                 orphan.clean_up(&c);
@@ -148,7 +148,7 @@ impl<T: 'static> Op<T> {
                 orphan,
             },
             Err(e) => {
-                let res = carried.borrow_mut().take();
+                let res = slot.borrow_mut().carried.take();
                 match res {
                     Some(res) => Op::failed(e.into(), res, orphan),
                     None => Op {

@@ -138,3 +138,51 @@ fn file_copy_copies_exactly() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every pipe_bench variant finishes its rounds (a lost wake-up would hang
+/// it: a round ends only when every byte written has been read) and prints
+/// the one result line the issue prescribes.
+#[test]
+fn pipe_bench_every_variant_completes() {
+    use std::time::{Duration, Instant};
+    let Some(path) = example_path("pipe_bench") else {
+        return;
+    };
+    let variants = [
+        "ringloop",
+        "ringloop-edge",
+        "ringloop-ops",
+        "ringloop-async",
+        "ringloop-async-ops",
+        "epoll",
+        "epoll-edge",
+        "tokio",
+    ];
+    for v in variants {
+        // 5 chains over 20 pairs: pairs often hold two bytes at once.
+        let mut child = Command::new(&path)
+            .args([v, "-n", "20", "-a", "5", "-w", "300", "-r", "5"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn pipe_bench");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("try_wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("pipe_bench {v} did not finish in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = stdout_of(&child.wait_with_output().expect("output"));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 1, "{v}: {out}");
+        let prefix = format!("{v} pipes=20 active=5 writes=300 rounds=5 median_us=");
+        assert!(lines[0].starts_with(&prefix), "{v}: {out}");
+        let rate: f64 = lines[0]
+            .rsplit_once("events_per_s=")
+            .and_then(|(_, r)| r.parse().ok())
+            .unwrap_or_else(|| panic!("{v}: no events_per_s in {out}"));
+        assert!(rate > 0.0, "{v}: {out}");
+    }
+}

@@ -69,8 +69,10 @@ pub fn stats_fields(before: ringloop::Stats, after: ringloop::Stats, events: u64
     let enters = after.enters - before.enters;
     let waits = after.waits - before.waits;
     let handlers = after.handlers - before.handlers;
+    let completions = after.completions - before.completions;
     format!(
-        "enters={enters} waits={waits} handlers={handlers} enters_per_event={:.3}",
+        "enters={enters} waits={waits} handlers={handlers} completions={completions} \
+         enters_per_event={:.3}",
         enters as f64 / events.max(1) as f64
     )
 }
