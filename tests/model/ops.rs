@@ -180,8 +180,21 @@ impl Shared {
     }
 }
 
+/// The interest an input byte asks for: its low three bits are the
+/// conditions, and one byte in four (bits 3 and 4 both set) adds the EDGE
+/// mode, so that level-triggered watches, the default, stay the majority.
 fn interest(bits: u8) -> Interest {
-    Interest::from_bits_truncate(bits)
+    let conditions = Interest::from_bits_truncate(bits);
+    if bits & 0x18 == 0x18 {
+        conditions | Interest::EDGE
+    } else {
+        conditions
+    }
+}
+
+/// The same interest as the model writes it (`Interest::bits()`).
+fn model_bits(bits: u8) -> u8 {
+    interest(bits).bits()
 }
 
 fn new_pair(kind: Kind) -> (OwnedFd, OwnedFd) {
@@ -318,7 +331,7 @@ fn add_watch(s: &Rs, h: &Handle, p: usize, owned: bool, bits: u8, act: Action) {
     g.watch_ids.push(id);
     g.watch_fds.push(raw);
     g.watch_actions.push(act);
-    let mw = g.model.add_watch(p, owned, bits & 7);
+    let mw = g.model.add_watch(p, owned, model_bits(bits));
     assert_eq!(mw, w);
 }
 
@@ -408,7 +421,7 @@ fn set_interest(s: &Rs, h: &Handle, k: u8, bits: u8) {
     expect_found(s, "set_interest", r, alive);
     let mut g = s.borrow_mut();
     if alive {
-        g.model.set_interest(w, bits & 7);
+        g.model.set_interest(w, model_bits(bits));
         let want = g.model.watches[w].interest;
         drop(g);
         let got = h.interest(id).map(|i| i.bits());

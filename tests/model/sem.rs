@@ -41,6 +41,12 @@
 //!   poll (`Decision::WaitQuietly`): it reports at arm time if anything in
 //!   `mask | UNMASK` holds, and then once per wake-up.
 //!
+//! An edge-triggered watch (`Interest::EDGE`, [`EDGE`] here) follows the
+//! same table, with one multishot poll armed for as long as its mask stays
+//! the same: it is not cancelled when the handler is called, so the handler
+//! runs again only after a wake-up (new data, new write space, a hang-up),
+//! never because readiness merely persists.
+//!
 //! What SEMANTICS.md promises is checked on top of that, in [`Model::on_fd`]:
 //! flags are a non-empty subset of the current interest and of the readiness
 //! the kernel sampled, a removed watch never runs, a WRITE-only watch that
@@ -54,6 +60,18 @@ pub const R: u8 = 1;
 pub const W: u8 = 2;
 /// ERROR.
 pub const E: u8 = 4;
+/// The edge-triggered mode bit (`Interest::EDGE`); not a condition.
+pub const EDGE: u8 = 8;
+
+/// The conditions of an interest, without the mode bit.
+pub fn conditions(interest: u8) -> u8 {
+    interest & (R | W | E)
+}
+
+/// Whether an interest asks for edge triggering.
+pub fn is_edge(interest: u8) -> bool {
+    interest & EDGE != 0
+}
 
 /// `poll(2)` bits.
 pub const IN: u32 = libc::POLLIN as u32;
@@ -99,8 +117,10 @@ pub enum Verdict {
     Quiet,
 }
 
-/// §2 "What the handler is told", written out from the text.
+/// §2 "What the handler is told", written out from the text (the mode bit
+/// does not change it).
 pub fn verdict(rev: u32, interest: u8) -> Verdict {
+    let interest = conditions(interest);
     let wants_r_or_e = interest & (R | E) != 0;
     let hangup = rev & (ERR | HUP) != 0 || (rev & RDHUP != 0 && wants_r_or_e);
     let mut flags = 0;
@@ -281,18 +301,26 @@ impl Model {
 
     fn arm_if_possible(&mut self, w: usize) {
         let x = &mut self.watches[w];
-        if x.alive && x.interest != 0 && x.poll == Poll::Idle && x.ready.is_none() {
-            x.poll = Poll::Pending(poll_mask(x.interest));
+        if x.alive && conditions(x.interest) != 0 && x.poll == Poll::Idle && x.ready.is_none() {
+            let mask = poll_mask(x.interest);
+            x.poll = if is_edge(x.interest) {
+                Poll::MultiPending(mask)
+            } else {
+                Poll::Pending(mask)
+            };
         }
     }
 
-    /// Changes interest (§2: takes effect at once). The loop keeps a one-shot
-    /// poll whose mask is unchanged and replaces one whose mask changed, and
-    /// always replaces a multishot one.
+    /// Changes interest (§2: takes effect at once). The loop keeps a poll
+    /// whose mask is unchanged if it is one-shot for a level-triggered watch
+    /// or multishot for an edge-triggered one, and replaces any other (a
+    /// level watch's multishot poll, waiting quietly, is always replaced).
     pub fn set_interest(&mut self, w: usize, interest: u8) {
         let x = &mut self.watches[w];
         if let Some(m) = x.poll.mask()
-            && (interest == 0 || m != poll_mask(interest) || x.poll.multishot())
+            && (conditions(interest) == 0
+                || m != poll_mask(interest)
+                || x.poll.multishot() != is_edge(interest))
         {
             x.poll = Poll::Idle;
         }
@@ -647,10 +675,13 @@ impl Model {
                 ));
             }
         }
-        // The loop cancels a poll still armed (a multishot one) before the call.
+        // The loop cancels a poll still armed (a level watch's multishot
+        // one) before the call; an edge watch keeps its multishot poll.
         let x = &mut self.watches[w];
         x.ready = None;
-        x.poll = Poll::Idle;
+        if !is_edge(x.interest) {
+            x.poll = Poll::Idle;
+        }
         self.expect = Expect::Ran;
         Ok(())
     }
@@ -718,5 +749,54 @@ mod tests {
         assert_eq!(verdict(OUT | ERR, W), Verdict::DisableWrite);
         assert_eq!(verdict(OUT | RDHUP, W), Verdict::Call(W));
         assert_eq!(verdict(OUT | ERR, W | E), Verdict::Call(W | E));
+        assert_eq!(verdict(IN, R | EDGE), Verdict::Call(R));
+        assert_eq!(verdict(RDHUP, W | EDGE), Verdict::Quiet);
+    }
+
+    /// Runs one waiting iteration with the fd's readiness at `rev`; returns
+    /// the flags a handler of watch 0 ran with, if one ran.
+    fn wait_iteration(m: &mut Model, rev: u32) -> Option<u8> {
+        m.iteration_start().unwrap();
+        assert_eq!(m.expect, Expect::Wait);
+        m.before_wait(&|_| rev).unwrap();
+        m.after_wait().unwrap();
+        if m.expect == Expect::WouldBlock {
+            m.iteration_end(true).unwrap();
+            return None;
+        }
+        let flags = m.callable(0).expect("callable");
+        m.on_fd(0, flags).unwrap();
+        m.fd_done(0);
+        m.iteration_end(false).unwrap();
+        Some(flags)
+    }
+
+    #[test]
+    fn level_watch_runs_while_ready_edge_watch_once_per_wake_up() {
+        for (interest, again) in [(R, Some(R)), (R | EDGE, None)] {
+            let mut m = Model::default();
+            m.add_watch(0, true, interest);
+            assert_eq!(wait_iteration(&mut m, IN | OUT), Some(R), "{interest}");
+            // Still readable and nothing new arrived.
+            assert_eq!(wait_iteration(&mut m, IN | OUT), again, "{interest}");
+            // New data arrives: both run.
+            m.wake_keyed(0, IN);
+            assert_eq!(wait_iteration(&mut m, IN | OUT), Some(R), "{interest}");
+        }
+    }
+
+    #[test]
+    fn edge_watch_keeps_one_multishot_poll_until_its_mask_changes() {
+        let mut m = Model::default();
+        m.add_watch(0, true, R | EDGE);
+        assert_eq!(m.watches[0].poll, Poll::MultiPending(IN | RDHUP));
+        wait_iteration(&mut m, IN);
+        assert!(matches!(m.watches[0].poll, Poll::Multi(..)));
+        // Same mask (ERROR adds only RDHUP, already asked for): kept.
+        m.set_interest(0, R | E | EDGE);
+        assert!(matches!(m.watches[0].poll, Poll::Multi(..)));
+        // Back to level triggering: replaced by a one-shot poll.
+        m.set_interest(0, R | E);
+        assert_eq!(m.watches[0].poll, Poll::Pending(IN | RDHUP));
     }
 }
