@@ -24,7 +24,9 @@ from xml.sax.saxutils import escape
 COLORS = {
     "ringloop": "#d9480f",
     "ringloop-edge": "#a61e4d",
+    "ringloop-ops": "#862e9c",
     "ringloop-async": "#f59f00",
+    "ringloop-async-ops": "#e8590c",
     "epoll": "#495057",
     "epoll-edge": "#868e96",
     "tokio": "#1c7ed6",
@@ -75,7 +77,16 @@ def reduce(groups):
         if not base:
             continue
         rows = []
-        order = ["ringloop", "ringloop-edge", "ringloop-async", "epoll", "epoll-edge", "tokio"]
+        order = [
+            "ringloop",
+            "ringloop-edge",
+            "ringloop-ops",
+            "ringloop-async",
+            "ringloop-async-ops",
+            "epoll",
+            "epoll-edge",
+            "tokio",
+        ]
         for v in sorted(med, key=lambda v: order.index(v) if v in order else 99):
             rel = (base / med[v]) if lower else (med[v] / base)
             rows.append((v, med[v], rel))
