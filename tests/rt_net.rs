@@ -273,3 +273,45 @@ fn works_on_a_ring_without_defer_taskrun() {
         client.await.unwrap();
     });
 }
+
+/// After a short read the next receive asks the kernel to wait for
+/// readiness first. That guess must never lose data or EOF: data already
+/// buffered when the read starts, data that arrives later, a full buffer
+/// (which ends the guess) and the peer's close all come through in order.
+#[test]
+fn reads_after_a_short_read_see_buffered_data_later_data_and_eof() {
+    rt::block_on(async {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, _) = b.write_all(b"ab".to_vec()).await;
+        r.unwrap();
+        // Short read: the socket is now empty.
+        let (r, buf) = a.read(Vec::with_capacity(16)).await;
+        assert_eq!((r.unwrap(), &buf[..]), (2, &b"ab"[..]));
+        // Already buffered when the next read starts (the guess is wrong).
+        let (r, _) = b.write_all(b"cd".to_vec()).await;
+        r.unwrap();
+        let (r, buf) = a.read(Vec::with_capacity(16)).await;
+        assert_eq!((r.unwrap(), &buf[..]), (2, &b"cd"[..]));
+        // Arrives while the read waits.
+        let writer = rt::spawn(async move {
+            time::sleep(Duration::from_millis(20)).await;
+            let (r, _) = b.write_all(vec![b'x'; 40]).await;
+            r.unwrap();
+            b
+        });
+        // Exactly fills the buffer: not a short read.
+        let (r, buf) = a.read(Vec::with_capacity(8)).await;
+        assert_eq!((r.unwrap(), &buf[..]), (8, &[b'x'; 8][..]));
+        let (r, buf) = a.read(Vec::with_capacity(64)).await;
+        assert_eq!((r.unwrap(), &buf[..]), (32, &[b'x'; 32][..]));
+        // The peer closes while a read waits: EOF.
+        let b = writer.await.unwrap();
+        let closer = rt::spawn(async move {
+            time::sleep(Duration::from_millis(20)).await;
+            drop(b);
+        });
+        let (r, _) = a.read(Vec::with_capacity(16)).await;
+        assert_eq!(r.unwrap(), 0);
+        closer.await.unwrap();
+    });
+}

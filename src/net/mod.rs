@@ -42,6 +42,7 @@ mod tcp;
 mod udp;
 mod unix;
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -60,11 +61,27 @@ pub(crate) use addr::SockAddr;
 /// closed only when all of them are done with it (an operation submitted
 /// after a close would act on whatever file reuses the number).
 #[derive(Clone)]
-pub(crate) struct Socket(Rc<OwnedFd>);
+pub(crate) struct Socket(Rc<SocketInner>);
+
+struct SocketInner {
+    fd: OwnedFd,
+    /// The last receive came back short of its buffer, so the socket is
+    /// probably empty: the next receive waits for readiness first
+    /// (`IORING_RECVSEND_POLL_FIRST`) instead of making an attempt that
+    /// fails with EAGAIN before the kernel arms the same wait. A wrong
+    /// guess costs little: a poll that finds data completes at once.
+    drained: Cell<bool>,
+}
+
+/// `IORING_RECVSEND_POLL_FIRST` (Linux 5.19), in the SQE's `ioprio` field.
+const RECVSEND_POLL_FIRST: u16 = 1;
 
 impl Socket {
     pub(crate) fn from_fd(fd: OwnedFd) -> Socket {
-        Socket(Rc::new(fd))
+        Socket(Rc::new(SocketInner {
+            fd,
+            drained: Cell::new(false),
+        }))
     }
 
     /// A new socket (blocking mode: io_uring never blocks on it, and
@@ -80,7 +97,7 @@ impl Socket {
     }
 
     pub(crate) fn raw(&self) -> RawFd {
-        self.0.as_raw_fd()
+        self.0.fd.as_raw_fd()
     }
 
     fn fd(&self) -> types::Fd {
@@ -96,11 +113,19 @@ impl Socket {
         let len = u32::try_from(spare).unwrap_or(u32::MAX);
         // SAFETY: `len` bytes past `buf.len()` are allocated.
         let ptr = unsafe { buf.as_mut_ptr().add(buf.len()) };
-        let entry = opcode::Recv::new(self.fd(), ptr, len).build();
+        let ioprio = if self.0.drained.get() {
+            RECVSEND_POLL_FIRST
+        } else {
+            0
+        };
+        let entry = opcode::Recv::new(self.fd(), ptr, len)
+            .ioprio(ioprio)
+            .build();
         // SAFETY: the Vec's heap buffer and the fd are owned by the operation.
         let (r, (mut buf, _sock)) = unsafe { Op::submit(entry, (buf, self.clone()), Orphan::Drop) }
             .result()
             .await;
+        self.0.drained.set(matches!(r, Ok(n) if n > 0 && n < len));
         (r.map(|n| extend(&mut buf, n)), buf)
     }
 
@@ -206,12 +231,12 @@ impl Socket {
     }
 
     pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+        self.0.fd.as_fd()
     }
 
     /// The fd, if no operation is using it.
     pub(crate) fn into_fd(self) -> Result<OwnedFd, Socket> {
-        Rc::try_unwrap(self.0).map_err(Socket)
+        Rc::try_unwrap(self.0).map(|inner| inner.fd).map_err(Socket)
     }
 }
 
