@@ -251,8 +251,11 @@ fn bench_ringloop_ops(p: &Params) -> io::Result<Duration> {
                         io_uring::opcode::Send::new(io_uring::types::Fd(next), b"e".as_ptr(), 1)
                             .build();
                     // SAFETY: the buffer is a static.
-                    h.submit(send, |_, comp| assert_eq!(comp.result, 1, "send"))
-                        .expect("submit send");
+                    h.submit(send, |_, comp| {
+                        // A send still in flight when the loop is dropped is cancelled.
+                        assert!(comp.result == 1 || comp.result == -libc::ECANCELED, "send");
+                    })
+                    .expect("submit send");
                 }
                 arm_recv(h, c2, idx);
             })
