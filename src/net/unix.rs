@@ -32,7 +32,7 @@ impl UnixStream {
     /// Wraps a connected stream made elsewhere.
     pub fn from_std(stream: std::os::unix::net::UnixStream) -> UnixStream {
         UnixStream {
-            sock: Socket::from_fd(OwnedFd::from(stream)),
+            sock: Socket::unix_stream(OwnedFd::from(stream)),
         }
     }
 
