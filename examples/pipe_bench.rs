@@ -153,6 +153,44 @@ fn rounds(p: &Params, mut round: impl FnMut() -> Duration) -> Duration {
     median(&mut times)
 }
 
+/// Drives the rounds of a callback-API variant: each starts the chains and
+/// runs `lp` until every byte is read. Prints the loop's counters for the
+/// timed rounds as `name stats:`.
+fn loop_rounds(
+    lp: &ringloop::EventLoop,
+    p: &Params,
+    c: &Counters,
+    wfds: &[RawFd],
+    name: &str,
+) -> io::Result<Duration> {
+    let target = p.active + p.writes;
+    let mut before = None;
+    let med = rounds(p, || {
+        c.count.set(0);
+        c.writes.set(p.writes);
+        for i in starts(p) {
+            write1(wfds[i]);
+        }
+        let t = Instant::now();
+        while c.count.get() < target {
+            lp.run_once().expect("run_once");
+        }
+        let el = t.elapsed();
+        if before.is_none() {
+            // The warm-up round is over: count only the timed rounds.
+            before = Some(lp.stats().expect("stats"));
+        }
+        el
+    });
+    let after = lp.stats().map_err(io::Error::other)?;
+    let events = (target * p.rounds) as u64;
+    eprintln!(
+        "{name} stats: {}",
+        common::stats_fields(before.unwrap_or_default(), after, events)
+    );
+    Ok(med)
+}
+
 fn bench_ringloop(p: &Params, edge: bool) -> io::Result<Duration> {
     use ringloop::{EventLoop, Interest, WaitTimeout};
     let interest = if edge {
@@ -180,32 +218,8 @@ fn bench_ringloop(p: &Params, edge: bool) -> io::Result<Duration> {
         .map_err(io::Error::other)?;
         writers.push(w);
     }
-    let target = p.active + p.writes;
-    let mut before = None;
-    let med = rounds(p, || {
-        c.count.set(0);
-        c.writes.set(p.writes);
-        for i in starts(p) {
-            write1(wfds[i]);
-        }
-        let t = Instant::now();
-        while c.count.get() < target {
-            lp.run_once().expect("run_once");
-        }
-        let el = t.elapsed();
-        if before.is_none() {
-            // The warm-up round is over: count only the timed rounds.
-            before = Some(lp.stats().expect("stats"));
-        }
-        el
-    });
-    let after = lp.stats().map_err(io::Error::other)?;
-    let events = (target * p.rounds) as u64;
-    eprintln!(
-        "{} stats: {}",
-        if edge { "ringloop-edge" } else { "ringloop" },
-        common::stats_fields(before.unwrap_or_default(), after, events)
-    );
+    let name = if edge { "ringloop-edge" } else { "ringloop" };
+    let med = loop_rounds(&lp, p, &c, &wfds, name)?;
     drop(writers);
     Ok(med)
 }
@@ -276,30 +290,7 @@ fn bench_ringloop_ops(p: &Params) -> io::Result<Duration> {
     for idx in 0..p.pipes {
         arm_recv(&lp.handle(), ctx.clone(), idx);
     }
-    let target = p.active + p.writes;
-    let mut before = None;
-    let med = rounds(p, || {
-        ctx.c.count.set(0);
-        ctx.c.writes.set(p.writes);
-        for i in starts(p) {
-            write1(ctx.wfds[i]);
-        }
-        let t = Instant::now();
-        while ctx.c.count.get() < target {
-            lp.run_once().expect("run_once");
-        }
-        let el = t.elapsed();
-        if before.is_none() {
-            before = Some(lp.stats().expect("stats"));
-        }
-        el
-    });
-    let after = lp.stats().map_err(io::Error::other)?;
-    let events = (target * p.rounds) as u64;
-    eprintln!(
-        "ringloop-ops stats: {}",
-        common::stats_fields(before.unwrap_or_default(), after, events)
-    );
+    let med = loop_rounds(&lp, p, &ctx.c, &ctx.wfds, "ringloop-ops")?;
     drop(lp);
     drop(ps);
     Ok(med)
@@ -442,6 +433,49 @@ impl DoneSignal {
     }
 }
 
+/// Drives the rounds of a ringloop futures variant whose tasks are spawned on
+/// `rt`: warm-up plus R timed rounds, each starting the chains and awaiting
+/// `done`. Prints the loop's counters for the timed rounds as `name stats:`.
+fn async_rounds(
+    rt: &ringloop::rt::Runtime,
+    p: &Params,
+    c: &Counters,
+    done: &DoneSignal,
+    wfds: &[RawFd],
+    name: &str,
+) -> Duration {
+    let handle = rt.handle();
+    let target = p.active + p.writes;
+    let (med, stats) = rt.block_on(async {
+        // Let every task register its fd before the first round.
+        ringloop::rt::yield_now().await;
+        let mut times = Vec::new();
+        let mut before = None;
+        for r in 0..=p.rounds {
+            c.count.set(0);
+            c.writes.set(p.writes);
+            for i in starts(p) {
+                write1(wfds[i]);
+            }
+            let t = Instant::now();
+            done.wait().await;
+            if r > 0 {
+                times.push(t.elapsed());
+            } else {
+                before = handle.stats().ok();
+            }
+        }
+        let after = handle.stats().unwrap_or_default();
+        let events = (target * p.rounds) as u64;
+        (
+            median(&mut times),
+            common::stats_fields(before.unwrap_or_default(), after, events),
+        )
+    });
+    eprintln!("{name} stats: {stats}");
+    med
+}
+
 fn bench_ringloop_async(p: &Params) -> io::Result<Duration> {
     use ringloop::io::AsyncFd;
     use ringloop::rt::Runtime;
@@ -477,34 +511,7 @@ fn bench_ringloop_async(p: &Params) -> io::Result<Duration> {
             }
         });
     }
-    let handle = rt.handle();
-    let (med, stats) = rt.block_on(async {
-        // Let every task register its fd before the first round.
-        ringloop::rt::yield_now().await;
-        let mut times = Vec::new();
-        let mut before = None;
-        for r in 0..=p.rounds {
-            c.count.set(0);
-            c.writes.set(p.writes);
-            for i in starts(p) {
-                write1(wfds[i]);
-            }
-            let t = Instant::now();
-            done.wait().await;
-            if r > 0 {
-                times.push(t.elapsed());
-            } else {
-                before = handle.stats().ok();
-            }
-        }
-        let after = handle.stats().unwrap_or_default();
-        let events = (target * p.rounds) as u64;
-        (
-            median(&mut times),
-            common::stats_fields(before.unwrap_or_default(), after, events),
-        )
-    });
-    eprintln!("ringloop-async stats: {stats}");
+    let med = async_rounds(&rt, p, &c, &done, &wfds, "ringloop-async");
     drop(rt);
     drop(writers);
     Ok(med)
@@ -598,33 +605,7 @@ fn bench_ringloop_async_ops(p: &Params) -> io::Result<Duration> {
             }
         });
     }
-    let handle = rt.handle();
-    let (med, stats) = rt.block_on(async {
-        ringloop::rt::yield_now().await;
-        let mut times = Vec::new();
-        let mut before = None;
-        for r in 0..=p.rounds {
-            c.count.set(0);
-            c.writes.set(p.writes);
-            for i in starts(p) {
-                write1(wfds[i]);
-            }
-            let t = Instant::now();
-            done.wait().await;
-            if r > 0 {
-                times.push(t.elapsed());
-            } else {
-                before = handle.stats().ok();
-            }
-        }
-        let after = handle.stats().unwrap_or_default();
-        let events = (target * p.rounds) as u64;
-        (
-            median(&mut times),
-            common::stats_fields(before.unwrap_or_default(), after, events),
-        )
-    });
-    eprintln!("ringloop-async-ops stats: {stats}");
+    let med = async_rounds(&rt, p, &c, &done, &wfds, "ringloop-async-ops");
     drop(rt);
     Ok(med)
 }
