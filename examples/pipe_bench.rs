@@ -132,6 +132,15 @@ struct Counters {
 }
 
 impl Counters {
+    /// Resets the counters for a round and writes the first byte of each chain.
+    fn start_round(&self, p: &Params, wfds: &[RawFd]) {
+        self.count.set(0);
+        self.writes.set(p.writes);
+        for i in starts(p) {
+            write1(wfds[i]);
+        }
+    }
+
     /// Called after a byte was read from pair `idx`: counts it and passes the
     /// token on to the next pair while writes remain.
     fn on_read(&self, idx: usize, wfds: &[RawFd]) {
@@ -166,11 +175,7 @@ fn loop_rounds(
     let target = p.active + p.writes;
     let mut before = None;
     let med = rounds(p, || {
-        c.count.set(0);
-        c.writes.set(p.writes);
-        for i in starts(p) {
-            write1(wfds[i]);
-        }
+        c.start_round(p, wfds);
         let t = Instant::now();
         while c.count.get() < target {
             lp.run_once().expect("run_once");
@@ -320,11 +325,7 @@ fn bench_epoll(p: &Params, edge: bool) -> io::Result<Duration> {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut waits = 0u64;
     let med = rounds(p, || {
-        c.count.set(0);
-        c.writes.set(p.writes);
-        for i in starts(p) {
-            write1(wfds[i]);
-        }
+        c.start_round(p, &wfds);
         let t = Instant::now();
         while c.count.get() < target {
             // SAFETY: `events` has room for the count we pass.
@@ -388,11 +389,7 @@ fn bench_tokio(p: &Params) -> io::Result<Duration> {
         tokio::task::yield_now().await;
         let mut times = Vec::new();
         for r in 0..=p.rounds {
-            c.count.set(0);
-            c.writes.set(p.writes);
-            for i in starts(p) {
-                write1(wfds[i]);
-            }
+            c.start_round(p, &wfds);
             let t = Instant::now();
             done.notified().await;
             if r > 0 {
@@ -433,6 +430,15 @@ impl DoneSignal {
     }
 }
 
+/// The runtime of the futures variants: a loop that waits without a timeout.
+fn forever_runtime() -> io::Result<ringloop::rt::Runtime> {
+    let lp = ringloop::EventLoop::builder()
+        .wait_timeout(ringloop::WaitTimeout::Forever)
+        .build()
+        .map_err(io::Error::other)?;
+    ringloop::rt::Runtime::with_loop(lp).map_err(io::Error::other)
+}
+
 /// Drives the rounds of a ringloop futures variant whose tasks are spawned on
 /// `rt`: warm-up plus R timed rounds, each starting the chains and awaiting
 /// `done`. Prints the loop's counters for the timed rounds as `name stats:`.
@@ -452,11 +458,7 @@ fn async_rounds(
         let mut times = Vec::new();
         let mut before = None;
         for r in 0..=p.rounds {
-            c.count.set(0);
-            c.writes.set(p.writes);
-            for i in starts(p) {
-                write1(wfds[i]);
-            }
+            c.start_round(p, wfds);
             let t = Instant::now();
             done.wait().await;
             if r > 0 {
@@ -478,13 +480,7 @@ fn async_rounds(
 
 fn bench_ringloop_async(p: &Params) -> io::Result<Duration> {
     use ringloop::io::AsyncFd;
-    use ringloop::rt::Runtime;
-    use ringloop::{EventLoop, WaitTimeout};
-    let lp = EventLoop::builder()
-        .wait_timeout(WaitTimeout::Forever)
-        .build()
-        .map_err(io::Error::other)?;
-    let rt = Runtime::with_loop(lp).map_err(io::Error::other)?;
+    let rt = forever_runtime()?;
     let ps = pairs(p.pipes)?;
     let wfds: Rc<Vec<RawFd>> = Rc::new(ps.iter().map(|(_, w)| w.as_raw_fd()).collect());
     let c = Rc::new(Counters::default());
@@ -550,13 +546,7 @@ async fn join2<A: std::future::Future, B: std::future::Future>(
 /// are submitted together, so neither costs a syscall of its own.
 fn bench_ringloop_async_ops(p: &Params) -> io::Result<Duration> {
     use ringloop::net::UnixStream as RingStream;
-    use ringloop::rt::Runtime;
-    use ringloop::{EventLoop, WaitTimeout};
-    let lp = EventLoop::builder()
-        .wait_timeout(WaitTimeout::Forever)
-        .build()
-        .map_err(io::Error::other)?;
-    let rt = Runtime::with_loop(lp).map_err(io::Error::other)?;
+    let rt = forever_runtime()?;
     let ps = pairs(p.pipes)?;
     let wfds: Vec<RawFd> = ps.iter().map(|(_, w)| w.as_raw_fd()).collect();
     let mut readers = Vec::new();
