@@ -232,6 +232,7 @@ pub(crate) struct Watch {
 
 // ---- The loop's side of fd watches ----
 
+use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 
 use io_uring::{cqueue, opcode, types};
@@ -579,22 +580,31 @@ impl State {
     /// change when other events run.
     pub(super) fn settle_cancels(&mut self, ops: &[super::OpId]) {
         let _ = self.ring.flush();
-        if ops.is_empty() {
-            return;
-        }
+        // The polls the kernel may still hold, by user_data. A poll no longer
+        // in `ops` has already been routed its final completion. (Nothing is
+        // routed while this runs: new completions are only kept aside.)
+        let mut held: HashSet<u64> = ops
+            .iter()
+            .filter(|&&op| self.ops.contains_key(op))
+            .map(|op| op.data().as_ffi())
+            .collect();
+        // Each completion is looked at once, so that settling a loop's
+        // thousands of watches at teardown is linear, not quadratic.
+        let mut checked = 0;
         for _ in 0..4096 {
+            if held.is_empty() {
+                return;
+            }
             if let Ok(flushes) = self.ring.reap(&mut self.cqes) {
                 self.stats.overflow_flushes += flushes;
             }
-            let settled = ops.iter().all(|&op| {
-                let user_data = op.data().as_ffi();
-                !self.ops.contains_key(op)
-                    || self
-                        .cqes
-                        .iter()
-                        .any(|c| c.user_data() == user_data && !cqueue::more(c.flags()))
-            });
-            if settled || self.ring.flush().is_err() {
+            for c in &self.cqes[checked..] {
+                if !cqueue::more(c.flags()) {
+                    held.remove(&c.user_data());
+                }
+            }
+            checked = self.cqes.len();
+            if held.is_empty() || self.ring.flush().is_err() {
                 return;
             }
         }
