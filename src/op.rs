@@ -25,14 +25,12 @@
 //! });
 //! ```
 
-use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use io_uring::squeue;
 
@@ -58,21 +56,12 @@ impl Orphan {
     }
 }
 
-struct Slot<T> {
-    /// The resources while the kernel may use them; the callback moves them
-    /// into `done`, and a failed submission hands them straight back.
-    carried: Option<T>,
-    done: Option<(Completion, T)>,
-    waker: Option<Waker>,
-    /// The future is gone: clean up on completion.
-    dropped: bool,
-}
-
 enum State<T> {
+    /// The resources are `Some` until the future resolves.
     InFlight {
         handle: Handle,
         id: OpId,
-        slot: Rc<RefCell<Slot<T>>>,
+        resources: Option<T>,
     },
     /// Submission failed; the resources come straight back.
     Failed(Option<(io::Error, T)>),
@@ -81,6 +70,11 @@ enum State<T> {
 
 /// An io_uring operation in flight; resolves to its [`Completion`] and the
 /// resources given to [`submit`]. Dropping it cancels the operation.
+///
+/// The completion waits in the loop's table of operations until the future
+/// takes it, and the resources stay in the future: an operation costs no
+/// allocation of its own. If the future is dropped first, the resources move
+/// to the loop until the kernel is done with them.
 #[must_use = "the operation is cancelled when this future is dropped"]
 pub struct Op<T: 'static> {
     state: State<T>,
@@ -95,6 +89,11 @@ impl<T: 'static> Unpin for Op<T> {}
 /// If the operation cannot be submitted (no runtime on this thread, or the
 /// ring refused it), the future resolves at once with a completion holding
 /// `-ECANCELED` (no runtime) or the submission's errno.
+///
+/// An operation still in flight when its loop is dropped is cancelled and
+/// waited for; its future then resolves with that completion. Should the
+/// kernel not give it back (the loop waits 5 s), the future never resolves
+/// and its resources are leaked rather than freed under the kernel.
 ///
 /// # Safety
 /// Everything the entry points to must be owned by `resources` (and not move
@@ -115,48 +114,18 @@ impl<T: 'static> Op<T> {
         let Some(handle) = rt::current_handle() else {
             return Op::failed(no_runtime(), resources, orphan);
         };
-        let slot = Rc::new(RefCell::new(Slot {
-            carried: Some(resources),
-            done: None,
-            waker: None,
-            dropped: false,
-        }));
-        let cb_slot = slot.clone();
-        let callback = move |_: &Handle, c: Completion| {
-            let mut slot = cb_slot.borrow_mut();
-            let res = slot.carried.take();
-            if slot.dropped {
-                drop(slot);
-                orphan.clean_up(&c);
-                drop(res);
-                return;
-            }
-            if let Some(res) = res {
-                slot.done = Some((c, res));
-            }
-            let waker = slot.waker.take();
-            drop(slot);
-            if let Some(w) = waker {
-                w.wake();
-            }
-        };
-        // SAFETY: forwarded from the caller; the callback owns the resources
-        // until the completion.
-        match unsafe { handle.submit(entry, callback) } {
+        // SAFETY: forwarded from the caller; the resources stay in this
+        // future, or go to the loop if it is dropped, until the completion.
+        match unsafe { handle.submit_task_op(entry) } {
             Ok(id) => Op {
-                state: State::InFlight { handle, id, slot },
+                state: State::InFlight {
+                    handle,
+                    id,
+                    resources: Some(resources),
+                },
                 orphan,
             },
-            Err(e) => {
-                let res = slot.borrow_mut().carried.take();
-                match res {
-                    Some(res) => Op::failed(e.into(), res, orphan),
-                    None => Op {
-                        state: State::Finished,
-                        orphan,
-                    },
-                }
-            }
+            Err(e) => Op::failed(e.into(), resources, orphan),
         }
     }
 
@@ -173,18 +142,18 @@ impl<T: 'static> Op<T> {
         cx: &mut Context<'_>,
     ) -> Poll<(io::Result<Completion>, T)> {
         match &mut self.state {
-            State::InFlight { slot, .. } => {
-                let mut s = slot.borrow_mut();
-                if let Some((c, res)) = s.done.take() {
-                    drop(s);
-                    self.state = State::Finished;
-                    return Poll::Ready((Ok(c), res));
+            State::InFlight {
+                handle,
+                id,
+                resources,
+            } => {
+                let c = std::task::ready!(handle.poll_task_op(*id, cx.waker()));
+                let res = resources.take();
+                self.state = State::Finished;
+                match res {
+                    Some(res) => Poll::Ready((Ok(c), res)),
+                    None => panic!("ringloop::op::Op polled after completion"),
                 }
-                match &s.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => s.waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
             }
             State::Failed(f) => match f.take() {
                 Some((e, res)) => {
@@ -225,31 +194,23 @@ impl<T: 'static> Future for Op<T> {
 
 impl<T: 'static> Drop for Op<T> {
     fn drop(&mut self) {
-        if let State::InFlight { handle, id, slot } = &self.state {
-            let finished = {
-                let Ok(mut s) = slot.try_borrow_mut() else {
-                    return;
-                };
-                match s.done.take() {
-                    Some(done) => Some(done),
-                    None => {
-                        s.dropped = true;
-                        None
-                    }
-                }
-            };
-            match finished {
-                // Completed but never read: release what it produced.
-                Some((c, res)) => {
-                    self.orphan.clean_up(&c);
+        if let State::InFlight {
+            handle,
+            id,
+            resources,
+        } = &mut self.state
+            && let Some(res) = resources.take()
+        {
+            let orphan = self.orphan;
+            // Runs when the kernel is done (at once if it already is): closes
+            // an fd the operation produced, then frees the resources.
+            handle.detach_task_op(
+                *id,
+                Box::new(move |c| {
+                    orphan.clean_up(&c);
                     drop(res);
-                }
-                // NotFound: it completed and its callback is queued; the
-                // callback sees `dropped` and cleans up.
-                None => {
-                    let _ = handle.cancel_op(*id);
-                }
-            }
+                }),
+            );
         }
     }
 }

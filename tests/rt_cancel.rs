@@ -278,3 +278,58 @@ fn shutdown_then_read_and_write_on_closed_socket() {
         a.shutdown(Shutdown::Both).unwrap();
     });
 }
+
+/// An operation future that outlives its runtime: the loop's teardown
+/// cancels the operation and waits for the kernel, and the future then
+/// resolves with the completion the loop saw (the cancel, or the result it
+/// had already stored) and hands its resources back. One dropped unpolled
+/// releases its resources.
+#[test]
+fn op_futures_outliving_their_runtime_resolve_with_the_teardown_completion() {
+    use io_uring::{opcode, types::Fd};
+    use std::future::Future;
+    use std::os::fd::AsRawFd;
+    use std::rc::Rc;
+    use std::task::{Context, Waker};
+
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // A pipe that never gets data: a read on it stays in flight.
+    let (r, w) = std::io::pipe().unwrap();
+    let marker = Rc::new(());
+    let rt = Runtime::new().unwrap();
+    let (mut read, mut nop, unread) = rt.block_on(async {
+        let mut buf = vec![0u8; 8];
+        let entry = opcode::Read::new(Fd(r.as_raw_fd()), buf.as_mut_ptr(), 8).build();
+        // SAFETY: the buffer's heap data is owned by the operation.
+        let read = unsafe { ringloop::op::submit(entry, buf) };
+        // SAFETY: NOP points at no memory.
+        let nop = unsafe { ringloop::op::submit(opcode::Nop::new().build(), 7u8) };
+        let entry = opcode::Read::new(Fd(r.as_raw_fd()), std::ptr::null_mut(), 0).build();
+        // SAFETY: a zero-length read points at no memory.
+        let unread = unsafe { ringloop::op::submit(entry, marker.clone()) };
+        // One loop turn: the NOP completes and its result waits, unread.
+        rt::yield_now().await;
+        (read, nop, unread)
+    });
+    assert_eq!(Rc::strong_count(&marker), 2);
+    drop(rt);
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::pin::Pin::new(&mut read).poll(&mut cx) {
+        Poll::Ready((c, buf)) => {
+            assert_eq!(c.result, -libc::ECANCELED, "the read was cancelled");
+            assert_eq!(buf.len(), 8, "and its buffer comes back");
+        }
+        Poll::Pending => panic!("a read the loop settled at teardown never resolves"),
+    }
+    match std::pin::Pin::new(&mut nop).poll(&mut cx) {
+        Poll::Ready((c, v)) => assert_eq!((c.result, v), (0, 7), "the NOP's own result"),
+        Poll::Pending => panic!("a finished NOP never resolves"),
+    }
+    drop(unread);
+    assert_eq!(
+        Rc::strong_count(&marker),
+        1,
+        "dropping it released its resources"
+    );
+    drop(w);
+}

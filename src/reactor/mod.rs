@@ -20,7 +20,7 @@ pub mod timer;
 mod trace;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -35,13 +35,14 @@ use crate::sys;
 
 pub use fd::{Decision, FdEvent, FdId, Interest, decide};
 pub use immediate::{ImmediateId, ImmediateQueue};
-pub use op::{Completion, OpId};
+pub use op::{Completion, OpId, Release};
 pub use remote::Remote;
 pub use signal::{SignalEvent, SignalId};
 pub use timer::{TimerId, TimerQueue};
 pub use trace::{EventKind, TracePoint};
 
 use fd::Watch;
+use op::{Deferred, TaskOp};
 use remote::RemoteShared;
 use signal::Signals;
 
@@ -201,6 +202,7 @@ impl Builder {
             signals: Signals::default(),
             ready: VecDeque::new(),
             cqes: Vec::new(),
+            deferred: Vec::new(),
             wake_armed: None,
             wake_pending: false,
             remote: remote.clone(),
@@ -217,6 +219,7 @@ impl Builder {
             allow_nesting: Cell::new(self.allow_nesting),
             fork_generation: sys::fork_generation(),
             trace: RefCell::new(None),
+            settled_at_teardown: RefCell::new(HashMap::new()),
         };
         Ok(EventLoop {
             handle: Handle {
@@ -250,6 +253,9 @@ struct Inner {
     allow_nesting: Cell<bool>,
     fork_generation: u64,
     trace: RefCell<Option<TraceHook>>,
+    /// Completions of futures' operations that were still unread when the
+    /// loop was torn down, by `user_data`: their futures can still resolve.
+    settled_at_teardown: RefCell<HashMap<u64, Completion>>,
 }
 
 /// What an in-flight io_uring request belongs to.
@@ -263,6 +269,8 @@ enum Op {
         done: bool,
         cancel_sent: bool,
     },
+    /// Awaited by a future ([`crate::op::Op`]): the completion waits here.
+    Task(TaskOp),
     /// Its owner is gone; the completion is dropped.
     Orphan,
 }
@@ -297,7 +305,8 @@ impl Dispatch {
 struct State {
     ring: Ring,
     ops: SlotMap<OpId, Op>,
-    /// Live `Op::User` entries: they keep `run` going.
+    /// `Op::User` and `Op::Task` entries the kernel has not finished: they
+    /// keep `run` going.
     user_ops: usize,
     watches: SlotMap<FdId, Watch>,
     /// Watches with a non-empty interest: they keep `run` going.
@@ -307,6 +316,9 @@ struct State {
     signals: Signals,
     ready: VecDeque<Ready>,
     cqes: Vec<cqueue::Entry>,
+    /// What completions asked for that runs user code (waking a task,
+    /// releasing a dropped future's buffers): done once the state is free.
+    deferred: Vec<Deferred>,
     wake_armed: Option<OpId>,
     wake_pending: bool,
     remote: Arc<RemoteShared>,
@@ -371,6 +383,27 @@ impl Handle {
             .map_err(|_| Error::Nested)?;
         let state = guard.as_mut().ok_or(Error::LoopGone)?;
         Ok(f(state))
+    }
+
+    /// Wakes the futures whose operations completed in the last reap and
+    /// releases dropped futures' resources: user code, so it runs here,
+    /// outside the state borrow, before the iteration picks a handler.
+    fn run_deferred(&self) {
+        let Ok(mut work) = self.with(|st| std::mem::take(&mut st.deferred)) else {
+            return;
+        };
+        if work.is_empty() {
+            return;
+        }
+        for w in work.drain(..) {
+            w.run();
+        }
+        // Hand the allocation back for the next reap.
+        let _ = self.with(|st| {
+            if st.deferred.is_empty() {
+                st.deferred = work;
+            }
+        });
     }
 
     /// [`Handle::with`] for closures that can fail.
@@ -495,6 +528,7 @@ impl Handle {
         let waited = self.with(|st| st.wait())?;
         self.trace(TracePoint::AfterWait);
         waited?;
+        self.run_deferred();
         // A signal that interrupted the wait (EINTR) is counted already.
         if let Some(d) = self.with(|st| {
             st.check_signals();
@@ -661,13 +695,26 @@ impl Handle {
         }
         // Anything still in flight after the deadline keeps its memory: leaking
         // a buffer is better than letting the kernel write into freed memory.
-        for (_, op) in st.ops.drain() {
-            if let Op::User {
-                callback: Some(cb), ..
-            } = op
-            {
-                std::mem::forget(cb);
+        let mut settled = self.inner.settled_at_teardown.borrow_mut();
+        for (id, op) in st.ops.drain() {
+            match op {
+                Op::User {
+                    callback: Some(cb), ..
+                } => std::mem::forget(cb),
+                Op::Task(task) => {
+                    if let Some(c) = task.settled_unread() {
+                        settled.insert(id.data().as_ffi(), c);
+                    }
+                    task.leak_if_in_flight();
+                }
+                _ => {}
             }
+        }
+        drop(settled);
+        // Wake the futures whose operations ended and release the buffers of
+        // dropped ones; the state is out of the RefCell, so this is safe.
+        for work in st.deferred.drain(..) {
+            work.run();
         }
         drop(st);
     }
@@ -897,6 +944,7 @@ impl State {
                 }
                 self.signals.on_poll_complete(more);
             }
+            Op::Task(_) => self.route_task_op(id, Completion { result, flags }, more),
             Op::User { done, .. } => {
                 if *done {
                     return;

@@ -4,6 +4,7 @@
 //! user's own library) reach the ring without knowing the loop's internals.
 
 use std::io;
+use std::task::{Poll, Waker};
 
 use io_uring::{cqueue, opcode, squeue};
 use slotmap::Key;
@@ -38,6 +39,64 @@ impl Completion {
     /// Whether more completions of a multishot operation follow.
     pub fn has_more(&self) -> bool {
         cqueue::more(self.flags)
+    }
+}
+
+/// Releases the resources of an operation whose future was dropped, given
+/// the operation's completion (to close an fd it produced, say).
+pub type Release = Box<dyn FnOnce(Completion)>;
+
+/// An operation awaited by a future ([`crate::op::Op`]). Its completion waits
+/// in this entry of the loop's table until the future takes it, so a futures
+/// operation costs no allocation and no callback: the completion stores the
+/// result and wakes the task. The resources stay in the future, and move
+/// here (as `release`) only if the future is dropped first.
+#[derive(Default)]
+pub(super) struct TaskOp {
+    /// The first completion, until the future takes it.
+    completion: Option<Completion>,
+    waker: Option<Waker>,
+    /// The dropped future's resources, freed at the final completion.
+    release: Option<Release>,
+    /// The kernel posted the final completion.
+    done: bool,
+    /// The future took its completion or was dropped.
+    detached: bool,
+    cancel_sent: bool,
+}
+
+impl TaskOp {
+    /// The completion of a finished operation whose future is alive and has
+    /// not taken it.
+    pub(super) fn settled_unread(&self) -> Option<Completion> {
+        match self.completion {
+            Some(c) if self.done && !self.detached => Some(c),
+            _ => None,
+        }
+    }
+
+    /// At teardown: a dropped future's resources that the kernel may still
+    /// use are leaked rather than freed under it.
+    pub(super) fn leak_if_in_flight(mut self) {
+        if let Some(release) = self.release.take() {
+            std::mem::forget(release);
+        }
+    }
+}
+
+/// Work a completion calls for that may run user code, done once the loop's
+/// state is no longer borrowed.
+pub(super) enum Deferred {
+    Wake(Waker),
+    Release(Release, Completion),
+}
+
+impl Deferred {
+    pub(super) fn run(self) {
+        match self {
+            Deferred::Wake(waker) => waker.wake(),
+            Deferred::Release(release, c) => release(c),
+        }
     }
 }
 
@@ -103,6 +162,30 @@ impl Handle {
     }
 
     unsafe fn submit_boxed(&self, entry: squeue::Entry, callback: OpCallback) -> Result<OpId> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.submit_op(
+                entry,
+                Op::User {
+                    callback: Some(callback),
+                    done: false,
+                    cancel_sent: false,
+                },
+            )
+        }
+    }
+
+    /// Submits an operation a future awaits with [`Handle::poll_task_op`].
+    ///
+    /// # Safety
+    /// As for [`Handle::submit`]: what the entry points to is owned by the
+    /// future, which hands it to [`Handle::detach_task_op`] if dropped early.
+    pub(crate) unsafe fn submit_task_op(&self, entry: squeue::Entry) -> Result<OpId> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.submit_op(entry, Op::Task(TaskOp::default())) }
+    }
+
+    unsafe fn submit_op(&self, entry: squeue::Entry, op: Op) -> Result<OpId> {
         if sqe_flags(&entry) & SKIP_SUCCESS_BIT != 0 {
             // Its success would never be seen and the operation would stay
             // in flight forever.
@@ -112,11 +195,7 @@ impl Handle {
             )));
         }
         let id = self.with(|st| {
-            let id = st.ops.insert(Op::User {
-                callback: Some(callback),
-                done: false,
-                cancel_sent: false,
-            });
+            let id = st.ops.insert(op);
             let entry = entry.user_data(id.data().as_ffi());
             // SAFETY: forwarded from the caller.
             match unsafe { st.ring.push(&entry) } {
@@ -133,6 +212,65 @@ impl Handle {
         let id = id?;
         self.trace(TracePoint::Attach(EventKind::Op));
         Ok(id)
+    }
+
+    /// Takes the completion of a future's operation, or registers `waker` to
+    /// be woken when it arrives. Once the loop is gone, an operation it saw
+    /// finish still resolves; one it could not settle never does (the
+    /// kernel may still use its buffers).
+    pub(crate) fn poll_task_op(&self, id: OpId, waker: &Waker) -> Poll<Completion> {
+        match self.with(|st| st.poll_task_op(id, waker)) {
+            Ok(poll) => poll,
+            Err(_) => match self
+                .inner
+                .settled_at_teardown
+                .borrow_mut()
+                .remove(&id.data().as_ffi())
+            {
+                Some(c) => Poll::Ready(c),
+                None => Poll::Pending,
+            },
+        }
+    }
+
+    /// The future of an operation is dropped: `release` frees its resources
+    /// once the kernel is done with them (now, if it already is), and the
+    /// operation is cancelled.
+    pub(crate) fn detach_task_op(&self, id: OpId, release: Release) {
+        // Kept out here so that a `with` that cannot run its closure does not
+        // drop (free) the resources.
+        let mut release = Some(release);
+        let now = match self.with(|st| st.detach_task_op(id, release.take())) {
+            Ok(now) => now,
+            Err(Error::LoopGone) => {
+                let settled = self
+                    .inner
+                    .settled_at_teardown
+                    .borrow_mut()
+                    .remove(&id.data().as_ffi());
+                // The future was polled after teardown never: its
+                // completion waited there, or the kernel may still hold it.
+                match settled {
+                    Some(c) => Some((release, None, c)),
+                    None => {
+                        std::mem::forget(release);
+                        None
+                    }
+                }
+            }
+            Err(_) => {
+                // Forked child or a state borrowed from outside: the kernel
+                // may still use the memory, so it is leaked.
+                std::mem::forget(release);
+                None
+            }
+        };
+        if let Some((release, waker, c)) = now {
+            drop(waker);
+            if let Some(release) = release {
+                release(c);
+            }
+        }
     }
 
     /// Asks the kernel to cancel an operation. Its callback still runs once,
@@ -158,13 +296,17 @@ impl Handle {
 }
 
 impl State {
-    /// Sends one cancel for a user operation that has not completed.
+    /// Sends one cancel for a user or future's operation that has not completed.
     pub(super) fn cancel_user_op(&mut self, id: OpId) {
-        if let Some(Op::User {
-            done: false,
-            cancel_sent,
-            ..
-        }) = self.ops.get_mut(id)
+        let cancel_sent = match self.ops.get_mut(id) {
+            Some(Op::User {
+                done: false,
+                cancel_sent,
+                ..
+            }) => cancel_sent,
+            Some(Op::Task(task)) if !task.done => &mut task.cancel_sent,
+            _ => return,
+        };
         {
             if *cancel_sent {
                 return;
@@ -176,5 +318,89 @@ impl State {
                 .user_data(IGNORE);
             self.push_internal(entry);
         }
+    }
+
+    /// Routes a completion of a future's operation: stores the first one and
+    /// wakes the future (after the state is released), and at the final one
+    /// frees the entry if the future no longer needs it.
+    pub(super) fn route_task_op(&mut self, id: OpId, c: Completion, more: bool) {
+        let Some(Op::Task(task)) = self.ops.get_mut(id) else {
+            return;
+        };
+        if task.done {
+            return;
+        }
+        if !task.detached && task.completion.is_none() {
+            task.completion = Some(c);
+            if let Some(waker) = task.waker.take() {
+                self.deferred.push(Deferred::Wake(waker));
+            }
+        }
+        if more {
+            return;
+        }
+        task.done = true;
+        self.user_ops -= 1;
+        if task.detached {
+            let release = task.release.take();
+            self.ops.remove(id);
+            if let Some(release) = release {
+                self.deferred.push(Deferred::Release(release, c));
+            }
+        }
+    }
+
+    fn poll_task_op(&mut self, id: OpId, waker: &Waker) -> Poll<Completion> {
+        let Some(Op::Task(task)) = self.ops.get_mut(id) else {
+            // Only the future removes an unfinished entry, so this does not
+            // happen; never resolving is the safe answer if it did.
+            return Poll::Pending;
+        };
+        if let Some(c) = task.completion.take() {
+            task.detached = true;
+            if task.done {
+                self.ops.remove(id);
+            }
+            return Poll::Ready(c);
+        }
+        match &task.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => task.waker = Some(waker.clone()),
+        }
+        Poll::Pending
+    }
+
+    /// See [`Handle::detach_task_op`]. Returns what to run outside the state
+    /// borrow: the release (if the kernel is done), the old waker (its drop
+    /// may run foreign code) and the completion.
+    fn detach_task_op(
+        &mut self,
+        id: OpId,
+        release: Option<Release>,
+    ) -> Option<(Option<Release>, Option<Waker>, Completion)> {
+        let cancelled = Completion {
+            result: -libc::ECANCELED,
+            flags: 0,
+        };
+        let Some(Op::Task(task)) = self.ops.get_mut(id) else {
+            // Not in the table: nothing of the kernel's refers to it.
+            return Some((release, None, cancelled));
+        };
+        task.detached = true;
+        let waker = task.waker.take();
+        if task.done {
+            let c = task.completion.take().unwrap_or(cancelled);
+            self.ops.remove(id);
+            return Some((release, waker, c));
+        }
+        task.release = release;
+        self.cancel_user_op(id);
+        if !self.ring.features.defer_taskrun {
+            // As in `Handle::cancel_op`: without DEFER_TASKRUN the cancel
+            // goes to the kernel on its own, or a dead poll entry can steal
+            // the exclusive wake-up of an operation submitted with it.
+            let _ = self.ring.flush();
+        }
+        Some((None, waker, cancelled))
     }
 }

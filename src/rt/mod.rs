@@ -4,10 +4,13 @@
 //! between two things until its future is done:
 //!
 //! 1. a *poll pass*: every task woken so far is polled once, in wake order;
-//! 2. one loop iteration ([`Handle::run_once`]): it runs one handler (an I/O
-//!    completion, a timer…), whose waker calls queue tasks for the next pass.
-//!    It blocks in `io_uring_enter` only when no task is queued, and never
-//!    blocks while one is.
+//! 2. one loop iteration ([`Handle::run_once`]): it runs one handler (a
+//!    readiness event, a timer…), whose waker calls queue tasks for the next
+//!    pass. It blocks in `io_uring_enter` only when no task is queued, and
+//!    never blocks while one is. Completions of the futures' own io_uring
+//!    operations need no handler: reaping them stores each result in the
+//!    loop's table of operations and queues its task, so one iteration can
+//!    queue every task whose operation finished.
 //!
 //! Futures submit their io_uring operations while being polled; the SQEs wait
 //! in the ring until the loop next enters the kernel, so the operations of
