@@ -35,7 +35,7 @@ use crate::sys;
 
 pub use fd::{Decision, FdEvent, FdId, Interest, decide};
 pub use immediate::{ImmediateId, ImmediateQueue};
-pub use op::{Completion, OpId, Release};
+pub use op::{Completion, OpId};
 pub use remote::Remote;
 pub use signal::{SignalEvent, SignalId};
 pub use timer::{TimerId, TimerQueue};

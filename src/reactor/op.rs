@@ -44,7 +44,7 @@ impl Completion {
 
 /// Releases the resources of an operation whose future was dropped, given
 /// the operation's completion (to close an fd it produced, say).
-pub type Release = Box<dyn FnOnce(Completion)>;
+pub(crate) type Release = Box<dyn FnOnce(Completion)>;
 
 /// An operation awaited by a future ([`crate::op::Op`]). Its completion waits
 /// in this entry of the loop's table until the future takes it, so a futures
@@ -248,8 +248,8 @@ impl Handle {
                     .settled_at_teardown
                     .borrow_mut()
                     .remove(&id.data().as_ffi());
-                // The future was polled after teardown never: its
-                // completion waited there, or the kernel may still hold it.
+                // After teardown: the completion is kept if the loop saw the
+                // operation end; if not, the kernel may still use the memory.
                 match settled {
                     Some(c) => Some((release, None, c)),
                     None => {
@@ -307,17 +307,15 @@ impl State {
             Some(Op::Task(task)) if !task.done => &mut task.cancel_sent,
             _ => return,
         };
-        {
-            if *cancel_sent {
-                return;
-            }
-            *cancel_sent = true;
-            let entry = opcode::AsyncCancel::new(id.data().as_ffi())
-                .build()
-                .flags(squeue::Flags::SKIP_SUCCESS)
-                .user_data(IGNORE);
-            self.push_internal(entry);
+        if *cancel_sent {
+            return;
         }
+        *cancel_sent = true;
+        let entry = opcode::AsyncCancel::new(id.data().as_ffi())
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(IGNORE);
+        self.push_internal(entry);
     }
 
     /// Routes a completion of a future's operation: stores the first one and
