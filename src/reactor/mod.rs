@@ -664,6 +664,7 @@ impl Handle {
         // the kernel may still write into it, and run their callbacks (which
         // close fds an accept or open produced).
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut cancelled_at = Instant::now();
         loop {
             // One completion at a time, in order: a multishot operation can
             // have several queued, and its final one must still remove it
@@ -689,6 +690,16 @@ impl Handle {
             let live = st.user_ops > 0;
             if !live || Instant::now() > deadline {
                 break;
+            }
+            if cancelled_at.elapsed() >= Duration::from_millis(50) {
+                // A cancel can miss a request that an io-wq worker is just
+                // taking up (seen on Linux 6.1 with blocking pipe reads):
+                // it then runs, and waits, as if never cancelled. Ask again.
+                cancelled_at = Instant::now();
+                let unfinished: Vec<OpId> = st.ops.keys().collect();
+                for id in unfinished {
+                    st.cancel_user_op_again(id);
+                }
             }
             let _ = st.ring.wait(Some(Duration::from_millis(10)));
             st.reap();

@@ -318,6 +318,17 @@ impl State {
         self.push_internal(entry);
     }
 
+    /// Sends another cancel for an operation that has not completed, even if
+    /// one was sent before (it may have missed).
+    pub(super) fn cancel_user_op_again(&mut self, id: OpId) {
+        match self.ops.get_mut(id) {
+            Some(Op::User { cancel_sent, .. }) => *cancel_sent = false,
+            Some(Op::Task(task)) => task.cancel_sent = false,
+            _ => return,
+        }
+        self.cancel_user_op(id);
+    }
+
     /// Routes a completion of a future's operation: stores the first one and
     /// wakes the future (after the state is released), and at the final one
     /// frees the entry if the future no longer needs it.
