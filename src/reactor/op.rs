@@ -221,16 +221,19 @@ impl Handle {
     pub(crate) fn poll_task_op(&self, id: OpId, waker: &Waker) -> Poll<Completion> {
         match self.with(|st| st.poll_task_op(id, waker)) {
             Ok(poll) => poll,
-            Err(_) => match self
-                .inner
-                .settled_at_teardown
-                .borrow_mut()
-                .remove(&id.data().as_ffi())
-            {
+            Err(_) => match self.take_settled_at_teardown(id) {
                 Some(c) => Poll::Ready(c),
                 None => Poll::Pending,
             },
         }
+    }
+
+    /// The completion teardown saw for an operation whose future was alive.
+    fn take_settled_at_teardown(&self, id: OpId) -> Option<Completion> {
+        self.inner
+            .settled_at_teardown
+            .borrow_mut()
+            .remove(&id.data().as_ffi())
     }
 
     /// The future of an operation is dropped: `release` frees its resources
@@ -243,11 +246,7 @@ impl Handle {
         let now = match self.with(|st| st.detach_task_op(id, release.take())) {
             Ok(now) => now,
             Err(Error::LoopGone) => {
-                let settled = self
-                    .inner
-                    .settled_at_teardown
-                    .borrow_mut()
-                    .remove(&id.data().as_ffi());
+                let settled = self.take_settled_at_teardown(id);
                 // After teardown: the completion is kept if the loop saw the
                 // operation end; if not, the kernel may still use the memory.
                 match settled {
