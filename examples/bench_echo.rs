@@ -5,8 +5,10 @@
 //! is the same plain blocking-socket code for every server, on its own thread.
 //! The servers: `ringloop` (add_fd READ watches, read/write in the handler),
 //! `ringloop-async` (`ringloop::net`, completion-based recv/send on
-//! `rt::Runtime`), `tokio` (`tokio::net` on a current-thread runtime). Besides
-//! the client's view, each line has the server thread's CPU time per message.
+//! `rt::Runtime`), `ringloop-async-multi` (the same with
+//! `enable_multishot_recv`: one multishot receive per connection), `tokio`
+//! (`tokio::net` on a current-thread runtime). Besides the client's view,
+//! each line has the server thread's CPU time per message.
 //!
 //! * `latency`: one connection, 64-byte ping-pong; median and p99 round trip.
 //! * `throughput`: 50 connections; each round writes one 64-byte message on
@@ -185,6 +187,7 @@ fn ringloop_server(
 
 fn ringloop_async_server(
     client: impl FnOnce(SocketAddr) -> io::Result<ClientResult> + Send + 'static,
+    multishot: bool,
 ) -> io::Result<(ClientResult, Option<(ringloop::Stats, ringloop::Stats)>)> {
     use ringloop::net::TcpListener;
     use ringloop::rt::{self, Runtime};
@@ -219,6 +222,9 @@ fn ringloop_async_server(
                     return;
                 };
                 let _ = s.set_nodelay(true);
+                if multishot {
+                    s.enable_multishot_recv().expect("multishot receive");
+                }
                 rt::spawn(async move {
                     let mut buf = Vec::with_capacity(4096);
                     loop {
@@ -325,11 +331,23 @@ fn main() -> io::Result<()> {
     let n: usize = flag(&args, "-m", 20_000);
     let conns: usize = flag(&args, "-c", 50);
     let rounds = (n / 10).max(1);
-    let servers: [(&str, Server); 3] = [
+    // tokio last: every ratio is against it.
+    let servers: [(&str, Server); 4] = [
         ("ringloop", |c| ringloop_server(c)),
-        ("ringloop-async", |c| ringloop_async_server(c)),
+        ("ringloop-async", |c| ringloop_async_server(c, false)),
+        ("ringloop-async-multi", |c| ringloop_async_server(c, true)),
         ("tokio", |c| tokio_server(c)),
     ];
+    let ours = &servers[..servers.len() - 1];
+    // "NAME_vs_tokio=R" for each of our servers, R = f(tokio's, ours).
+    let ratios = |prefix: &str, vals: &[f64], f: fn(f64, f64) -> f64| {
+        let tokio = vals[vals.len() - 1];
+        ours.iter()
+            .zip(vals)
+            .map(|((name, _), v)| format!("{prefix}{name}_vs_tokio={:.2}", f(tokio, *v)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let mut lat = Vec::new();
     for (name, server) in servers {
         let (mut r, stats) = server(Box::new(move |a| client_latency(a, n)))?;
@@ -344,10 +362,10 @@ fn main() -> io::Result<()> {
         );
         lat.push(med);
     }
+    let lat: Vec<f64> = lat.iter().map(Duration::as_secs_f64).collect();
     println!(
-        "echo-latency ratio ringloop_vs_tokio={:.2} ringloop-async_vs_tokio={:.2} (tokio median / ours; >1 means ours is faster)",
-        lat[2].as_secs_f64() / lat[0].as_secs_f64(),
-        lat[2].as_secs_f64() / lat[1].as_secs_f64()
+        "echo-latency ratio {} (tokio median / ours; >1 means ours is faster)",
+        ratios("", &lat, |tokio, ours| tokio / ours)
     );
     let mut tput = Vec::new();
     let mut cpu = Vec::new();
@@ -365,12 +383,9 @@ fn main() -> io::Result<()> {
         cpu.push(cpu_per_msg);
     }
     println!(
-        "echo-throughput ratio ringloop_vs_tokio={:.2} ringloop-async_vs_tokio={:.2} \
-         cpu_ringloop_vs_tokio={:.2} cpu_ringloop-async_vs_tokio={:.2} (server CPU: tokio's per message / ours)",
-        tput[0] / tput[2],
-        tput[1] / tput[2],
-        cpu[2] / cpu[0],
-        cpu[2] / cpu[1]
+        "echo-throughput ratio {} {} (server CPU: tokio's per message / ours)",
+        ratios("", &tput, |tokio, ours| ours / tokio),
+        ratios("cpu_", &cpu, |tokio, ours| tokio / ours)
     );
     Ok(())
 }

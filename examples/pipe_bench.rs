@@ -26,8 +26,9 @@
 //! io_uring operations and ride on the loop's one `io_uring_enter` per
 //! iteration instead of costing a `read` and a `write` each:
 //! `ringloop-ops` (callback API: one `RECV` per pair in flight, the token
-//! passed on with a `SEND`) and `ringloop-async-ops` (futures API:
-//! `ringloop::net::UnixStream` reads and writes).
+//! passed on with a `SEND`), `ringloop-async-ops` (futures API:
+//! `ringloop::net::UnixStream` reads and writes) and `ringloop-async-multi`
+//! (the same with `enable_multishot_recv`: one multishot receive per pair).
 //!
 //! Prints exactly one line on stdout; syscall counters (where the variant
 //! has them) go to stderr.
@@ -540,11 +541,15 @@ async fn join2<A: std::future::Future, B: std::future::Future>(
     .await
 }
 
-/// `ringloop-async`: the futures API's own sockets (`ringloop::net`), whose
-/// reads and writes are io_uring operations. One task per pair reads; when
-/// it passes the token on, its write to the next pair and its own next read
-/// are submitted together, so neither costs a syscall of its own.
-fn bench_ringloop_async_ops(p: &Params) -> io::Result<Duration> {
+/// `ringloop-async-ops`: the futures API's own sockets (`ringloop::net`),
+/// whose reads and writes are io_uring operations. One task per pair reads;
+/// when it passes the token on, its write to the next pair and its own next
+/// read are submitted together, so neither costs a syscall of its own.
+///
+/// `ringloop-async-multi` is the same with `enable_multishot_recv` on every
+/// reader: one multishot receive per pair into the loop's buffer pool, so
+/// a read submits nothing and arms no poll.
+fn bench_ringloop_async_ops(p: &Params, multishot: bool) -> io::Result<Duration> {
     use ringloop::net::UnixStream as RingStream;
     let rt = forever_runtime()?;
     let ps = pairs(p.pipes)?;
@@ -562,6 +567,9 @@ fn bench_ringloop_async_ops(p: &Params) -> io::Result<Duration> {
     for (idx, me) in readers.into_iter().enumerate() {
         let (c, writers, done) = (c.clone(), writers.clone(), done.clone());
         rt.spawn(async move {
+            if multishot {
+                me.enable_multishot_recv().expect("multishot receive");
+            }
             let next = &writers[(idx + 1) % writers.len()];
             let mut rbuf = Vec::with_capacity(64);
             let mut wbuf = vec![b'e'];
@@ -595,7 +603,12 @@ fn bench_ringloop_async_ops(p: &Params) -> io::Result<Duration> {
             }
         });
     }
-    let med = async_rounds(&rt, p, &c, &done, &wfds, "ringloop-async-ops");
+    let name = if multishot {
+        "ringloop-async-multi"
+    } else {
+        "ringloop-async-ops"
+    };
+    let med = async_rounds(&rt, p, &c, &done, &wfds, name);
     drop(rt);
     Ok(med)
 }
@@ -605,7 +618,7 @@ fn main() {
     let Some(variant) = args.first().cloned() else {
         eprintln!(
             "usage: pipe_bench ringloop|ringloop-edge|ringloop-ops|ringloop-async|\
-             ringloop-async-ops|epoll|epoll-edge|tokio -n N -a A -w W -r R"
+             ringloop-async-ops|ringloop-async-multi|epoll|epoll-edge|tokio -n N -a A -w W -r R"
         );
         std::process::exit(2);
     };
@@ -625,7 +638,8 @@ fn main() {
         "ringloop-edge" => bench_ringloop(&p, true),
         "ringloop-async" => bench_ringloop_async(&p),
         "ringloop-ops" => bench_ringloop_ops(&p),
-        "ringloop-async-ops" => bench_ringloop_async_ops(&p),
+        "ringloop-async-ops" => bench_ringloop_async_ops(&p, false),
+        "ringloop-async-multi" => bench_ringloop_async_ops(&p, true),
         "epoll" => bench_epoll(&p, false),
         "epoll-edge" => bench_epoll(&p, true),
         "tokio" => bench_tokio(&p),

@@ -221,6 +221,26 @@ impl Ring {
         })
     }
 
+    /// Registers a ring of provided buffers as buffer group `group`.
+    ///
+    /// # Safety
+    /// `ring_addr` must point at `entries` page-aligned `io_uring_buf`
+    /// entries that stay valid until the ring is closed, and so must every
+    /// buffer they name while it is in the ring.
+    pub unsafe fn register_buf_ring(
+        &self,
+        ring_addr: u64,
+        entries: u16,
+        group: u16,
+    ) -> io::Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(ring_addr, entries, group, 0)
+        }
+    }
+
     /// Queues one SQE, submitting what is queued first if the SQ is full.
     ///
     /// # Safety

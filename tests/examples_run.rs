@@ -154,6 +154,7 @@ fn pipe_bench_every_variant_completes() {
         "ringloop-ops",
         "ringloop-async",
         "ringloop-async-ops",
+        "ringloop-async-multi",
         "epoll",
         "epoll-edge",
         "tokio",

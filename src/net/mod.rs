@@ -38,6 +38,7 @@
 //! ```
 
 mod addr;
+mod multishot;
 mod tcp;
 mod udp;
 mod unix;
@@ -59,6 +60,7 @@ pub use udp::UdpSocket;
 pub use unix::UnixStream;
 
 pub(crate) use addr::SockAddr;
+pub(crate) use multishot::StreamRx;
 
 /// An fd shared by a socket value and its in-flight operations, so it is
 /// closed only when all of them are done with it (an operation submitted

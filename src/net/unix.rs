@@ -6,12 +6,13 @@ use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use super::{SockAddr, Socket};
+use super::{SockAddr, Socket, StreamRx};
 
 /// A Unix-domain stream socket whose reads and writes are io_uring
 /// operations; the same buffer rules as [`TcpStream`](super::TcpStream).
 pub struct UnixStream {
     sock: Socket,
+    rx: StreamRx,
 }
 
 impl UnixStream {
@@ -26,20 +27,43 @@ impl UnixStream {
         let addr = SockAddr::unix(path.as_ref())?;
         let sock = Socket::new(libc::AF_UNIX, libc::SOCK_STREAM)?;
         sock.connect(addr).await?;
-        Ok(UnixStream { sock })
+        Ok(UnixStream {
+            sock,
+            rx: StreamRx::default(),
+        })
     }
 
     /// Wraps a connected stream made elsewhere.
     pub fn from_std(stream: std::os::unix::net::UnixStream) -> UnixStream {
         UnixStream {
             sock: Socket::unix_stream(OwnedFd::from(stream)),
+            rx: StreamRx::default(),
         }
     }
 
     /// Reads once into `buf`'s spare capacity (`len..capacity`), extending
     /// its length; `Ok(0)` means end of stream.
     pub async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        self.sock.recv(buf).await
+        self.rx.read(&self.sock, buf).await
+    }
+
+    /// Serves this stream's reads from one multishot receive from now on:
+    /// the kernel receives whenever data arrives, into buffers of the loop's
+    /// pool, and a read copies what is there, so a busy stream costs no
+    /// operation and no poll per read. Suits many streams with small
+    /// messages; a stream that carries bulk data is better off without.
+    ///
+    /// Up to 16 pool buffers of unread data are held per stream before the
+    /// receive is paused; when the pool runs dry, reads fall back to plain
+    /// receives. Dropping the stream cancels the receive, and the fd is
+    /// closed when the kernel hands it back.
+    ///
+    /// Fails with `Unsupported` outside a runtime or on a kernel without
+    /// ring-mapped provided buffers (before 5.19); a kernel that has those
+    /// but no multishot receive (5.19) is detected at the first read, which
+    /// then falls back to plain receives.
+    pub fn enable_multishot_recv(&self) -> io::Result<()> {
+        self.rx.enable_multishot()
     }
 
     /// Writes `buf[..len]` once and returns how many bytes were sent.
@@ -58,12 +82,16 @@ impl UnixStream {
     }
 
     /// Turns the stream back into a `std` one; fails (returning the stream)
-    /// while an operation still uses the fd.
+    /// while an operation still uses the fd, or while a multishot receive
+    /// is armed or holds unread data (see [`UnixStream::enable_multishot_recv`]).
     pub fn into_std(self) -> Result<std::os::unix::net::UnixStream, UnixStream> {
-        self.sock
-            .into_fd()
+        if self.rx.busy() {
+            return Err(self);
+        }
+        let UnixStream { sock, rx } = self;
+        sock.into_fd()
             .map(std::os::unix::net::UnixStream::from)
-            .map_err(|sock| UnixStream { sock })
+            .map_err(|sock| UnixStream { sock, rx })
     }
 }
 

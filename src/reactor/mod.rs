@@ -10,6 +10,7 @@
 //! [`immediate`]s, signals, cross-thread [`Remote`] immediates, generic
 //! [`op`]erations and trace points.
 
+pub(crate) mod bufpool;
 pub mod fd;
 pub mod immediate;
 pub mod op;
@@ -211,6 +212,7 @@ impl Builder {
             clock: self.clock,
             wait_timeout: self.wait_timeout,
             stats: Stats::default(),
+            buf_pool: None,
         };
         state.arm_wake()?;
         let inner = Inner {
@@ -328,6 +330,10 @@ struct State {
     clock: Option<ManualClock>,
     wait_timeout: WaitTimeout,
     stats: Stats,
+    /// The pool of provided receive buffers: `None` until first asked for,
+    /// `Some(None)` if the kernel has none. After `ring`, so that it is
+    /// freed after the ring is closed.
+    buf_pool: Option<Option<Rc<bufpool::BufPool>>>,
 }
 
 impl Deref for EventLoop {

@@ -1,0 +1,277 @@
+//! Streams whose reads are served by a multishot receive into the loop's
+//! buffer pool (`enable_multishot_recv`): order, partial reads, the
+//! per-stream limit, a dry pool, cancellation safety, several readers, and
+//! close-means-closed when the stream or the runtime goes away.
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::rc::Rc;
+use std::time::Duration;
+
+use ringloop::net::{TcpListener, TcpStream, UnixStream};
+use ringloop::{rt, time};
+
+/// `len` bytes that differ between streams and along the stream.
+fn pattern(stream: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|k| ((stream * 31 + k * 7) % 251) as u8)
+        .collect()
+}
+
+/// Reads `n` bytes with reads of at most `cap` bytes.
+async fn read_n(s: &UnixStream, n: usize, cap: usize) -> Vec<u8> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let (r, b) = s.read(Vec::with_capacity(cap)).await;
+        let k = r.unwrap();
+        assert!(k > 0, "EOF after {} of {n} bytes", got.len());
+        assert_eq!(k, b.len());
+        got.extend_from_slice(&b);
+    }
+    got
+}
+
+/// A ringloop stream with multishot receives, and its std peer.
+fn pair() -> (UnixStream, StdUnixStream) {
+    let (a, b) = StdUnixStream::pair().unwrap();
+    let a = UnixStream::from_std(a);
+    a.enable_multishot_recv().unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (a, b)
+}
+
+/// Arms the stream's receive: a read that gives up at once (and, being
+/// dropped, must lose nothing).
+async fn arm(s: &UnixStream) {
+    let r = time::timeout(Duration::from_millis(1), s.read(Vec::with_capacity(8))).await;
+    assert!(r.is_err(), "nothing was written yet");
+}
+
+#[test]
+fn data_arrives_in_order_across_reads_of_any_size_then_eof() {
+    rt::block_on(async {
+        let (a, mut b) = pair();
+        arm(&a).await;
+        // Messages written one by one while the receive is armed.
+        for i in 0..50 {
+            b.write_all(&pattern(i, 10)).unwrap();
+            let got = read_n(&a, 10, 64).await;
+            assert_eq!(got, pattern(i, 10));
+        }
+        // More than one pool buffer (4 KiB) at once, read through a buffer
+        // smaller than a pool buffer and not a divisor of it.
+        let big = pattern(99, 100_000);
+        b.write_all(&big).unwrap();
+        assert_eq!(read_n(&a, big.len(), 1000).await, big);
+        // Data then end of stream, both already there when reading starts.
+        b.write_all(b"tail").unwrap();
+        b.shutdown(Shutdown::Write).unwrap();
+        time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(read_n(&a, 4, 64).await, b"tail");
+        for _ in 0..2 {
+            let (r, buf) = a.read(Vec::with_capacity(8)).await;
+            assert_eq!((r.unwrap(), buf.len()), (0, 0), "end of stream is kept");
+        }
+    });
+}
+
+#[test]
+fn read_appends_after_existing_bytes_and_rejects_a_full_buffer() {
+    rt::block_on(async {
+        let (a, mut b) = pair();
+        b.write_all(b"world").unwrap();
+        let mut buf = Vec::with_capacity(16);
+        buf.extend_from_slice(b"hello ");
+        let (r, buf) = a.read(buf).await;
+        assert_eq!(r.unwrap(), 5);
+        assert_eq!(&buf, b"hello world");
+        let full = Vec::with_capacity(0);
+        let (r, _) = a.read(full).await;
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    });
+}
+
+/// A stream written far past the per-stream limit while nobody reads it
+/// pauses its receive; reading then gets every byte in order.
+#[test]
+fn an_unread_stream_pauses_and_loses_nothing() {
+    rt::block_on(async {
+        let (a, mut b) = pair();
+        arm(&a).await;
+        let data = pattern(7, 150_000);
+        let writer = std::thread::spawn(move || {
+            b.write_all(&data).unwrap();
+            b
+        });
+        // Let the kernel fill buffers past the limit while we do not read.
+        time::sleep(Duration::from_millis(100)).await;
+        let got = read_n(&a, 150_000, 64 * 1024).await;
+        assert_eq!(got, pattern(7, 150_000));
+        drop(writer.join().unwrap());
+        let (r, _) = a.read(Vec::with_capacity(8)).await;
+        assert_eq!(r.unwrap(), 0);
+    });
+}
+
+/// More unread data on more streams than the pool holds: receives end
+/// with ENOBUFS, reads fall back to plain receives, and every stream still
+/// reads back exactly what was written.
+#[test]
+fn a_dry_pool_falls_back_to_plain_receives() {
+    const STREAMS: usize = 40;
+    const LEN: usize = 64 * 1024;
+    rt::block_on(async {
+        let mut streams = Vec::new();
+        for _ in 0..STREAMS {
+            streams.push(pair());
+        }
+        for (a, _) in &streams {
+            arm(a).await;
+        }
+        for (i, (_, b)) in streams.iter_mut().enumerate() {
+            b.write_all(&pattern(i, LEN)).unwrap();
+        }
+        time::sleep(Duration::from_millis(100)).await;
+        for (i, (a, _)) in streams.iter().enumerate() {
+            assert_eq!(read_n(a, LEN, 3000).await, pattern(i, LEN), "stream {i}");
+        }
+        // And the pool is usable again afterwards.
+        for (i, (a, b)) in streams.iter_mut().enumerate() {
+            b.write_all(&pattern(i + 100, 100)).unwrap();
+            assert_eq!(read_n(a, 100, 100).await, pattern(i + 100, 100));
+        }
+    });
+}
+
+#[test]
+fn several_readers_of_one_stream_all_finish() {
+    rt::block_on(async {
+        let (a, mut b) = pair();
+        let a = Rc::new(a);
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let a = a.clone();
+                rt::spawn(async move {
+                    let (r, buf) = a.read(Vec::with_capacity(1)).await;
+                    assert_eq!(r.unwrap(), 1);
+                    buf[0]
+                })
+            })
+            .collect();
+        time::sleep(Duration::from_millis(10)).await;
+        for byte in [1u8, 2, 3] {
+            b.write_all(&[byte]).unwrap();
+            time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut got = Vec::new();
+        for r in readers {
+            got.push(
+                time::timeout(Duration::from_secs(5), r)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        got.sort_unstable();
+        assert_eq!(got, [1, 2, 3]);
+    });
+}
+
+/// Dropping a stream whose receive is armed closes the socket once the
+/// kernel gives the receive back: the peer sees EOF.
+#[test]
+fn dropping_the_stream_closes_the_socket() {
+    rt::block_on(async {
+        let (a, mut b) = pair();
+        arm(&a).await;
+        drop(a);
+        time::sleep(Duration::from_millis(20)).await;
+        let mut buf = [0u8; 8];
+        assert_eq!(b.read(&mut buf).unwrap(), 0, "the peer sees EOF");
+    });
+}
+
+/// The same when the runtime goes away with a task blocked in a read.
+#[test]
+fn dropping_the_runtime_closes_the_socket() {
+    let (a, b) = StdUnixStream::pair().unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    rt::block_on(async move {
+        let a = UnixStream::from_std(a);
+        a.enable_multishot_recv().unwrap();
+        rt::spawn(async move {
+            let _ = a.read(Vec::with_capacity(8)).await;
+            unreachable!("nothing is ever written");
+        });
+        time::sleep(Duration::from_millis(10)).await;
+    });
+    let mut buf = [0u8; 8];
+    assert_eq!((&b).read(&mut buf).unwrap(), 0, "the peer sees EOF");
+}
+
+#[test]
+fn into_std_waits_for_an_idle_receive() {
+    rt::block_on(async {
+        let (a, mut b) = pair();
+        // Never read: nothing is armed, the fd can go.
+        let a = a.into_std().map_err(|_| ()).expect("idle stream converts");
+        let a = UnixStream::from_std(a);
+        a.enable_multishot_recv().unwrap();
+        b.write_all(b"x").unwrap();
+        assert_eq!(read_n(&a, 1, 8).await, b"x");
+        // The receive stays armed after a read.
+        assert!(a.into_std().is_err());
+    });
+}
+
+#[test]
+fn tcp_echo_with_multishot_receives_on_both_ends() {
+    rt::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = rt::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            s.enable_multishot_recv().unwrap();
+            let mut buf = Vec::with_capacity(512);
+            loop {
+                let (r, b) = s.read(buf).await;
+                let n = r.unwrap();
+                if n == 0 {
+                    return;
+                }
+                let (r, b) = s.write_all(b).await;
+                r.unwrap();
+                buf = b;
+                buf.clear();
+            }
+        });
+        let c = TcpStream::connect(addr).await.unwrap();
+        c.set_nodelay(true).unwrap();
+        c.enable_multishot_recv().unwrap();
+        for i in 0..200 {
+            let msg = pattern(i, 1 + i * 37 % 2000);
+            c.write_all(msg.clone()).await.0.unwrap();
+            let mut got = Vec::new();
+            while got.len() < msg.len() {
+                let (r, b) = c.read(Vec::with_capacity(300)).await;
+                assert!(r.unwrap() > 0);
+                got.extend_from_slice(&b);
+            }
+            assert_eq!(got, msg);
+        }
+        c.shutdown(Shutdown::Write).unwrap();
+        let (r, _) = c.read(Vec::with_capacity(8)).await;
+        assert_eq!(r.unwrap(), 0, "the server closes after our FIN");
+        server.await.unwrap();
+    });
+}
+
+#[test]
+fn enabling_outside_a_runtime_is_an_error() {
+    let (a, _b) = StdUnixStream::pair().unwrap();
+    let a = UnixStream::from_std(a);
+    let e = a.enable_multishot_recv().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+}
