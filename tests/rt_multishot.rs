@@ -133,8 +133,12 @@ fn a_dry_pool_falls_back_to_plain_receives() {
             b.write_all(&pattern(i, LEN)).unwrap();
         }
         time::sleep(Duration::from_millis(100)).await;
-        for (i, (a, _)) in streams.iter().enumerate() {
-            assert_eq!(read_n(a, LEN, 3000).await, pattern(i, LEN), "stream {i}");
+        // The streams written last found the pool dry: read those first,
+        // while every buffer is still held by the others.
+        for (i, (a, _)) in streams.iter().enumerate().rev() {
+            let read = time::timeout(Duration::from_secs(10), read_n(a, LEN, 3000));
+            let got = read.await.unwrap_or_else(|_| panic!("stream {i} stalled"));
+            assert_eq!(got, pattern(i, LEN), "stream {i}");
         }
         // And the pool is usable again afterwards.
         for (i, (a, b)) in streams.iter_mut().enumerate() {
