@@ -12,6 +12,12 @@
 //! may touch it. Reads fill a `Vec`'s **spare capacity** (`len..capacity`)
 //! and extend its length; writes send its contents (`..len`).
 //!
+//! A stream that carries many small messages can serve its reads from one
+//! multishot receive instead ([`TcpStream::enable_multishot_recv`],
+//! [`UnixStream::enable_multishot_recv`]): the kernel receives into a pool of
+//! buffers the loop registered, whenever data arrives, and a read copies
+//! what is there, so it submits nothing and arms no poll.
+//!
 //! Dropping a future mid-operation cancels the operation; the buffer and
 //! the socket stay alive until the kernel is done with them, and a socket
 //! that an `accept` produced after the cancel is closed. A socket's fd is
