@@ -95,16 +95,21 @@ fn plain_setup_keeps_semantics() {
     assert!(ran.get());
 }
 
-/// A full completion queue loses nothing: 100 ready sockets on a ring with a
-/// 16-entry CQ all get their handler run.
-#[test]
-fn cq_overflow_loses_nothing() {
-    let lp = EventLoop::builder()
+/// A loop whose CQ (16 entries) is easy to overflow.
+fn small_cq_loop() -> EventLoop {
+    EventLoop::builder()
         .sq_entries(8)
         .cq_entries(16)
         .wait_timeout(WaitTimeout::After(Duration::from_millis(100)))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// A full completion queue loses nothing: 100 ready sockets on a ring with a
+/// 16-entry CQ all get their handler run.
+#[test]
+fn cq_overflow_loses_nothing() {
+    let lp = small_cq_loop();
     let ran = Rc::new(RefCell::new(vec![0u32; 100]));
     let mut peers = Vec::new();
     for i in 0..100 {
@@ -149,12 +154,7 @@ fn cq_overflow_loses_nothing() {
 /// on a 16-entry CQ all resolve.
 #[test]
 fn cq_overflow_loses_no_future_operation() {
-    let lp = EventLoop::builder()
-        .sq_entries(8)
-        .cq_entries(16)
-        .wait_timeout(WaitTimeout::After(Duration::from_millis(100)))
-        .build()
-        .unwrap();
+    let lp = small_cq_loop();
     let handle = lp.handle();
     let rt = ringloop::rt::Runtime::with_loop(lp).unwrap();
     let results = rt.block_on(async {

@@ -30,7 +30,7 @@ use crate::reactor::bufpool::{self, BufPool};
 use crate::reactor::{Completion, Handle, OpId};
 
 /// Unread buffers at which a stream's receive is cancelled.
-pub(crate) const HIGH_WATER: usize = 16;
+const HIGH_WATER: usize = 16;
 
 /// A stream's receive side: plain `RECV`s, or one multishot receive once
 /// enabled.
