@@ -172,20 +172,14 @@ impl Socket {
         SendFuture(unsafe { Op::submit(entry, (buf, self.clone()), Orphan::Drop) })
     }
 
-    /// Sends all of `buf[..len]`.
-    pub(crate) async fn send_all(&self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let mut sent = 0;
-        while sent < buf.len() {
-            let (r, b) = self.send_from(buf, sent).await;
-            buf = b;
-            match r {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (Err(e), buf),
-            }
+    /// Sends all of `buf[..len]`. Like an `async fn`, the future does
+    /// nothing until first polled.
+    pub(crate) fn send_all(&self, buf: Vec<u8>) -> SendAllFuture<'_> {
+        SendAllFuture {
+            sock: self,
+            sent: 0,
+            state: SendAll::Idle(Some(buf)),
         }
-        (Ok(()), buf)
     }
 
     /// Connects through `IORING_OP_CONNECT`.
@@ -305,6 +299,48 @@ impl Future for SendFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (r, (buf, _sock)) = ready!(self.get_mut().0.poll_result(cx));
         Poll::Ready((r.and_then(|c| c.result()).map(|n| n as usize), buf))
+    }
+}
+
+/// Sends until all of a buffer went out ([`Socket::send_all`]).
+pub(crate) struct SendAllFuture<'a> {
+    sock: &'a Socket,
+    /// Bytes of the buffer sent so far.
+    sent: usize,
+    state: SendAll,
+}
+
+enum SendAll {
+    /// Not polled yet (or finished: `None`).
+    Idle(Option<Vec<u8>>),
+    Sending(SendFuture),
+}
+
+impl Future for SendAllFuture<'_> {
+    type Output = (io::Result<()>, Vec<u8>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let buf = match &mut this.state {
+                SendAll::Idle(buf) => buf.take().expect("SendAllFuture polled after completion"),
+                SendAll::Sending(send) => {
+                    let (r, buf) = ready!(Pin::new(send).poll(cx));
+                    match r {
+                        Ok(0) => return Poll::Ready((Err(io::ErrorKind::WriteZero.into()), buf)),
+                        Ok(n) => this.sent += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Poll::Ready((Err(e), buf)),
+                    }
+                    buf
+                }
+            };
+            if this.sent >= buf.len() {
+                this.state = SendAll::Idle(None);
+                return Poll::Ready((Ok(()), buf));
+            }
+            this.state = SendAll::Sending(this.sock.send_from(buf, this.sent));
+        }
     }
 }
 

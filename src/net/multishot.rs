@@ -7,35 +7,46 @@
 //! and no poll is armed again. The data waits here, in order, until a read
 //! copies it into the caller's buffer and hands the pool buffer back.
 //!
-//! Limits, so one stream cannot take the pool: a stream that has
-//! [`HIGH_WATER`] buffers unread cancels its receive and arms it again only
-//! once a read finds nothing left. When the pool runs dry the kernel ends
-//! the receive with `ENOBUFS`; reads then fall back to one plain `RECV`
-//! into the caller's buffer until buffers are back. A kernel without
-//! multishot receives (`EINVAL`) gets plain `RECV`s from then on.
+//! The completions are handled when the loop reaps them, not by a handler
+//! each: they queue in the loop's table of operations (see
+//! `reactor::multi_op`) and the reading task is woken, so one iteration
+//! serves every stream that received data. A read takes what is queued.
+//!
+//! Limits, so one stream cannot take the pool: once [`HIGH_WATER`]
+//! completions wait unread in the loop, it cancels the receive, which is
+//! armed again only once a read finds nothing left; with the buffers a read
+//! has already taken, a stream holds at most twice that. When the pool runs
+//! dry the kernel ends the receive with `ENOBUFS`; reads then fall back to
+//! one plain `RECV` into the caller's buffer until buffers are back. A
+//! kernel without multishot receives (`EINVAL`) gets plain `RECV`s from
+//! then on.
 //!
 //! The receive holds the socket open (it holds a [`Socket`]); dropping the
-//! stream cancels it, and the fd is closed when its last completion is in.
+//! stream cancels it, the loop hands the buffers of anything still arriving
+//! back to the pool, and the fd is closed when the final completion is in.
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, ready};
 
 use io_uring::opcode;
 
-use super::Socket;
+use super::{RecvFuture, Socket};
 use crate::reactor::bufpool::{self, BufPool};
 use crate::reactor::{Completion, Handle, OpId};
 
-/// Unread buffers at which a stream's receive is cancelled.
+/// Completions waiting unread in the loop at which it cancels a stream's
+/// receive.
 const HIGH_WATER: usize = 16;
 
 /// A stream's receive side: plain `RECV`s, or one multishot receive once
-/// enabled.
+/// enabled (boxed: a stream that never enables it stays small).
 #[derive(Default)]
-pub(crate) struct StreamRx(OnceCell<MultiRecv>);
+pub(crate) struct StreamRx(OnceCell<Box<MultiRecv>>);
 
 impl StreamRx {
     /// Serves reads from a multishot receive from now on.
@@ -50,48 +61,86 @@ impl StreamRx {
                  and a kernel with ring-mapped provided buffers (Linux 5.19)",
             )
         })?;
-        let _ = self.0.set(multi);
+        let _ = self.0.set(Box::new(multi));
         Ok(())
     }
 
     /// Whether the fd cannot be handed out: a receive is armed or holds
     /// unread data.
     pub(crate) fn busy(&self) -> bool {
-        self.0.get().is_some_and(MultiRecv::busy)
+        self.0.get().is_some_and(|multi| multi.busy())
     }
 
-    /// Reads once into `buf`'s spare capacity.
-    pub(crate) async fn read(
-        &self,
-        sock: &Socket,
-        mut buf: Vec<u8>,
-    ) -> (io::Result<usize>, Vec<u8>) {
-        let Some(multi) = self.0.get() else {
-            return sock.recv(buf).await;
-        };
-        if buf.capacity() == buf.len() {
-            return (Err(super::no_spare_capacity()), buf);
-        }
-        match std::future::poll_fn(|cx| multi.poll_fill(sock, &mut buf, cx)).await {
-            Fill::Read(n) => (Ok(n), buf),
-            Fill::Failed(e) => (Err(e), buf),
-            Fill::Plain => sock.recv(buf).await,
+    /// Reads once into `buf`'s spare capacity. Like an `async fn`, the
+    /// future does nothing until first polled.
+    pub(crate) fn read<'a>(&'a self, sock: &'a Socket, buf: Vec<u8>) -> StreamRead<'a> {
+        StreamRead::Idle {
+            rx: self,
+            sock,
+            buf: Some(buf),
         }
     }
 }
 
+/// A stream's read ([`StreamRx::read`]): a named future, because it is
+/// awaited once per message and moved with whatever awaits it; an `async
+/// fn` would be three times the size.
+pub(crate) enum StreamRead<'a> {
+    /// Not polled yet, or waiting for the multishot receive.
+    Idle {
+        rx: &'a StreamRx,
+        sock: &'a Socket,
+        buf: Option<Vec<u8>>,
+    },
+    /// One plain `RECV`.
+    Plain(RecvFuture),
+}
+
+impl Future for StreamRead<'_> {
+    type Output = (io::Result<usize>, Vec<u8>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        const DONE: &str = "StreamRead polled after completion";
+        let this = self.get_mut();
+        let (sock, buf) = match this {
+            StreamRead::Plain(recv) => return Pin::new(recv).poll(cx),
+            StreamRead::Idle { rx, sock, buf } => 'idle: {
+                let Some(multi) = rx.0.get() else {
+                    break 'idle (*sock, buf.take().expect(DONE));
+                };
+                let b = buf.as_mut().expect(DONE);
+                if b.capacity() == b.len() {
+                    return Poll::Ready((Err(super::no_spare_capacity()), buf.take().expect(DONE)));
+                }
+                let fill = ready!(multi.poll_fill(sock, b, cx));
+                let b = buf.take().expect(DONE);
+                match fill {
+                    Fill::Read(n) => return Poll::Ready((Ok(n), b)),
+                    Fill::Failed(e) => return Poll::Ready((Err(e), b)),
+                    Fill::Plain => break 'idle (*sock, b),
+                }
+            }
+        };
+        // `RecvFuture` is `Unpin`: it may move after its first poll.
+        let mut recv = sock.recv(buf);
+        let poll = Pin::new(&mut recv).poll(cx);
+        *this = StreamRead::Plain(recv);
+        poll
+    }
+}
+
 /// A stream's multishot receive; dropping it cancels the receive.
-pub(crate) struct MultiRecv(Rc<RefCell<Rx>>);
+pub(crate) struct MultiRecv(RefCell<Rx>);
 
 struct Rx {
     handle: Handle,
     pool: Rc<BufPool>,
-    /// The receive in flight, if armed.
-    armed: Option<OpId>,
-    /// A cancel was sent for `armed` (high water, or the stream dropped).
-    cancelling: bool,
+    /// The receive in flight, if armed, and the socket it keeps open.
+    armed: Option<(OpId, Socket)>,
     /// Filled buffers not yet read, in order: (buffer id, length, bytes read).
     chunks: VecDeque<(u16, usize, usize)>,
+    /// Completions just taken from the loop (kept for its allocation).
+    taken: VecDeque<Completion>,
     /// How the stream ended: 0 for end of stream (kept), or `-errno`
     /// (reported once).
     end: Option<i32>,
@@ -99,8 +148,6 @@ struct Rx {
     starved: bool,
     /// The kernel refused a multishot receive: plain receives from now on.
     unsupported: bool,
-    /// Reads waiting for data (several tasks may read one stream).
-    wakers: Vec<Waker>,
 }
 
 /// What [`MultiRecv::poll_fill`] found.
@@ -119,17 +166,16 @@ impl MultiRecv {
     fn new() -> Option<MultiRecv> {
         let handle = crate::rt::current_handle()?;
         let pool = handle.buf_pool()?;
-        Some(MultiRecv(Rc::new(RefCell::new(Rx {
+        Some(MultiRecv(RefCell::new(Rx {
             handle,
             pool,
             armed: None,
-            cancelling: false,
             chunks: VecDeque::new(),
+            taken: VecDeque::new(),
             end: None,
             starved: false,
             unsupported: false,
-            wakers: Vec::new(),
-        }))))
+        })))
     }
 
     /// Whether the receive is armed or holds unread data: the fd cannot be
@@ -143,89 +189,91 @@ impl MultiRecv {
     /// receive and registers the waker.
     fn poll_fill(&self, sock: &Socket, buf: &mut Vec<u8>, cx: &mut Context<'_>) -> Poll<Fill> {
         let mut rx = self.0.borrow_mut();
-        if !rx.chunks.is_empty() {
-            return Poll::Ready(Fill::Read(rx.copy_into(buf)));
-        }
-        if let Some(end) = rx.end {
-            if end != 0 {
-                rx.end = None;
+        let mut just_armed = false;
+        loop {
+            if !rx.chunks.is_empty() {
+                return Poll::Ready(Fill::Read(rx.copy_into(buf)));
             }
-            return Poll::Ready(match end {
-                0 => Fill::Read(0),
-                e => Fill::Failed(io::Error::from_raw_os_error(-e)),
-            });
-        }
-        if rx.armed.is_none() {
-            if rx.unsupported || (rx.starved && rx.pool.available() == 0) {
-                return Poll::Ready(Fill::Plain);
+            if let Some(end) = rx.end {
+                if end != 0 {
+                    rx.end = None;
+                }
+                return Poll::Ready(match end {
+                    0 => Fill::Read(0),
+                    e => Fill::Failed(io::Error::from_raw_os_error(-e)),
+                });
             }
-            rx.starved = false;
-            if let Err(e) = self.arm(&mut rx, sock) {
-                return Poll::Ready(Fill::Failed(e));
+            let Some((id, _)) = rx.armed else {
+                if rx.unsupported || (rx.starved && rx.pool.available() == 0) {
+                    return Poll::Ready(Fill::Plain);
+                }
+                rx.starved = false;
+                if let Err(e) = rx.arm(sock) {
+                    return Poll::Ready(Fill::Failed(e));
+                }
+                just_armed = true;
+                continue;
+            };
+            let mut taken = std::mem::take(&mut rx.taken);
+            if rx
+                .handle
+                .poll_multi_task_op(id, cx.waker(), &mut taken)
+                .is_pending()
+            {
+                rx.taken = taken;
+                return Poll::Pending;
             }
+            if taken.is_empty() {
+                // The loop no longer knows the receive: it is gone.
+                rx.armed = None;
+                if just_armed {
+                    return Poll::Ready(Fill::Failed(io::Error::other(
+                        "the event loop lost the receive",
+                    )));
+                }
+            }
+            for c in taken.drain(..) {
+                rx.on_completion(c);
+            }
+            rx.taken = taken;
         }
-        if !rx.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            rx.wakers.push(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-
-    fn arm(&self, rx: &mut Rx, sock: &Socket) -> io::Result<()> {
-        let entry = opcode::RecvMulti::new(sock.fd(), bufpool::GROUP).build();
-        let state = self.0.clone();
-        let sock = sock.clone();
-        // SAFETY: the entry points at no memory of ours: the kernel picks
-        // buffers from the pool, which the callback (and the loop) keeps
-        // alive. The callback also keeps the socket's fd open.
-        let id = unsafe {
-            rx.handle
-                .submit_multishot(entry, move |h: &Handle, c: Completion| {
-                    let _fd_stays_open = &sock;
-                    Rx::on_completion(&state, h, c);
-                })
-        }
-        .map_err(io::Error::other)?;
-        rx.armed = Some(id);
-        rx.cancelling = false;
-        Ok(())
     }
 }
 
 impl Rx {
-    /// One completion of the receive: queue the data, note how it ended,
-    /// wake the readers.
-    fn on_completion(state: &Rc<RefCell<Rx>>, h: &Handle, c: Completion) {
-        let mut rx = state.borrow_mut();
-        if let Some(bid) = rx.pool.take(c.flags) {
+    fn arm(&mut self, sock: &Socket) -> io::Result<()> {
+        let entry = opcode::RecvMulti::new(sock.fd(), bufpool::GROUP).build();
+        // SAFETY: the entry points at no memory of ours: the kernel picks
+        // buffers from the pool, which the loop keeps alive. `armed` keeps
+        // the socket's fd open, and so does the release if the stream is
+        // dropped first.
+        let id = unsafe { self.handle.submit_multi_task_op(entry, HIGH_WATER) }
+            .map_err(io::Error::other)?;
+        self.armed = Some((id, sock.clone()));
+        Ok(())
+    }
+
+    /// One completion of the receive: queue the data, note how it ended.
+    fn on_completion(&mut self, c: Completion) {
+        // The loop took the buffer out of the pool when it reaped this.
+        if let Some(bid) = bufpool::buffer_id(c.flags) {
             match usize::try_from(c.result) {
-                Ok(len) if len > 0 => rx.chunks.push_back((bid, len.min(bufpool::BUF_LEN), 0)),
-                _ => rx.pool.recycle(bid),
+                Ok(len) if len > 0 => self.chunks.push_back((bid, len.min(bufpool::BUF_LEN), 0)),
+                _ => self.pool.recycle(bid),
             }
         }
-        let mut cancel = None;
-        if !c.has_more() {
-            rx.armed = None;
-            match c.result {
-                0 => rx.end = Some(0),
-                r if r > 0 => {}
-                r if r == -libc::ENOBUFS => rx.starved = true,
-                r if r == -libc::ECANCELED && rx.cancelling => {}
-                r if r == -libc::EINVAL && rx.chunks.is_empty() => rx.unsupported = true,
-                r => rx.end = Some(r),
-            }
-            rx.cancelling = false;
-        } else if rx.chunks.len() >= HIGH_WATER && !rx.cancelling {
-            rx.cancelling = true;
-            cancel = rx.armed;
+        if c.has_more() {
+            return;
         }
-        let wakers = std::mem::take(&mut rx.wakers);
-        drop(rx);
-        if let Some(id) = cancel {
-            // Fails only if the loop is going away, which cancels it anyway.
-            let _ = h.cancel_op(id);
-        }
-        for w in wakers {
-            w.wake();
+        self.armed = None;
+        match c.result {
+            0 => self.end = Some(0),
+            r if r > 0 => {}
+            r if r == -libc::ENOBUFS => self.starved = true,
+            // The loop cancelled it: HIGH_WATER completions were unread.
+            r if r == -libc::ECANCELED => {}
+            r if r == -libc::EINVAL && self.chunks.is_empty() => self.unsupported = true,
+            r => self.end = Some(r),
         }
     }
 
@@ -254,14 +302,11 @@ impl Rx {
 
 impl Drop for MultiRecv {
     fn drop(&mut self) {
-        let (handle, armed) = {
-            let mut rx = self.0.borrow_mut();
-            rx.cancelling = true;
-            (rx.handle.clone(), rx.armed)
-        };
-        if let Some(id) = armed {
-            // Fails only if the loop is gone, and the receive with it.
-            let _ = handle.cancel_op(id);
+        let rx = self.0.get_mut();
+        if let Some((id, sock)) = rx.armed.take() {
+            // The fd closes when the kernel hands the receive back.
+            rx.handle
+                .detach_multi_task_op(id, Box::new(move |_| drop(sock)));
         }
     }
 }

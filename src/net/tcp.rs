@@ -1,6 +1,7 @@
 //! TCP through io_uring: [`TcpListener`] and [`TcpStream`].
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -108,8 +109,8 @@ impl TcpStream {
     /// Reads once into `buf`'s **spare capacity** (`len..capacity`) and
     /// extends its length by the bytes read; `Ok(0)` means end of stream.
     /// A buffer without spare capacity gives `InvalidInput`.
-    pub async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        self.rx.read(&self.sock, buf).await
+    pub fn read(&self, buf: Vec<u8>) -> impl Future<Output = (io::Result<usize>, Vec<u8>)> + '_ {
+        self.rx.read(&self.sock, buf)
     }
 
     /// Serves this stream's reads from one multishot receive from now on:
@@ -118,9 +119,9 @@ impl TcpStream {
     /// operation and no poll per read. Suits many streams with small
     /// messages; a stream that carries bulk data is better off without.
     ///
-    /// Up to 16 pool buffers of unread data are held per stream before the
-    /// receive is paused; when the pool runs dry, reads fall back to plain
-    /// receives. Dropping the stream cancels the receive, and the fd is
+    /// The receive pauses once 16 pool buffers of unread data wait for the
+    /// stream (which then holds at most 32, 128 KiB); when the pool runs
+    /// dry, reads fall back to plain receives. Dropping the stream cancels the receive, and the fd is
     /// closed when the kernel hands it back.
     ///
     /// Fails with `Unsupported` outside a runtime or on a kernel without
@@ -137,8 +138,8 @@ impl TcpStream {
     }
 
     /// Writes all of `buf[..len]`.
-    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        self.sock.send_all(buf).await
+    pub fn write_all(&self, buf: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)> + '_ {
+        self.sock.send_all(buf)
     }
 
     /// Shuts down one or both directions at once (a plain `shutdown(2)`,

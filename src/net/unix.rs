@@ -1,6 +1,7 @@
 //! Unix-domain stream sockets through io_uring.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -43,8 +44,8 @@ impl UnixStream {
 
     /// Reads once into `buf`'s spare capacity (`len..capacity`), extending
     /// its length; `Ok(0)` means end of stream.
-    pub async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        self.rx.read(&self.sock, buf).await
+    pub fn read(&self, buf: Vec<u8>) -> impl Future<Output = (io::Result<usize>, Vec<u8>)> + '_ {
+        self.rx.read(&self.sock, buf)
     }
 
     /// Serves this stream's reads from one multishot receive from now on:
@@ -53,9 +54,9 @@ impl UnixStream {
     /// operation and no poll per read. Suits many streams with small
     /// messages; a stream that carries bulk data is better off without.
     ///
-    /// Up to 16 pool buffers of unread data are held per stream before the
-    /// receive is paused; when the pool runs dry, reads fall back to plain
-    /// receives. Dropping the stream cancels the receive, and the fd is
+    /// The receive pauses once 16 pool buffers of unread data wait for the
+    /// stream (which then holds at most 32, 128 KiB); when the pool runs
+    /// dry, reads fall back to plain receives. Dropping the stream cancels the receive, and the fd is
     /// closed when the kernel hands it back.
     ///
     /// Fails with `Unsupported` outside a runtime or on a kernel without
@@ -72,8 +73,8 @@ impl UnixStream {
     }
 
     /// Writes all of `buf[..len]`.
-    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        self.sock.send_all(buf).await
+    pub fn write_all(&self, buf: Vec<u8>) -> impl Future<Output = (io::Result<()>, Vec<u8>)> + '_ {
+        self.sock.send_all(buf)
     }
 
     /// Shuts down one or both directions.

@@ -37,6 +37,15 @@ const ENTRY_SIZE: usize = 16;
 const TAIL_OFFSET: usize = 14;
 const PAGE: usize = 4096;
 
+/// The buffer a completion's flags name, if they name one of the pool's.
+pub(crate) fn buffer_id(flags: u32) -> Option<u16> {
+    if flags & CQE_F_BUFFER == 0 {
+        return None;
+    }
+    let bid = (flags >> CQE_BUFFER_SHIFT) as u16;
+    (bid < ENTRIES).then_some(bid)
+}
+
 /// The loop's pool of provided receive buffers.
 pub(crate) struct BufPool {
     /// The shared ring of `ENTRIES` entries, page-aligned.
@@ -96,15 +105,11 @@ impl BufPool {
     }
 
     /// The buffer a completion names, if it names one; it is now the
-    /// caller's, until [`BufPool::recycle`].
+    /// caller's, until [`BufPool::recycle`]. The loop takes the buffers of
+    /// the completions it queues for a stream as it reaps them, so that
+    /// [`BufPool::available`] is right while they wait unread.
     pub(crate) fn take(&self, flags: u32) -> Option<u16> {
-        if flags & CQE_F_BUFFER == 0 {
-            return None;
-        }
-        let bid = (flags >> CQE_BUFFER_SHIFT) as u16;
-        if bid >= ENTRIES {
-            return None;
-        }
+        let bid = buffer_id(flags)?;
         self.available.set(self.available.get().saturating_sub(1));
         Some(bid)
     }

@@ -13,6 +13,7 @@
 pub(crate) mod bufpool;
 pub mod fd;
 pub mod immediate;
+mod multi_op;
 pub mod op;
 mod remote;
 mod schedule;
@@ -273,6 +274,8 @@ enum Op {
     },
     /// Awaited by a future ([`crate::op::Op`]): the completion waits here.
     Task(TaskOp),
+    /// A multishot operation awaited by a future: its completions queue here.
+    MultiTask(multi_op::MultiTaskOp),
     /// Its owner is gone; the completion is dropped.
     Orphan,
 }
@@ -307,7 +310,7 @@ impl Dispatch {
 struct State {
     ring: Ring,
     ops: SlotMap<OpId, Op>,
-    /// `Op::User` and `Op::Task` entries the kernel has not finished: they
+    /// `Op::User`, `Op::Task` and `Op::MultiTask` entries the kernel has not finished: they
     /// keep `run` going.
     user_ops: usize,
     watches: SlotMap<FdId, Watch>,
@@ -724,6 +727,7 @@ impl Handle {
                     }
                     task.leak_if_in_flight();
                 }
+                Op::MultiTask(op) => op.leak_if_in_flight(),
                 _ => {}
             }
         }
@@ -962,6 +966,7 @@ impl State {
                 self.signals.on_poll_complete(more);
             }
             Op::Task(_) => self.route_task_op(id, Completion { result, flags }, more),
+            Op::MultiTask(_) => self.route_multi_task_op(id, Completion { result, flags }, more),
             Op::User { done, .. } => {
                 if *done {
                     return;

@@ -185,7 +185,7 @@ impl Handle {
         unsafe { self.submit_op(entry, Op::Task(TaskOp::default())) }
     }
 
-    unsafe fn submit_op(&self, entry: squeue::Entry, op: Op) -> Result<OpId> {
+    pub(super) unsafe fn submit_op(&self, entry: squeue::Entry, op: Op) -> Result<OpId> {
         if sqe_flags(&entry) & SKIP_SUCCESS_BIT != 0 {
             // Its success would never be seen and the operation would stay
             // in flight forever.
@@ -304,6 +304,7 @@ impl State {
                 ..
             }) => cancel_sent,
             Some(Op::Task(task)) if !task.done => &mut task.cancel_sent,
+            Some(Op::MultiTask(op)) if !op.done => &mut op.cancel_sent,
             _ => return,
         };
         if *cancel_sent {
@@ -323,6 +324,7 @@ impl State {
         match self.ops.get_mut(id) {
             Some(Op::User { cancel_sent, .. }) => *cancel_sent = false,
             Some(Op::Task(task)) => task.cancel_sent = false,
+            Some(Op::MultiTask(op)) => op.cancel_sent = false,
             _ => return,
         }
         self.cancel_user_op(id);

@@ -1,0 +1,226 @@
+//! Multishot operations awaited by futures: a stream's multishot receive
+//! (`net::multishot`) is the user.
+//!
+//! Like a future's single-shot operation ([`super::op::TaskOp`]), the
+//! completions are handled when they are reaped, not by a handler each: they
+//! queue in the operation's entry of the loop's table and the waiting tasks
+//! are woken, so one iteration serves every stream that received data. A
+//! callback per completion would cost a loop iteration (and a poll pass) per
+//! completion instead.
+//!
+//! The operation's completions may name buffers of the loop's pool
+//! ([`super::bufpool`]): the loop takes each such buffer out of the pool as
+//! it reaps the completion, and hands back those nobody will read (the
+//! owner was dropped). It also applies the owner's limit on unread
+//! completions: it cancels the operation when the queue reaches it.
+
+use std::collections::VecDeque;
+use std::task::{Poll, Waker};
+
+use io_uring::squeue;
+
+use super::bufpool;
+use super::op::{Deferred, Release};
+use super::{Completion, Handle, Op, OpId, State};
+use crate::error::{Error, Result};
+
+/// A multishot operation awaited by a future; its completions wait here.
+pub(super) struct MultiTaskOp {
+    /// Completions not yet taken, in order.
+    queue: VecDeque<Completion>,
+    /// Tasks waiting for a completion (several tasks may read one stream).
+    wakers: Vec<Waker>,
+    /// Queued completions at which the operation is cancelled.
+    limit: usize,
+    /// The owner's resources, once it is dropped, freed at the final
+    /// completion.
+    release: Option<Release>,
+    /// The kernel posted the final completion.
+    pub(super) done: bool,
+    /// The owner was dropped: completions go back to the pool.
+    detached: bool,
+    pub(super) cancel_sent: bool,
+}
+
+impl MultiTaskOp {
+    /// At teardown: a dropped owner's resources that the kernel may still
+    /// use are leaked rather than freed under it.
+    pub(super) fn leak_if_in_flight(mut self) {
+        if let Some(release) = self.release.take() {
+            std::mem::forget(release);
+        }
+    }
+}
+
+impl Handle {
+    /// Submits a multishot operation that a future awaits with
+    /// [`Handle::poll_multi_task_op`]: its completions queue in the loop,
+    /// and once `limit` of them wait unread the loop cancels it.
+    ///
+    /// # Safety
+    /// As for [`Handle::submit`]: what the entry points to is owned by the
+    /// future, which hands it to [`Handle::detach_multi_task_op`] if dropped
+    /// before the final completion.
+    pub(crate) unsafe fn submit_multi_task_op(
+        &self,
+        entry: squeue::Entry,
+        limit: usize,
+    ) -> Result<OpId> {
+        let op = Op::MultiTask(MultiTaskOp {
+            queue: VecDeque::new(),
+            wakers: Vec::new(),
+            limit: limit.max(1),
+            release: None,
+            done: false,
+            detached: false,
+            cancel_sent: false,
+        });
+        // SAFETY: forwarded from the caller.
+        unsafe { self.submit_op(entry, op) }
+    }
+
+    /// Moves every queued completion of the operation to the end of `out`
+    /// and returns `Ready`, or registers `waker` if none is queued. `Ready`
+    /// with nothing moved means the operation is unknown (it ended and its
+    /// final completion was taken); once the loop is gone, it is always
+    /// that (what it had queued is lost with it).
+    pub(crate) fn poll_multi_task_op(
+        &self,
+        id: OpId,
+        waker: &Waker,
+        out: &mut VecDeque<Completion>,
+    ) -> Poll<()> {
+        self.with(|st| st.poll_multi_task_op(id, waker, out))
+            .unwrap_or(Poll::Ready(()))
+    }
+
+    /// The owner of a multishot operation is dropped: the operation is
+    /// cancelled, the buffers its completions name go back to the pool, and
+    /// `release` runs at the final completion (now, if that is in already).
+    pub(crate) fn detach_multi_task_op(&self, id: OpId, release: Release) {
+        let mut release = Some(release);
+        let outcome = self.with(|st| st.detach_multi_task_op(id, &mut release));
+        match outcome {
+            Ok(Some(wakers)) => drop(wakers),
+            Ok(None) => {}
+            Err(Error::LoopGone) => {
+                // Teardown waited for the final completion (or leaked what
+                // it could not settle): the operation is over either way.
+            }
+            Err(_) => {
+                // Forked child or a state borrowed from outside: the kernel
+                // may still use what the operation holds, so it is leaked.
+                std::mem::forget(release.take());
+            }
+        }
+        // The final completion is in (or the loop is gone): free it now.
+        if let Some(release) = release {
+            release(Completion {
+                result: -libc::ECANCELED,
+                flags: 0,
+            });
+        }
+    }
+}
+
+impl State {
+    /// Routes a completion of a future's multishot operation: queues it and
+    /// wakes the readers, or hands its buffer back if the owner is gone.
+    pub(super) fn route_multi_task_op(&mut self, id: OpId, c: Completion, more: bool) {
+        let Some(Op::MultiTask(op)) = self.ops.get_mut(id) else {
+            return;
+        };
+        if op.done {
+            return;
+        }
+        // The buffer leaves the pool now, whoever reads it.
+        let bid = match &self.buf_pool {
+            Some(Some(pool)) => pool.take(c.flags),
+            _ => None,
+        };
+        let mut over_limit = false;
+        if op.detached {
+            if let (Some(bid), Some(Some(pool))) = (bid, &self.buf_pool) {
+                pool.recycle(bid);
+            }
+        } else {
+            op.queue.push_back(c);
+            self.deferred
+                .extend(op.wakers.drain(..).map(Deferred::Wake));
+            over_limit = more && op.queue.len() >= op.limit;
+        }
+        if more {
+            if over_limit {
+                self.cancel_user_op(id);
+            }
+            return;
+        }
+        op.done = true;
+        self.user_ops -= 1;
+        if op.detached {
+            let release = op.release.take();
+            self.ops.remove(id);
+            if let Some(release) = release {
+                self.deferred.push(Deferred::Release(release, c));
+            }
+        }
+    }
+
+    fn poll_multi_task_op(
+        &mut self,
+        id: OpId,
+        waker: &Waker,
+        out: &mut VecDeque<Completion>,
+    ) -> Poll<()> {
+        let Some(Op::MultiTask(op)) = self.ops.get_mut(id) else {
+            return Poll::Ready(());
+        };
+        if !op.queue.is_empty() {
+            out.extend(op.queue.drain(..));
+            if op.done {
+                self.ops.remove(id);
+            }
+            return Poll::Ready(());
+        }
+        if !op.wakers.iter().any(|w| w.will_wake(waker)) {
+            op.wakers.push(waker.clone());
+        }
+        Poll::Pending
+    }
+
+    /// See [`Handle::detach_multi_task_op`]: takes `release` if the
+    /// operation is still in flight, and returns the wakers to drop outside
+    /// the state borrow.
+    fn detach_multi_task_op(
+        &mut self,
+        id: OpId,
+        release: &mut Option<Release>,
+    ) -> Option<Vec<Waker>> {
+        let Some(Op::MultiTask(op)) = self.ops.get_mut(id) else {
+            return None;
+        };
+        op.detached = true;
+        let wakers = std::mem::take(&mut op.wakers);
+        let unread = std::mem::take(&mut op.queue);
+        if let Some(Some(pool)) = &self.buf_pool {
+            for c in unread {
+                if let Some(bid) = bufpool::buffer_id(c.flags) {
+                    pool.recycle(bid);
+                }
+            }
+        }
+        if op.done {
+            self.ops.remove(id);
+            return Some(wakers);
+        }
+        op.release = release.take();
+        self.cancel_user_op(id);
+        if !self.ring.features.defer_taskrun {
+            // As in `Handle::cancel_op`: without DEFER_TASKRUN the cancel
+            // goes to the kernel on its own, or a dead poll entry can steal
+            // the exclusive wake-up of an operation submitted with it.
+            let _ = self.ring.flush();
+        }
+        Some(wakers)
+    }
+}
