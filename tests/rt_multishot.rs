@@ -114,6 +114,131 @@ fn an_unread_stream_pauses_and_loses_nothing() {
     });
 }
 
+/// Buffers of the loop's pool (`ENTRIES` in `reactor::bufpool`).
+const POOL: u16 = 256;
+
+/// Pool buffers the kernel cannot fill now: held by streams or queued.
+fn pool_in_use() -> u16 {
+    let available = rt::current_handle()
+        .and_then(|h| h.buf_pool_available())
+        .expect("the pool exists once a stream enabled multishot receives");
+    POOL - available
+}
+
+/// The per-stream limit: a stream written 1 MiB that nobody reads holds
+/// the limit (16 buffers) plus what the kernel received before the cancel
+/// reached it (33 in all on Linux 6.18), not the whole pool; every buffer
+/// is back once it is read.
+#[test]
+fn an_unread_stream_holds_a_bounded_share_of_the_pool() {
+    const LEN: usize = 1 << 20;
+    rt::block_on(async {
+        let (a, mut b) = pair();
+        arm(&a).await;
+        b.set_nonblocking(true).unwrap();
+        let data = pattern(3, LEN);
+        let mut written = 0;
+        // Write until the socket is full behind the paused receive.
+        while written < LEN {
+            match b.write(&data[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            time::sleep(Duration::from_millis(5)).await;
+        }
+        time::sleep(Duration::from_millis(50)).await;
+        let held = pool_in_use();
+        assert!(held <= 64, "one unread stream holds {held} buffers");
+        assert!(held >= 16, "the receive paused early, at {held} buffers");
+        b.set_nonblocking(false).unwrap();
+        let writer = std::thread::spawn(move || {
+            b.write_all(&data[written..]).unwrap();
+            b
+        });
+        let got = read_n(&a, LEN, 64 * 1024).await;
+        assert_eq!(got, pattern(3, LEN));
+        drop(writer.join().unwrap());
+        assert_eq!(pool_in_use(), 0, "every buffer read is back in the pool");
+    });
+}
+
+/// Dropping streams with unread data, some of it taken by a read and some
+/// still queued in the loop, hands every buffer back to the pool.
+#[test]
+fn dropping_streams_returns_their_buffers_to_the_pool() {
+    rt::block_on(async {
+        let mut peers = Vec::new();
+        for i in 0..8 {
+            let (a, mut b) = pair();
+            arm(&a).await;
+            b.write_all(&pattern(i, 30_000)).unwrap();
+            time::sleep(Duration::from_millis(10)).await;
+            // Take part of it: the rest of the first batch now sits in the
+            // stream, and more arrives into the loop's queue.
+            assert_eq!(read_n(&a, 10, 10).await, pattern(i, 30_000)[..10]);
+            b.write_all(&pattern(i, 20_000)).unwrap();
+            time::sleep(Duration::from_millis(10)).await;
+            peers.push((a, b));
+        }
+        assert!(pool_in_use() >= 8, "the streams hold buffers");
+        let (streams, peers): (Vec<_>, Vec<_>) = peers.into_iter().unzip();
+        drop(streams);
+        // Let the loop hand the cancels to the kernel and reap them.
+        time::sleep(Duration::from_millis(50)).await;
+        for b in peers {
+            let mut buf = [0u8; 8];
+            assert_eq!((&b).read(&mut buf).unwrap(), 0, "the peer sees EOF");
+        }
+        assert_eq!(pool_in_use(), 0, "every buffer is back in the pool");
+    });
+}
+
+/// SEMANTICS §7 for multishot receives: a completion queue too small for
+/// what arrives ends the receives (their last completion carries data and
+/// no MORE flag); reads still get every byte, in order, and the receives
+/// are armed again.
+#[test]
+fn cq_overflow_ends_receives_but_loses_nothing() {
+    const STREAMS: usize = 40;
+    let lp = ringloop::EventLoop::builder()
+        .sq_entries(8)
+        .cq_entries(16)
+        .build()
+        .unwrap();
+    let rt = rt::Runtime::with_loop(lp).unwrap();
+    let handle = rt.handle();
+    rt.block_on(async {
+        let mut streams = Vec::new();
+        for _ in 0..STREAMS {
+            streams.push(pair());
+        }
+        for (a, _) in &streams {
+            arm(a).await;
+        }
+        for round in 0..3 {
+            let before = handle.stats().unwrap().overflow_flushes;
+            // Every peer writes before the loop next reaps: one completion
+            // per stream, more than the CQ holds.
+            for (i, (_, b)) in streams.iter_mut().enumerate() {
+                b.write_all(&pattern(i + round, 100)).unwrap();
+            }
+            for (i, (a, _)) in streams.iter().enumerate() {
+                let read = time::timeout(Duration::from_secs(5), read_n(a, 100, 100));
+                let got = read.await.unwrap_or_else(|_| panic!("stream {i} stalled"));
+                assert_eq!(got, pattern(i + round, 100), "round {round}, stream {i}");
+            }
+            let after = handle.stats().unwrap().overflow_flushes;
+            assert!(after > before, "round {round}: the CQ did not overflow");
+            // The receives the overflow ended are armed again by the next
+            // read; arm them all before the next round's writes.
+            for (a, _) in &streams {
+                arm(a).await;
+            }
+        }
+    });
+}
+
 /// More unread data on more streams than the pool holds: receives end
 /// with ENOBUFS, reads fall back to plain receives, and every stream still
 /// reads back exactly what was written.

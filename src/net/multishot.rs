@@ -14,8 +14,9 @@
 //!
 //! Limits, so one stream cannot take the pool: once [`HIGH_WATER`]
 //! completions wait unread in the loop, it cancels the receive, which is
-//! armed again only once a read finds nothing left; with the buffers a read
-//! has already taken, a stream holds at most twice that. When the pool runs
+//! armed again only once reads have used up everything received. The
+//! kernel may fill a few more buffers before the cancel reaches it (a
+//! stream written 1 MiB and never read holds 33 on Linux 6.18). When the pool runs
 //! dry the kernel ends the receive with `ENOBUFS`; reads then fall back to
 //! one plain `RECV` into the caller's buffer until buffers are back. A
 //! kernel without multishot receives (`EINVAL`) gets plain `RECV`s from

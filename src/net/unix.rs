@@ -54,9 +54,10 @@ impl UnixStream {
     /// operation and no poll per read. Suits many streams with small
     /// messages; a stream that carries bulk data is better off without.
     ///
-    /// The receive pauses once 16 pool buffers of unread data wait for the
-    /// stream (which then holds at most 32, 128 KiB); when the pool runs
-    /// dry, reads fall back to plain receives. Dropping the stream cancels the receive, and the fd is
+    /// The receive pauses once 16 pool buffers (64 KiB) of unread data wait
+    /// for the stream (the kernel may fill a few more before the pause
+    /// reaches it); when the pool runs dry, reads fall back to plain
+    /// receives. Dropping the stream cancels the receive, and the fd is
     /// closed when the kernel hands it back.
     ///
     /// Fails with `Unsupported` outside a runtime or on a kernel without

@@ -184,4 +184,16 @@ impl Handle {
         .ok()
         .flatten()
     }
+
+    /// Test hook: how many buffers of the loop's pool the kernel can fill
+    /// now; `None` until a stream first enables multishot receives.
+    #[doc(hidden)]
+    pub fn buf_pool_available(&self) -> Option<u16> {
+        self.with(|st| match &st.buf_pool {
+            Some(Some(pool)) => Some(pool.available()),
+            _ => None,
+        })
+        .ok()
+        .flatten()
+    }
 }

@@ -727,7 +727,14 @@ impl Handle {
                     }
                     task.leak_if_in_flight();
                 }
-                Op::MultiTask(op) => op.leak_if_in_flight(),
+                Op::MultiTask(op) => {
+                    if op.leak_if_in_flight()
+                        && let Some(Some(pool)) = &st.buf_pool
+                    {
+                        // The kernel may still fill the pool's buffers.
+                        std::mem::forget(pool.clone());
+                    }
+                }
                 _ => {}
             }
         }

@@ -44,11 +44,13 @@ pub(super) struct MultiTaskOp {
 
 impl MultiTaskOp {
     /// At teardown: a dropped owner's resources that the kernel may still
-    /// use are leaked rather than freed under it.
-    pub(super) fn leak_if_in_flight(mut self) {
+    /// use are leaked rather than freed under it. Returns whether the
+    /// operation is still in flight (its buffers then need leaking too).
+    pub(super) fn leak_if_in_flight(mut self) -> bool {
         if let Some(release) = self.release.take() {
             std::mem::forget(release);
         }
+        !self.done
     }
 }
 
