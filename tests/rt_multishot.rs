@@ -404,3 +404,68 @@ fn enabling_outside_a_runtime_is_an_error() {
     let e = a.enable_multishot_recv().unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
 }
+
+/// A loop built with a small pool of short buffers (`recv_buffers`): large
+/// messages cross it in 256-byte pieces and through the dry-pool fallback,
+/// and every buffer is back once they are read.
+#[test]
+fn a_small_pool_of_short_buffers_carries_large_messages() {
+    const LEN: usize = 300_000;
+    let lp = ringloop::EventLoop::builder()
+        .recv_buffers(4, 256)
+        .build()
+        .unwrap();
+    let rt = rt::Runtime::with_loop(lp).unwrap();
+    rt.block_on(async {
+        let (a, b) = pair();
+        arm(&a).await;
+        assert_eq!(rt::current_handle().unwrap().buf_pool_available(), Some(4));
+        let writer = std::thread::spawn(move || {
+            let mut b = b;
+            b.write_all(&pattern(5, LEN)).unwrap();
+            b
+        });
+        let got = read_n(&a, LEN, 200).await;
+        assert_eq!(got, pattern(5, LEN));
+        drop(writer.join().unwrap());
+        assert_eq!(rt::current_handle().unwrap().buf_pool_available(), Some(4));
+    });
+}
+
+/// Pool sizes the kernel cannot take, or absurd ones, fail `build` with
+/// `InvalidInput` instead of failing later at a read.
+#[test]
+fn bad_pool_sizes_are_rejected_when_the_loop_is_built() {
+    for (count, len) in [
+        (3, 4096),
+        (0, 4096),
+        (256, 0),
+        (32768, 1 << 20),
+        (u16::MAX, 64),
+    ] {
+        match ringloop::EventLoop::builder()
+            .recv_buffers(count, len)
+            .build()
+        {
+            Err(ringloop::Error::Io(e)) => {
+                assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidInput,
+                    "{count} x {len}"
+                )
+            }
+            Err(e) => panic!("{count} x {len}: wrong error {e}"),
+            Ok(_) => panic!("{count} x {len} was accepted"),
+        }
+    }
+    // The limits themselves are fine (the pool is only allocated when a
+    // stream asks for it).
+    ringloop::EventLoop::builder()
+        .recv_buffers(32768, 32768)
+        .build()
+        .unwrap();
+    ringloop::EventLoop::builder()
+        .recv_buffers(1, 1)
+        .build()
+        .unwrap();
+}

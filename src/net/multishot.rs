@@ -257,9 +257,11 @@ impl Rx {
     /// One completion of the receive: queue the data, note how it ended.
     fn on_completion(&mut self, c: Completion) {
         // The loop took the buffer out of the pool when it reaped this.
-        if let Some(bid) = bufpool::buffer_id(c.flags) {
+        if let Some(bid) = self.pool.buffer_id(c.flags) {
             match usize::try_from(c.result) {
-                Ok(len) if len > 0 => self.chunks.push_back((bid, len.min(bufpool::BUF_LEN), 0)),
+                Ok(len) if len > 0 => self
+                    .chunks
+                    .push_back((bid, len.min(self.pool.buf_len()), 0)),
                 _ => self.pool.recycle(bid),
             }
         }

@@ -119,10 +119,11 @@ impl TcpStream {
     /// operation and no poll per read. Suits many streams with small
     /// messages; a stream that carries bulk data is better off without.
     ///
-    /// The receive pauses once 16 pool buffers (64 KiB) of unread data wait
-    /// for the stream (the kernel may fill a few more before the pause
-    /// reaches it); when the pool runs dry, reads fall back to plain
-    /// receives. Dropping the stream cancels the receive, and the fd is
+    /// The pool is the loop's, 256 x 4 KiB unless set with
+    /// [`Builder::recv_buffers`](crate::reactor::Builder::recv_buffers). The
+    /// receive pauses once 16 pool buffers of unread data wait for the
+    /// stream (the kernel may fill a few more before the pause reaches it);
+    /// when the pool runs dry, reads fall back to plain receives. Dropping the stream cancels the receive, and the fd is
     /// closed when the kernel hands it back.
     ///
     /// Fails with `Unsupported` outside a runtime or on a kernel without

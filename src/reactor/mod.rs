@@ -122,6 +122,7 @@ pub struct Builder {
     wait_timeout: WaitTimeout,
     allow_nesting: bool,
     clock: Option<ManualClock>,
+    buf_pool: bufpool::PoolSize,
 }
 
 impl Default for Builder {
@@ -137,6 +138,7 @@ impl Default for Builder {
             wait_timeout: WaitTimeout::After(Duration::from_secs(30)),
             allow_nesting: false,
             clock: None,
+            buf_pool: bufpool::PoolSize::default(),
         }
     }
 }
@@ -181,6 +183,20 @@ impl Builder {
         self
     }
 
+    /// The pool of receive buffers that streams with multishot receives
+    /// share (`net::TcpStream::enable_multishot_recv`): `count` buffers of
+    /// `len` bytes, allocated and registered when a stream first asks.
+    /// Default 256 x 4096. `count` must be a power of two up to 32768 and
+    /// the pool at most 1 GiB, or [`Builder::build`] fails with
+    /// `InvalidInput`.
+    pub fn recv_buffers(mut self, count: u16, len: u32) -> Self {
+        self.buf_pool = bufpool::PoolSize {
+            buffers: count,
+            buf_len: len,
+        };
+        self
+    }
+
     /// Test hook: make the probe report a required feature as absent
     /// (for example `"IORING_FEAT_EXT_ARG"` or `"IORING_OP_POLL_ADD"`).
     #[doc(hidden)]
@@ -191,6 +207,7 @@ impl Builder {
 
     /// Builds the loop.
     pub fn build(self) -> Result<EventLoop> {
+        let buf_pool_size = self.buf_pool.validate().map_err(Error::Io)?;
         let ring = Ring::new(&self.ring)?;
         let remote = Arc::new(RemoteShared::new()?);
         let mut state = State {
@@ -214,6 +231,7 @@ impl Builder {
             wait_timeout: self.wait_timeout,
             stats: Stats::default(),
             buf_pool: None,
+            buf_pool_size,
         };
         state.arm_wake()?;
         let inner = Inner {
@@ -337,6 +355,8 @@ struct State {
     /// `Some(None)` if the kernel has none. After `ring`, so that it is
     /// freed after the ring is closed.
     buf_pool: Option<Option<Rc<bufpool::BufPool>>>,
+    /// What the pool will be made with.
+    buf_pool_size: bufpool::PoolSize,
 }
 
 impl Deref for EventLoop {

@@ -19,7 +19,6 @@ use std::task::{Poll, Waker};
 
 use io_uring::squeue;
 
-use super::bufpool;
 use super::op::{Deferred, Release};
 use super::{Completion, Handle, Op, OpId, State};
 use crate::error::{Error, Result};
@@ -206,7 +205,7 @@ impl State {
         let unread = std::mem::take(&mut op.queue);
         if let Some(Some(pool)) = &self.buf_pool {
             for c in unread {
-                if let Some(bid) = bufpool::buffer_id(c.flags) {
+                if let Some(bid) = pool.buffer_id(c.flags) {
                     pool.recycle(bid);
                 }
             }
