@@ -16,11 +16,11 @@
 //! completions wait unread in the loop, it cancels the receive, which is
 //! armed again only once reads have used up everything received. The
 //! kernel may fill a few more buffers before the cancel reaches it (a
-//! stream written 1 MiB and never read holds 33 on Linux 6.18). When the pool runs
-//! dry the kernel ends the receive with `ENOBUFS`; reads then fall back to
-//! one plain `RECV` into the caller's buffer until buffers are back. A
-//! kernel without multishot receives (`EINVAL`) gets plain `RECV`s from
-//! then on.
+//! stream written 1 MiB and never read holds 33 on Linux 6.18). When the
+//! pool runs dry the kernel ends the receive with `ENOBUFS`; reads then
+//! fall back to one plain `RECV` into the caller's buffer until buffers
+//! are back. A kernel without multishot receives (`EINVAL`) gets plain
+//! `RECV`s from then on.
 //!
 //! The receive holds the socket open (it holds a [`Socket`]); dropping the
 //! stream cancels it, the loop hands the buffers of anything still arriving

@@ -105,8 +105,10 @@ impl Handle {
             Ok(Some(wakers)) => drop(wakers),
             Ok(None) => {}
             Err(Error::LoopGone) => {
-                // Teardown waited for the final completion (or leaked what
-                // it could not settle): the operation is over either way.
+                // Teardown waited for the final completion, or gave up and
+                // leaked the pool the receive may still fill. Releasing
+                // (closing the fd) is safe either way: the kernel holds its
+                // own reference to the file.
             }
             Err(_) => {
                 // Forked child or a state borrowed from outside: the kernel
@@ -160,10 +162,7 @@ impl State {
         self.user_ops -= 1;
         if op.detached {
             let release = op.release.take();
-            self.ops.remove(id);
-            if let Some(release) = release {
-                self.deferred.push(Deferred::Release(release, c));
-            }
+            self.forget_detached_op(id, release, c);
         }
     }
 

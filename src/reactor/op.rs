@@ -353,10 +353,16 @@ impl State {
         self.user_ops -= 1;
         if task.detached {
             let release = task.release.take();
-            self.ops.remove(id);
-            if let Some(release) = release {
-                self.deferred.push(Deferred::Release(release, c));
-            }
+            self.forget_detached_op(id, release, c);
+        }
+    }
+
+    /// The final completion `c` of an operation whose future (or owner) is
+    /// gone: frees its entry, and its resources once the state is released.
+    pub(super) fn forget_detached_op(&mut self, id: OpId, release: Option<Release>, c: Completion) {
+        self.ops.remove(id);
+        if let Some(release) = release {
+            self.deferred.push(Deferred::Release(release, c));
         }
     }
 
