@@ -315,3 +315,59 @@ fn reads_after_a_short_read_see_buffered_data_later_data_and_eof() {
         closer.await.unwrap();
     });
 }
+
+/// On a loop that serves one completion per `io_uring_enter` (idle here), a
+/// send goes out directly: `write_all` and `write` resolve at their first
+/// poll, with no operation and so no completion.
+#[test]
+fn a_send_on_an_idle_loop_goes_out_directly() {
+    let rt = rt::Runtime::new().unwrap();
+    let handle = rt.handle();
+    rt.block_on(async {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let a = UnixStream::from_std(a);
+        // One quiet iteration: the last reap brought nothing.
+        time::sleep(Duration::from_millis(1)).await;
+        let before = handle.stats().unwrap().completions;
+        a.write_all(b"direct".to_vec()).await.0.unwrap();
+        let (r, _) = a.write(b"!".to_vec()).await;
+        assert_eq!(r.unwrap(), 1);
+        assert_eq!(
+            handle.stats().unwrap().completions,
+            before,
+            "no operation ran"
+        );
+        let mut got = [0u8; 7];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"direct!");
+    });
+}
+
+/// A direct send that fills the socket leaves the rest to a `SEND` through
+/// the ring, which waits for room: 4 MiB arrive whole and in order.
+#[test]
+fn a_direct_send_that_fills_the_socket_finishes_through_the_ring() {
+    const LEN: usize = 4 << 20;
+    let data: Vec<u8> = (0..LEN).map(|k| (k % 251) as u8).collect();
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut b = b;
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        got
+    });
+    let rt = rt::Runtime::new().unwrap();
+    let handle = rt.handle();
+    rt.block_on(async {
+        let a = UnixStream::from_std(a);
+        time::sleep(Duration::from_millis(1)).await;
+        let before = handle.stats().unwrap().completions;
+        a.write_all(data.clone()).await.0.unwrap();
+        assert!(
+            handle.stats().unwrap().completions > before,
+            "the rest went through the ring"
+        );
+    });
+    drop(rt);
+    assert!(reader.join().unwrap() == data, "4 MiB arrive whole");
+}

@@ -136,7 +136,7 @@ impl TcpStream {
 
     /// Writes `buf[..len]` once and returns how many bytes were sent.
     pub async fn write(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        self.sock.send(buf).await
+        self.sock.write(buf).await
     }
 
     /// Writes all of `buf[..len]`.

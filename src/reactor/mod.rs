@@ -279,6 +279,23 @@ struct Inner {
     settled_at_teardown: RefCell<HashMap<u64, Completion>>,
 }
 
+thread_local! {
+    /// Whether the last reap on this thread brought at most one completion
+    /// (see [`reaps_singly`]); before any reap, the loop is not batching.
+    static REAPED_SINGLY: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether the last reap of a loop on this thread brought at most one
+/// completion: the loop serves one event per `io_uring_enter`. Work that
+/// can be done at once is then cheaper done directly than as an operation,
+/// whose completion would cost another enter before the loop can wait
+/// again; when completions come in batches, operations share one enter.
+/// A hint (a thread-local, so one load): with several loops on a thread it
+/// describes the one that reaped last.
+pub(crate) fn reaps_singly() -> bool {
+    REAPED_SINGLY.get()
+}
+
 /// What an in-flight io_uring request belongs to.
 enum Op {
     FdPoll(FdId),
@@ -937,6 +954,7 @@ impl State {
             self.stats.overflow_flushes += flushes;
         }
         self.stats.completions += cqes.len() as u64;
+        REAPED_SINGLY.set(cqes.len() <= 1);
         for cqe in cqes.drain(..) {
             self.route(cqe.user_data(), cqe.result(), cqe.flags());
         }

@@ -15,7 +15,8 @@
 //! Futures submit their io_uring operations while being polled; the SQEs wait
 //! in the ring until the loop next enters the kernel, so the operations of
 //! every task polled in between go to the kernel in one `io_uring_enter`.
-//! Polling itself never makes a syscall.
+//! Polling itself makes no syscall, but for a stream's send on a loop
+//! that is not batching (see [`crate::net`]), which is sent directly.
 //!
 //! Tasks need not be `Send`: they only ever run on the runtime's thread.
 //! Wakers are `Send + Sync`. A wake on the runtime's thread only queues the
