@@ -371,3 +371,30 @@ fn a_direct_send_that_fills_the_socket_finishes_through_the_ring() {
     drop(rt);
     assert!(reader.join().unwrap() == data, "4 MiB arrive whole");
 }
+
+/// Outside a runtime a write fails as every operation does, and sends
+/// nothing, even though a direct send would go through.
+#[test]
+fn a_write_outside_a_runtime_fails_and_sends_nothing() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let a = UnixStream::from_std(a);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut write_all = std::pin::pin!(a.write_all(b"x".to_vec()));
+    match write_all.as_mut().poll(&mut cx) {
+        Poll::Ready((r, buf)) => {
+            assert!(r.is_err(), "write_all outside a runtime succeeded");
+            assert_eq!(buf, b"x", "the buffer comes back");
+        }
+        Poll::Pending => panic!("write_all outside a runtime is pending"),
+    }
+    let mut write = std::pin::pin!(a.write(b"y".to_vec()));
+    match write.as_mut().poll(&mut cx) {
+        Poll::Ready((r, _)) => assert!(r.is_err(), "write outside a runtime succeeded"),
+        Poll::Pending => panic!("write outside a runtime is pending"),
+    }
+    b.set_nonblocking(true).unwrap();
+    let err = b.read(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "something was sent");
+}

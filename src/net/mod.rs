@@ -173,7 +173,9 @@ impl Socket {
     /// the loop could wait again, on the path of the reply). `None` if it
     /// did not try or the socket is full: send through the ring then.
     fn try_send_now(&self, buf: &[u8]) -> Option<io::Result<usize>> {
-        if buf.is_empty() || !crate::reactor::reaps_singly() {
+        // Outside a runtime the operation reports that, as every other
+        // one does.
+        if buf.is_empty() || !crate::reactor::reaps_singly() || !crate::rt::in_runtime() {
             return None;
         }
         // SAFETY: a non-blocking send from a live buffer of `buf.len()` bytes.

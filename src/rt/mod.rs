@@ -225,6 +225,11 @@ pub fn current_handle() -> Option<Handle> {
     task::current().map(|c| c.handle.clone())
 }
 
+/// Whether a runtime is current on this thread.
+pub(crate) fn in_runtime() -> bool {
+    task::in_runtime()
+}
+
 /// Yields once: the task is queued again behind the others already woken,
 /// and the loop gets a (non-blocking) turn before it runs again.
 pub fn yield_now() -> YieldNow {

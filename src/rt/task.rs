@@ -233,6 +233,13 @@ pub(crate) fn current() -> Option<Rc<Core>> {
         .flatten()
 }
 
+/// Whether a runtime is current on this thread (cheaper than [`current`]).
+pub(crate) fn in_runtime() -> bool {
+    CURRENT
+        .try_with(|c| c.borrow().iter().any(|w| w.strong_count() > 0))
+        .unwrap_or(false)
+}
+
 /// Makes `core` the thread's current runtime.
 pub(crate) fn push_current(core: &Rc<Core>) {
     let _ = CURRENT.try_with(|c| c.borrow_mut().push(Rc::downgrade(core)));
