@@ -69,6 +69,15 @@ impl PoolSize {
         }
         Ok(self)
     }
+
+    fn ring_layout(self) -> Layout {
+        Layout::from_size_align(usize::from(self.buffers) * ENTRY_SIZE, PAGE).expect("ring layout")
+    }
+
+    fn bufs_layout(self) -> Layout {
+        Layout::from_size_align(usize::from(self.buffers) * self.buf_len as usize, PAGE)
+            .expect("buffers layout")
+    }
 }
 
 /// One `struct io_uring_buf`: addr (u64), len (u32), bid (u16), resv (u16).
@@ -89,17 +98,6 @@ pub(crate) struct BufPool {
     tail: Cell<u16>,
     /// Buffers in the ring, available to the kernel.
     available: Cell<u16>,
-}
-
-impl PoolSize {
-    fn ring_layout(self) -> Layout {
-        Layout::from_size_align(usize::from(self.buffers) * ENTRY_SIZE, PAGE).expect("ring layout")
-    }
-
-    fn bufs_layout(self) -> Layout {
-        Layout::from_size_align(usize::from(self.buffers) * self.buf_len as usize, PAGE)
-            .expect("buffers layout")
-    }
 }
 
 impl BufPool {

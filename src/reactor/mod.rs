@@ -186,9 +186,9 @@ impl Builder {
     /// The pool of receive buffers that streams with multishot receives
     /// share (`net::TcpStream::enable_multishot_recv`): `count` buffers of
     /// `len` bytes, allocated and registered when a stream first asks.
-    /// Default 256 x 4096. `count` must be a power of two up to 32768 and
-    /// the pool at most 1 GiB, or [`Builder::build`] fails with
-    /// `InvalidInput`.
+    /// Default 256 x 4096. `count` must be a power of two up to 32768,
+    /// `len` at least 1 and the pool at most 1 GiB, or [`Builder::build`]
+    /// fails with `InvalidInput`.
     pub fn recv_buffers(mut self, count: u16, len: u32) -> Self {
         self.buf_pool = bufpool::PoolSize {
             buffers: count,
@@ -345,8 +345,8 @@ impl Dispatch {
 struct State {
     ring: Ring,
     ops: SlotMap<OpId, Op>,
-    /// `Op::User`, `Op::Task` and `Op::MultiTask` entries the kernel has not finished: they
-    /// keep `run` going.
+    /// `Op::User`, `Op::Task` and `Op::MultiTask` entries the kernel has
+    /// not finished: they keep `run` going.
     user_ops: usize,
     watches: SlotMap<FdId, Watch>,
     /// Watches with a non-empty interest: they keep `run` going.
