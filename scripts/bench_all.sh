@@ -2,7 +2,7 @@
 # Runs every benchmark and writes docs/bench.txt (raw output, with the
 # machine and commit on top) and docs/bench.svg (scripts/chart.py).
 #
-#   scripts/bench_all.sh              # what BENCHMARKS.md reports
+#   scripts/bench_all.sh              # what README.md's "Benchmarks" reports
 #   REPS=3 ROUNDS=50 scripts/bench_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,7 +4,7 @@
 Usage: scripts/chart.py [INPUT] [OUTPUT]   (defaults: docs/bench.txt docs/bench.svg)
 
 Input lines look like `BENCH VARIANT key=value ...` as printed by
-examples/pipe_bench.rs and examples/bench_*.rs; `ratio`, `summary` and
+benches/pipe_bench.rs and benches/bench_*.rs; `ratio`, `summary` and
 anything else are ignored. Repeated lines for the same benchmark and variant
 (pipe_bench.sh runs each several times) are reduced to their median.
 

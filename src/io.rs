@@ -13,7 +13,7 @@
 //! for both directions: each wake-up of the fd posts one completion and no
 //! SQE is needed to re-arm. This is edge-like, which is what "clear on
 //! `WouldBlock`" needs. (Measured against the reactor's re-armed one-shot
-//! polls with `examples/bench_asyncfd.rs`: on a Unix socket ping-pong both
+//! polls with `benches/bench_asyncfd.rs`: on a Unix socket ping-pong both
 //! cost 2 `io_uring_enter` and 2 CQEs per round trip; multishot needs no
 //! re-arm SQE and measured 10.7–12.9 µs per round trip against 14.0–14.4
 //! µs.) If the kernel ends the multishot poll (CQ overflow), it is re-armed.

@@ -1,4 +1,4 @@
-//! Helpers shared by the benchmark examples (not an example itself).
+//! Helpers shared by the benchmarks (not a benchmark itself).
 #![allow(dead_code)]
 
 use std::time::Duration;
