@@ -19,12 +19,10 @@
 //! });
 //! ```
 
-use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
@@ -60,20 +58,17 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep::new(Some(deadline))
 }
 
-#[derive(Default)]
-struct Fired {
-    fired: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
 /// The future returned by [`sleep`] and [`sleep_until`]. Dropping it
 /// cancels its timer.
 #[must_use = "futures do nothing unless awaited"]
 pub struct Sleep {
     /// `None`: never completes.
     deadline: Option<Instant>,
+    /// The loop's timer for it, once first polled: the timer holds the
+    /// waker, and the timer's id stops being pending when it fires.
     armed: Option<(Handle, TimerId)>,
-    fired: Rc<Fired>,
+    /// Seen fired by a poll (its timer is gone).
+    elapsed: bool,
 }
 
 impl Sleep {
@@ -81,7 +76,7 @@ impl Sleep {
         Sleep {
             deadline,
             armed: None,
-            fired: Rc::new(Fired::default()),
+            elapsed: false,
         }
     }
 
@@ -92,7 +87,11 @@ impl Sleep {
 
     /// Whether the deadline has been reached (the timer ran).
     pub fn is_elapsed(&self) -> bool {
-        self.fired.fired.get()
+        self.elapsed
+            || self
+                .armed
+                .as_ref()
+                .is_some_and(|(h, id)| matches!(h.timer_deadline(*id), Err(Error::NotFound)))
     }
 
     /// Moves the deadline (also of a sleep that already completed, which
@@ -100,12 +99,14 @@ impl Sleep {
     pub fn reset(&mut self, deadline: Instant) {
         self.disarm();
         self.deadline = Some(deadline);
-        self.fired = Rc::new(Fired::default());
+        self.elapsed = false;
     }
 
     fn disarm(&mut self) {
         if let Some((h, id)) = self.armed.take() {
-            // NotFound: it already ran. LoopGone: nothing to cancel.
+            // NotFound: it already fired (the id is stale, and a slot key's
+            // generation keeps it from naming another timer). LoopGone:
+            // nothing to cancel.
             let _ = h.cancel_timer(id);
         }
     }
@@ -121,15 +122,7 @@ impl Sleep {
                 ),
             },
         };
-        let fired = self.fired.clone();
-        let added = handle.add_timer_at(deadline, move |_| {
-            fired.fired.set(true);
-            let waker = fired.waker.borrow_mut().take();
-            if let Some(w) = waker {
-                w.wake();
-            }
-        });
-        match added {
+        match handle.add_sleep_timer_at(deadline) {
             Ok(id) => self.armed = Some((handle, id)),
             // Too far away to represent: never fires.
             Err(Error::DeadlineOverflow) => self.deadline = None,
@@ -142,7 +135,7 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.fired.fired.get() {
+        if self.elapsed {
             return Poll::Ready(());
         }
         if self.armed.is_none()
@@ -150,12 +143,13 @@ impl Future for Sleep {
         {
             self.arm(deadline);
         }
-        if self.deadline.is_some() {
-            let mut slot = self.fired.waker.borrow_mut();
-            match &*slot {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => *slot = Some(cx.waker().clone()),
-            }
+        if let Some((h, id)) = &self.armed
+            // Err: the loop is gone, so the timer never fires.
+            && let Ok(Poll::Ready(())) = h.poll_sleep_timer(*id, cx.waker())
+        {
+            self.elapsed = true;
+            self.armed = None;
+            return Poll::Ready(());
         }
         Poll::Pending
     }
@@ -163,7 +157,7 @@ impl Future for Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if !self.fired.fired.get() {
+        if !self.elapsed {
             self.disarm();
         }
     }

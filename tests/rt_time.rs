@@ -164,3 +164,97 @@ fn sleep_without_runtime_panics_with_a_clear_message() {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let _ = Pin::new(&mut s).poll(&mut cx);
 }
+
+/// A runtime on a manual clock that never blocks, so tests step time.
+fn manual_runtime() -> (ringloop::ManualClock, rt::Runtime) {
+    let clock = ringloop::ManualClock::new();
+    let lp = ringloop::EventLoop::builder()
+        .manual_clock(clock.clone())
+        .wait_timeout(ringloop::WaitTimeout::Never)
+        .build()
+        .unwrap();
+    (clock, rt::Runtime::with_loop(lp).unwrap())
+}
+
+/// Yields `n` times, so `block_on` runs `n` loop iterations in between.
+async fn turns(n: usize) {
+    for _ in 0..n {
+        rt::yield_now().await;
+    }
+}
+
+#[test]
+fn a_burst_of_due_sleeps_wakes_in_one_iteration_without_a_handler() {
+    let (clock, runtime) = manual_runtime();
+    let handle = runtime.handle();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| runtime.spawn(time::sleep(Duration::from_secs(10))))
+        .collect();
+    runtime.block_on(turns(3));
+    assert!(tasks.iter().all(|t| !t.is_finished()));
+    let before = handle.stats().unwrap();
+    clock.advance(Duration::from_secs(10));
+    runtime.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let after = handle.stats().unwrap();
+    // A sleep wakes its task; it is not a handler (SEMANTICS.md §1 orders
+    // handlers, and a wake is not one).
+    assert_eq!(after.handlers, before.handlers, "sleeps ran as handlers");
+    // Fifty due sleeps take one iteration, not fifty.
+    assert!(
+        after.iterations - before.iterations < 10,
+        "{} iterations for one burst of sleeps",
+        after.iterations - before.iterations
+    );
+}
+
+#[test]
+fn sleeps_keep_their_place_among_callback_timers() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let (clock, runtime) = manual_runtime();
+    let handle = runtime.handle();
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let log = |what: &'static str| {
+        let order = order.clone();
+        move |_: &ringloop::Handle| order.borrow_mut().push(what)
+    };
+    let at = Duration::from_secs(5);
+    handle.add_timer(at, log("timer a")).unwrap();
+    let o = order.clone();
+    let task = runtime.spawn(async move {
+        time::sleep(at).await;
+        o.borrow_mut().push("sleep");
+    });
+    // The sleep's timer is added when the task first runs.
+    runtime.block_on(turns(2));
+    handle.add_timer(at, log("timer b")).unwrap();
+    clock.advance(at);
+    runtime.block_on(task).unwrap();
+    runtime.block_on(turns(3));
+    // Equal deadlines fire in the order they were added (SEMANTICS.md §4).
+    assert_eq!(*order.borrow(), ["timer a", "sleep", "timer b"]);
+}
+
+#[test]
+fn a_fired_sleep_is_elapsed_before_it_is_polled_again() {
+    let (clock, runtime) = manual_runtime();
+    runtime.block_on(async {
+        let mut sleep = std::pin::pin!(time::sleep(Duration::from_secs(1)));
+        let first = std::future::poll_fn(|cx| Poll::Ready(sleep.as_mut().poll(cx))).await;
+        assert_eq!(first, Poll::Pending);
+        assert!(!sleep.is_elapsed());
+        clock.advance(Duration::from_secs(1));
+        turns(3).await;
+        assert!(sleep.is_elapsed(), "the timer fired but the sleep says not");
+        sleep.as_mut().await;
+        assert!(sleep.is_elapsed());
+        // Reset makes it wait again.
+        let now = rt::current_handle().unwrap().now().unwrap();
+        sleep.as_mut().reset(now + Duration::from_secs(1));
+        assert!(!sleep.is_elapsed());
+    });
+}

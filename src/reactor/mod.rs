@@ -26,6 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue};
@@ -53,6 +54,16 @@ pub type FdHandler = Box<dyn FnMut(&Handle, FdEvent)>;
 type OnceHandler = Box<dyn FnOnce(&Handle)>;
 type OpCallback = Box<dyn FnMut(&Handle, Completion)>;
 type SignalHandler = Box<dyn FnMut(&Handle, SignalEvent)>;
+
+/// What a due timer does.
+enum TimerAction {
+    /// A callback-API timer: its handler runs as one iteration (SEMANTICS.md
+    /// §1).
+    Handler(OnceHandler),
+    /// A future's sleep: firing wakes the task, and no handler runs. The
+    /// future learns that it fired because its id is no longer pending.
+    Wake(Option<Waker>),
+}
 /// A hook called at each [`TracePoint`].
 pub type TraceHook = Box<dyn FnMut(TracePoint)>;
 
@@ -326,6 +337,8 @@ enum Dispatch {
     Signals(Vec<(SignalId, SignalHandler, SignalEvent)>),
     Immediate(OnceHandler),
     Timer(OnceHandler),
+    /// Due sleeps whose wakes wait in `State::deferred`: no handler runs.
+    SleepWakes,
     Fd(FdId, FdHandler, FdEvent),
     Op(OpId, OpCallback, Completion, bool),
 }
@@ -335,7 +348,7 @@ impl Dispatch {
         match self {
             Dispatch::Signals(_) => EventKind::Signal,
             Dispatch::Immediate(_) => EventKind::Immediate,
-            Dispatch::Timer(_) => EventKind::Timer,
+            Dispatch::Timer(_) | Dispatch::SleepWakes => EventKind::Timer,
             Dispatch::Fd(..) => EventKind::Fd,
             Dispatch::Op(..) => EventKind::Op,
         }
@@ -351,7 +364,7 @@ struct State {
     watches: SlotMap<FdId, Watch>,
     /// Watches with a non-empty interest: they keep `run` going.
     active_watches: usize,
-    timers: TimerQueue<OnceHandler>,
+    timers: TimerQueue<TimerAction>,
     immediates: ImmediateQueue<OnceHandler>,
     signals: Signals,
     ready: VecDeque<Ready>,
@@ -606,8 +619,14 @@ impl Handle {
     }
 
     fn dispatch(&self, d: Dispatch) {
+        if let Dispatch::SleepWakes = d {
+            // No handler: the woken tasks run in the executor's next pass.
+            self.run_deferred();
+            return;
+        }
         self.trace(TracePoint::BeforeHandler(d.kind()));
         match d {
+            Dispatch::SleepWakes => {}
             Dispatch::Signals(list) => {
                 for (id, mut handler, event) in list {
                     // An earlier handler of this batch may have removed this watch.
@@ -860,10 +879,33 @@ impl State {
     /// [`State::next_dispatch`], counting the handler it picks.
     fn next_counted(&mut self) -> Option<Dispatch> {
         let d = self.next_dispatch();
-        if d.is_some() {
+        if d.as_ref()
+            .is_some_and(|d| !matches!(d, Dispatch::SleepWakes))
+        {
             self.stats.handlers += 1;
         }
         d
+    }
+
+    /// The first due timer's handler; or, if sleeps come first, every due
+    /// sleep up to the next handler timer, their wakes deferred together (a
+    /// burst of due sleeps costs one iteration, not one each).
+    fn pop_due_timer(&mut self) -> Option<Dispatch> {
+        let now = self.clock_seen;
+        let mut woke = false;
+        while let Some((_, action)) = self
+            .timers
+            .pop_due_if(now, |a| !woke || matches!(a, TimerAction::Wake(_)))
+        {
+            match action {
+                TimerAction::Handler(handler) => return Some(Dispatch::Timer(handler)),
+                TimerAction::Wake(waker) => {
+                    woke = true;
+                    self.deferred.extend(waker.map(Deferred::Wake));
+                }
+            }
+        }
+        woke.then_some(Dispatch::SleepWakes)
     }
 
     /// Picks what runs next, in SEMANTICS.md §1 order, without waiting.
@@ -883,9 +925,9 @@ impl State {
                 self.clock_seen = self.now_ns();
             }
             if deadline <= self.clock_seen
-                && let Some((_, handler)) = self.timers.pop_due(self.clock_seen)
+                && let Some(d) = self.pop_due_timer()
             {
-                return Some(Dispatch::Timer(handler));
+                return Some(d);
             }
         }
         while let Some(ready) = self.ready.pop_front() {

@@ -1,9 +1,10 @@
 //! The loop's side of timers and immediates.
 
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::timer::ASAP;
-use super::{EventKind, Handle, ImmediateId, State, TimerId, TracePoint};
+use super::{EventKind, Handle, ImmediateId, State, TimerAction, TimerId, TracePoint};
 use crate::error::{Error, Result};
 
 impl State {
@@ -49,7 +50,9 @@ impl Handle {
     ) -> Result<TimerId> {
         let id = self.try_with(|st| {
             let deadline = st.deadline_after(after)?;
-            Ok(st.timers.add(deadline, Box::new(handler)))
+            Ok(st
+                .timers
+                .add(deadline, TimerAction::Handler(Box::new(handler))))
         })?;
         self.trace(TracePoint::Attach(EventKind::Timer));
         Ok(id)
@@ -64,7 +67,9 @@ impl Handle {
     ) -> Result<TimerId> {
         let id = self.try_with(|st| {
             let deadline = st.deadline_at(at)?;
-            Ok(st.timers.add(deadline, Box::new(handler)))
+            Ok(st
+                .timers
+                .add(deadline, TimerAction::Handler(Box::new(handler))))
         })?;
         self.trace(TracePoint::Attach(EventKind::Timer));
         Ok(id)
@@ -73,9 +78,42 @@ impl Handle {
     /// Runs `handler` in the timer phase as soon as possible, before every
     /// timer with a real deadline, in the order added.
     pub fn add_timer_asap(&self, handler: impl FnOnce(&Handle) + 'static) -> Result<TimerId> {
-        let id = self.with(|st| st.timers.add(ASAP, Box::new(handler)))?;
+        let id = self.with(|st| st.timers.add(ASAP, TimerAction::Handler(Box::new(handler))))?;
         self.trace(TracePoint::Attach(EventKind::Timer));
         Ok(id)
+    }
+
+    /// Adds a timer for a future (`time::Sleep`): when due it wakes the
+    /// waker given to [`Handle::poll_sleep_timer`] instead of running a
+    /// handler, and a burst of due sleeps takes one iteration. No boxed
+    /// handler and no shared flag: the future learns that the timer fired
+    /// because its id is no longer pending. [`Handle::cancel_timer`] removes
+    /// it.
+    pub(crate) fn add_sleep_timer_at(&self, at: Instant) -> Result<TimerId> {
+        let id = self.try_with(|st| {
+            let deadline = st.deadline_at(at)?;
+            Ok(st.timers.add(deadline, TimerAction::Wake(None)))
+        })?;
+        self.trace(TracePoint::Attach(EventKind::Timer));
+        Ok(id)
+    }
+
+    /// `Ready` once the sleep timer `id` has fired (its id is no longer
+    /// pending); otherwise keeps `waker` to wake when it fires. Fails only
+    /// when the loop cannot be reached (gone, forked): the timer never fires.
+    pub(crate) fn poll_sleep_timer(&self, id: TimerId, waker: &Waker) -> Result<Poll<()>> {
+        let (poll, replaced) = self.with(|st| match st.timers.payload_mut(id) {
+            Some(TimerAction::Wake(slot)) => match slot {
+                Some(w) if w.will_wake(waker) => (Poll::Pending, None),
+                _ => (Poll::Pending, slot.replace(waker.clone())),
+            },
+            // Not a sleep's id: never ready, like an id that fired cannot be.
+            Some(TimerAction::Handler(_)) => (Poll::Pending, None),
+            None => (Poll::Ready(()), None),
+        })?;
+        // A waker is foreign code: dropped outside the state borrow.
+        drop(replaced);
+        Ok(poll)
     }
 
     /// Moves a pending timer to `after` from now, behind timers with an

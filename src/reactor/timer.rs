@@ -79,6 +79,22 @@ impl<T> TimerQueue<T> {
         self.timers.remove(id).map(|(_, _, payload)| (id, payload))
     }
 
+    /// Removes and returns the first timer due at or before `now`, if `take`
+    /// accepts its payload; otherwise leaves it where it is.
+    pub fn pop_due_if(&mut self, now: u64, take: impl FnOnce(&T) -> bool) -> Option<(TimerId, T)> {
+        let entry = self.order.first_entry()?;
+        if entry.key().0 > now || !take(&self.timers.get(*entry.get())?.2) {
+            return None;
+        }
+        let id = entry.remove();
+        self.timers.remove(id).map(|(_, _, payload)| (id, payload))
+    }
+
+    /// The payload of a pending timer.
+    pub fn payload_mut(&mut self, id: TimerId) -> Option<&mut T> {
+        self.timers.get_mut(id).map(|t| &mut t.2)
+    }
+
     /// The deadline of a pending timer.
     pub fn deadline(&self, id: TimerId) -> Option<u64> {
         self.timers.get(id).map(|t| t.0)
@@ -120,6 +136,20 @@ mod tests {
         q.update(d, 1);
         let order: Vec<char> = std::iter::from_fn(|| q.pop_due(10).map(|(_, p)| p)).collect();
         assert_eq!(order, ['c', 'd', 'a', 'b']);
+    }
+
+    #[test]
+    fn pop_due_if_takes_only_what_it_accepts() {
+        let mut q = TimerQueue::default();
+        let a = q.add(5, 'a');
+        q.add(6, 'b');
+        assert!(q.pop_due_if(4, |_| true).is_none());
+        assert!(q.pop_due_if(10, |&p| p == 'b').is_none());
+        assert_eq!(q.payload_mut(a), Some(&mut 'a'));
+        assert_eq!(q.pop_due_if(10, |&p| p == 'a'), Some((a, 'a')));
+        assert!(q.payload_mut(a).is_none());
+        assert_eq!(q.pop_due_if(10, |_| true).map(|(_, p)| p), Some('b'));
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //!    never blocks while one is. Completions of the futures' own io_uring
 //!    operations need no handler: reaping them stores each result in the
 //!    loop's table of operations and queues its task, so one iteration can
-//!    queue every task whose operation finished.
+//!    queue every task whose operation finished. Sleeps need none either:
+//!    a sleep's timer in the loop holds the task's waker, and one iteration
+//!    wakes every sleep that is due (up to the next callback timer, so
+//!    equal deadlines still fire in the order they were added).
 //!
 //! Futures submit their io_uring operations while being polled; the SQEs wait
 //! in the ring until the loop next enters the kernel, so the operations of
