@@ -22,6 +22,7 @@
 //! | optional | how it is detected | fallback |
 //! |---|---|---|
 //! | `SETUP_SINGLE_ISSUER`, `SETUP_DEFER_TASKRUN` (6.0 / 6.1) | by trying `io_uring_setup` | a plain ring: completions are posted by task work instead of only inside `io_uring_enter`; same events, same order rules |
+//! | `SETUP_TASKRUN_FLAG` (5.19), with `DEFER_TASKRUN` | by trying `io_uring_setup` | a wait may leave deferred task work the kernel bounded (20 items per pass from 6.13) for the next enter; nothing is lost, but a poll can report one wait late |
 //! | `SETUP_SUBMIT_ALL` (5.18) | by trying `io_uring_setup` | SQEs behind one that fails at submission stay queued and go in with the next `io_uring_enter` (every enter passes the whole queue) |
 //! | `IORING_REGISTER_RING_FDS` (5.18) | by trying the registration | `io_uring_enter` on the ring fd itself |
 //!
@@ -61,6 +62,10 @@ pub struct Features {
     pub defer_taskrun: bool,
     /// `IORING_SETUP_SUBMIT_ALL` was accepted.
     pub submit_all: bool,
+    /// `IORING_SETUP_TASKRUN_FLAG` was accepted (with `DEFER_TASKRUN`): the
+    /// kernel flags deferred task work it has not run yet, and a reap runs
+    /// it before the loop dispatches.
+    pub taskrun_flag: bool,
     /// The ring fd is registered, saving an fd lookup per `io_uring_enter`.
     pub registered_ring: bool,
     /// `IORING_FEAT_EXT_ARG`: waits can carry a timeout (required).
@@ -123,26 +128,31 @@ pub(crate) struct Ring {
     pub features: Features,
     /// Number of `io_uring_enter` calls made.
     pub enters: u64,
+    /// `io_uring_enter` calls made by [`Ring::reap`] to run deferred task
+    /// work the kernel left for later.
+    pub drains: u64,
 }
 
 impl Ring {
     pub fn new(cfg: &RingConfig) -> Result<Ring> {
         let cq = cfg.cq_entries.max(cfg.sq_entries);
-        let attempts: &[(bool, bool, bool)] = if cfg.plain_setup {
-            &[(false, false, false)]
+        let attempts: &[(bool, bool, bool, bool)] = if cfg.plain_setup {
+            &[(false, false, false, false)]
         } else {
-            // (single_issuer, defer_taskrun, submit_all), best first. Setup flags
-            // cannot be probed any other way than by asking for them.
+            // (single_issuer, defer_taskrun, submit_all, taskrun_flag), best
+            // first. Setup flags cannot be probed any other way than by
+            // asking for them.
             &[
-                (true, true, true),
-                (true, false, true),
-                (false, false, true),
-                (false, false, false),
+                (true, true, true, true),
+                (true, true, true, false),
+                (true, false, true, false),
+                (false, false, true, false),
+                (false, false, false, false),
             ]
         };
         let mut last_err = None;
         let mut built = None;
-        for &(single, defer, all) in attempts {
+        for &(single, defer, all, taskrun_flag) in attempts {
             let mut b = IoUring::builder();
             b.setup_cqsize(cq).setup_clamp();
             if single {
@@ -154,16 +164,19 @@ impl Ring {
             if all {
                 b.setup_submit_all();
             }
+            if taskrun_flag {
+                b.setup_taskrun_flag();
+            }
             match b.build(cfg.sq_entries) {
                 Ok(ring) => {
-                    built = Some((ring, single, defer, all));
+                    built = Some((ring, single, defer, all, taskrun_flag));
                     break;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        let Some((ring, single_issuer, defer_taskrun, submit_all)) = built else {
+        let Some((ring, single_issuer, defer_taskrun, submit_all, taskrun_flag)) = built else {
             return Err(unavailable(
                 last_err.unwrap_or_else(|| io::Error::other("setup failed")),
             ));
@@ -180,6 +193,7 @@ impl Ring {
             single_issuer,
             defer_taskrun,
             submit_all,
+            taskrun_flag,
             registered_ring: false,
             ext_arg: params.is_feature_ext_arg(),
             nodrop: params.is_feature_nodrop(),
@@ -218,6 +232,7 @@ impl Ring {
             enter_flags,
             features,
             enters: 0,
+            drains: 0,
         })
     }
 
@@ -305,18 +320,41 @@ impl Ring {
     /// Moves every visible CQE into `out`, flushing the kernel's overflow list
     /// until it is empty: a full CQ loses nothing. Returns how many overflow
     /// flushes were needed.
+    ///
+    /// With `DEFER_TASKRUN` the kernel runs at most 20 deferred task-work
+    /// items per pass (two passes per `io_uring_enter`, Linux 6.13 and
+    /// later) and keeps the rest for the next call; it then sets
+    /// `IORING_SQ_TASKRUN` (we ask for `SETUP_TASKRUN_FLAG`). While that flag
+    /// is set this enters again without blocking and reaps, so one wait sees
+    /// every completion the kernel had ready, as a wait on a plain ring does.
+    /// Otherwise a poll armed in a long batch of submissions (many watches
+    /// added, or cancels and re-arms) would report one wait late, after a
+    /// re-armed watch that completed inline had already run twice
+    /// (SEMANTICS.md §1.7; found by the `ops_vs_model` fuzz target).
     pub fn reap(&mut self, out: &mut Vec<cqueue::Entry>) -> io::Result<u64> {
         let mut overflow_flushes = 0;
+        let mut drains = 0;
         loop {
             out.extend(self.ring.completion());
-            if !self.ring.submission().cq_overflow() {
+            if self.ring.submission().cq_overflow() {
+                overflow_flushes += 1;
+            } else if self.features.taskrun_flag
+                && self.ring.submission().taskrun()
+                && drains < MAX_DRAINS
+            {
+                drains += 1;
+                self.drains += 1;
+            } else {
                 return Ok(overflow_flushes);
             }
-            overflow_flushes += 1;
             self.enter(0, sys::ENTER_GETEVENTS, None)?;
         }
     }
 }
+
+/// A bound on drain enters per reap, so that completions arriving without
+/// end (from other threads, say) cannot keep the loop from dispatching.
+const MAX_DRAINS: u32 = 64;
 
 fn check_required(f: &Features) -> Result<()> {
     let missing = if !f.ext_arg {

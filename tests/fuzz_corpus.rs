@@ -1,6 +1,8 @@
 //! Replays every stored fuzz input (`fuzz/corpus/<target>/`) through the same
 //! check functions the fuzz targets run, as ordinary tests on stable Rust.
 //! Inputs that once found a bug stay in the corpus as regression inputs.
+//! `RINGLOOP_FUZZ_ONLY=NAME` replays only the inputs whose file name
+//! contains NAME (to debug one of them).
 
 mod model;
 
@@ -23,9 +25,15 @@ fn replay(target: &str, check: fn(&[u8])) {
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
+        .filter(|p| {
+            std::env::var("RINGLOOP_FUZZ_ONLY").map_or(true, |only| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains(&only))
+            })
+        })
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no corpus in {}", dir.display());
+    assert!(!files.is_empty(), "no corpus inputs in {}", dir.display());
     for f in &files {
         let data = std::fs::read(f).unwrap();
         let r = std::panic::catch_unwind(|| check(&data));

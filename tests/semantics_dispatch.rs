@@ -385,6 +385,49 @@ fn fairness_round_robin_on_one_fd() {
     round_robin_check(&ran.borrow(), 4, 3);
 }
 
+/// §1.7 when one wait brings more completions than the kernel posts per
+/// `io_uring_enter`: with DEFER_TASKRUN (6.13 and later) it runs at most
+/// 2 x 20 deferred items (here: edge watches' multishot polls armed on
+/// ready fds) per call and keeps the rest for the next one, while a level
+/// watch's re-arm completes
+/// inline at submission. Unless the loop collects the rest before it
+/// dispatches, the level watches run twice before the last edge watches
+/// run once (found by the `ops_vs_model` fuzz target).
+#[test]
+fn fairness_holds_when_a_wait_brings_a_long_batch() {
+    let lp = nonblocking_loop();
+    let ran = log::<usize>();
+    let (edge, level) = (100, 5);
+    let mut peers = Vec::new();
+    for i in 0..edge + level {
+        let (a, b) = socketpair();
+        write_fd(b.as_raw_fd(), b"data").unwrap();
+        peers.push(b);
+        let interest = if i < edge {
+            Interest::READ | Interest::EDGE
+        } else {
+            Interest::READ
+        };
+        let r = ran.clone();
+        lp.add_fd(a, interest, move |_, _| r.borrow_mut().push(i))
+            .unwrap();
+    }
+    for _ in 0..edge + 2 * level {
+        lp.run_once().unwrap();
+    }
+    let log = ran.borrow();
+    let mut first: Vec<usize> = log[..edge + level].to_vec();
+    first.sort();
+    assert_eq!(
+        first,
+        (0..edge + level).collect::<Vec<_>>(),
+        "a watch ran twice before every ready watch ran once: {log:?}"
+    );
+    let mut second: Vec<usize> = log[edge + level..].to_vec();
+    second.sort();
+    assert_eq!(second, (edge..edge + level).collect::<Vec<_>>(), "{log:?}");
+}
+
 /// §1.3: no blocking while an immediate is scheduled or a timer is due, even
 /// with a "forever" wait timeout.
 #[test]

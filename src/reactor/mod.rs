@@ -99,6 +99,11 @@ pub struct Stats {
     pub in_flight: usize,
     /// Times the kernel's CQ overflow list had to be flushed.
     pub overflow_flushes: u64,
+    /// Extra non-blocking `io_uring_enter` calls after a wait that brought a
+    /// full batch of deferred completions (with `DEFER_TASKRUN` the kernel
+    /// runs at most 20 per call), so that one wait sees every completion
+    /// ready by then. Included in `enters`.
+    pub drains: u64,
 }
 
 /// A clock for tests: timers follow it instead of the monotonic clock.
@@ -524,6 +529,7 @@ impl Handle {
     pub fn stats(&self) -> Result<Stats> {
         self.with(|st| Stats {
             enters: st.ring.enters,
+            drains: st.ring.drains,
             in_flight: st.ops.len(),
             ..st.stats
         })

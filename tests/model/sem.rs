@@ -21,7 +21,10 @@
 //! Readiness is sampled when the loop enters the kernel with GETEVENTS (the
 //! wait of an iteration, and the flush a removal makes so that a close
 //! reaches the peer); the harness tells the model about every such enter and
-//! checks the loop's `stats().enters` against the count. The loop dispatches
+//! checks the loop's `stats().enters` against the count (less its drains:
+//! the extra enters that collect deferred completions the kernel left for
+//! later, which sample the same files as the enter before them). The loop
+//! dispatches
 //! the watches harvested at a wait one per iteration, with the revents it
 //! harvested and the interest the watch has at dispatch time, so a watch
 //! that became not-ready during a round may still be called once with stale
@@ -696,7 +699,22 @@ impl Model {
     /// The loop is about to enter the kernel to wait.
     pub fn before_wait(&mut self, readiness: &dyn Fn(usize) -> u32) -> Check {
         if self.expect != Expect::Wait {
-            return Err(format!("loop waits, expected {:?}", self.expect));
+            let callable: Vec<String> = (0..self.watches.len())
+                .filter_map(|w| {
+                    let x = &self.watches[w];
+                    self.callable(w).map(|f| {
+                        format!(
+                            "watch {w} with {f} (harvested {:?}, interest {})",
+                            x.ready, x.interest
+                        )
+                    })
+                })
+                .collect();
+            return Err(format!(
+                "loop waits, expected {:?}; callable: [{}]",
+                self.expect,
+                callable.join(", ")
+            ));
         }
         self.finish_round()?;
         self.flush(readiness);
