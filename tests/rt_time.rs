@@ -130,13 +130,7 @@ fn interval_ticks_a_period_apart_and_is_a_stream() {
 
 #[test]
 fn manual_clock_drives_sleeps() {
-    let clock = ringloop::ManualClock::new();
-    let lp = ringloop::EventLoop::builder()
-        .manual_clock(clock.clone())
-        .wait_timeout(ringloop::WaitTimeout::Never)
-        .build()
-        .unwrap();
-    let runtime = rt::Runtime::with_loop(lp).unwrap();
+    let (clock, runtime) = manual_runtime();
     let task = runtime.spawn(time::sleep(Duration::from_secs(60)));
     // Poll a few rounds without advancing: the sleep must not complete.
     struct Rounds(u32);

@@ -99,10 +99,10 @@ pub struct Stats {
     pub in_flight: usize,
     /// Times the kernel's CQ overflow list had to be flushed.
     pub overflow_flushes: u64,
-    /// Extra non-blocking `io_uring_enter` calls after a wait that brought a
-    /// full batch of deferred completions (with `DEFER_TASKRUN` the kernel
-    /// runs at most 20 per call), so that one wait sees every completion
-    /// ready by then. Included in `enters`.
+    /// Extra non-blocking `io_uring_enter` calls after a wait, made while
+    /// the kernel still had deferred completions to post (with
+    /// `DEFER_TASKRUN`, Linux 6.13+ runs at most 2 x 20 per call), so that
+    /// one wait sees every completion ready by then. Included in `enters`.
     pub drains: u64,
 }
 
