@@ -159,6 +159,36 @@ fn remote_wakes_blocked_loop() {
     assert!(lp.stats().unwrap().waits >= 1);
 }
 
+/// Every schedule wakes a blocked loop, also after earlier ones: the loop
+/// never reads its eventfd's counter back, so the multishot poll must post
+/// a completion per write whatever the counter holds.
+#[test]
+fn remote_wakes_blocked_loop_every_time() {
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::After(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    let remote = lp.remote().unwrap();
+    let ran = Arc::new(Mutex::new(0));
+    for round in 1..=5 {
+        let (remote, r) = (remote.clone(), ran.clone());
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            remote.schedule(move |_| *r.lock().unwrap() += 1).unwrap();
+        });
+        let start = Instant::now();
+        while *ran.lock().unwrap() < round {
+            lp.run_once().unwrap();
+            let took = start.elapsed();
+            assert!(
+                took < Duration::from_secs(4),
+                "round {round} woke only at the timeout: {took:?}"
+            );
+        }
+        t.join().unwrap();
+    }
+}
+
 /// Order from one thread is preserved; many schedules, each runs once.
 #[test]
 fn remote_order_preserved() {

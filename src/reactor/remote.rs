@@ -130,8 +130,12 @@ impl State {
     }
 
     /// Moves closures scheduled from other threads into the immediate queue.
+    ///
+    /// The eventfd's counter is not read back: the multishot poll posts a
+    /// completion for every write whatever the counter holds, so a read
+    /// would be a syscall per wake-up for nothing (the counter grows by one
+    /// per burst of schedules and cannot get near its 2^64 limit).
     pub(super) fn take_remote(&mut self) {
-        sys::eventfd_drain(self.remote.eventfd.as_raw_fd());
         // Clear before taking: a schedule that lands after the take sees
         // `false` and writes the eventfd again, so no wake-up is lost.
         self.remote.notified.store(false, Ordering::Release);
