@@ -10,8 +10,11 @@
 //!   N spawned tasks).
 //!
 //! ```text
-//! cargo run --release --example bench_wake -- [-n N] [-m PINGS] [-p same|split|none]
+//! cargo run --release --example bench_wake -- [-n N] [-m PINGS] [-p same|split|none] [-s SECTION]
 //! ```
+//!
+//! `-s` runs one section only (`wake-rate`, `wake-latency`,
+//! `immediates-chain` or `immediates-batch`), which keeps a profile of it clean.
 
 mod common;
 
@@ -220,8 +223,37 @@ fn main() -> io::Result<()> {
     println!("# threads pinned: {pin:?} (-p same|split|none)");
     let n: usize = flag(&args, "-n", 1_000_000);
     let m: usize = flag(&args, "-m", 10_000);
+    let section: String = flag(&args, "-s", String::from("all"));
+    const SECTIONS: [&str; 5] = [
+        "all",
+        "wake-rate",
+        "wake-latency",
+        "immediates-chain",
+        "immediates-batch",
+    ];
+    if !SECTIONS.contains(&section.as_str()) {
+        eprintln!("unknown section {section:?}; one of {SECTIONS:?}");
+        std::process::exit(2);
+    }
+    let wanted = |name: &str| section == "all" || section == name;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
 
+    if wanted("wake-rate") {
+        wake_rate(n, rate)?;
+    }
+    if wanted("wake-latency") {
+        wake_latency(m)?;
+    }
+    if wanted("immediates-chain") {
+        immediates_chain(n, rate)?;
+    }
+    if wanted("immediates-batch") {
+        immediates_batch(n, rate)?;
+    }
+    Ok(())
+}
+
+fn wake_rate(n: usize, rate: impl Fn(Duration) -> f64) -> io::Result<()> {
     let (r, stats) = ringloop_rate(n)?;
     let t = tokio_rate(n)?;
     println!(
@@ -230,7 +262,10 @@ fn main() -> io::Result<()> {
     );
     println!("wake-rate tokio wakes={n} wakes_per_s={:.0}", rate(t));
     println!("wake-rate ratio ringloop_vs_tokio={:.2}", rate(r) / rate(t));
+    Ok(())
+}
 
+fn wake_latency(m: usize) -> io::Result<()> {
     let (mut r, stats) = ringloop_latency(m)?;
     let mut t = tokio_latency(m)?;
     r.sort();
@@ -246,7 +281,10 @@ fn main() -> io::Result<()> {
         "wake-latency ratio ringloop_vs_tokio={:.2} (tokio median / ringloop's)",
         us(percentile(&t, 50.0)) / us(percentile(&r, 50.0))
     );
+    Ok(())
+}
 
+fn immediates_chain(n: usize, rate: impl Fn(Duration) -> f64) -> io::Result<()> {
     let (r, stats) = ringloop_chain(n)?;
     let t = tokio_chain(n)?;
     println!(
@@ -261,7 +299,10 @@ fn main() -> io::Result<()> {
         "immediates-chain ratio ringloop_vs_tokio={:.2}",
         rate(r) / rate(t)
     );
+    Ok(())
+}
 
+fn immediates_batch(n: usize, rate: impl Fn(Duration) -> f64) -> io::Result<()> {
     let (r, stats) = ringloop_batch(n)?;
     let t = tokio_batch(n)?;
     println!(

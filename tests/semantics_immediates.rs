@@ -224,6 +224,35 @@ fn remote_order_preserved() {
     assert_eq!(*order.lock().unwrap(), ["local", "remote"]);
 }
 
+/// A burst the loop takes from another thread at once still runs one
+/// closure per iteration, and what the loop schedules meanwhile goes behind
+/// the whole burst (it was scheduled later).
+#[test]
+fn remote_burst_runs_one_per_iteration() {
+    let lp = loop_with_timeout(Duration::from_millis(100));
+    let remote = lp.remote().unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..3 {
+        let o = order.clone();
+        remote
+            .schedule(move |lp| {
+                o.lock().unwrap().push(format!("remote {i}"));
+                if i == 0 {
+                    let o = o.clone();
+                    lp.add_immediate(move |_| o.lock().unwrap().push("local".into()))
+                        .unwrap();
+                }
+            })
+            .unwrap();
+    }
+    let want = ["remote 0", "remote 1", "remote 2", "local"];
+    for ran in 1..=want.len() {
+        lp.run_once().unwrap();
+        assert_eq!(*order.lock().unwrap(), want[..ran]);
+    }
+    assert!(!lp.has_events().unwrap());
+}
+
 /// Several threads scheduling at once: nothing lost.
 #[test]
 fn remote_from_many_threads_loses_nothing() {

@@ -3,6 +3,11 @@
 //! Each schedule stamps the entry with a fresh sequence number and appends
 //! `(id, seq)`; entries whose stamp no longer matches are skipped on pop, so
 //! reschedule and cancel are O(1).
+//!
+//! Entries that can never be rescheduled or cancelled (closures from other
+//! threads) need no id: a batch of them takes one place in the FIFO, which
+//! saves a slot-map insert and remove per entry and keeps their order among
+//! the named ones.
 
 use std::collections::VecDeque;
 
@@ -13,10 +18,20 @@ slotmap::new_key_type! {
     pub struct ImmediateId;
 }
 
+/// One place in the FIFO.
+enum Place<T> {
+    /// A named entry, valid while its stamp matches the slot map's.
+    Named(ImmediateId, u64),
+    /// Entries without ids, scheduled together and kept in order; nothing
+    /// can move or remove them. Never empty while in the FIFO.
+    Batch(std::vec::IntoIter<T>),
+}
+
 /// Scheduled immediates in FIFO order; generic over the payload.
 pub struct ImmediateQueue<T> {
     entries: SlotMap<ImmediateId, (u64, T)>,
-    fifo: VecDeque<(ImmediateId, u64)>,
+    fifo: VecDeque<Place<T>>,
+    anonymous: usize,
     next_seq: u64,
 }
 
@@ -25,6 +40,7 @@ impl<T> Default for ImmediateQueue<T> {
         ImmediateQueue {
             entries: SlotMap::with_key(),
             fifo: VecDeque::new(),
+            anonymous: 0,
             next_seq: 0,
         }
     }
@@ -36,8 +52,17 @@ impl<T> ImmediateQueue<T> {
         self.next_seq += 1;
         let seq = self.next_seq;
         let id = self.entries.insert((seq, payload));
-        self.fifo.push_back((id, seq));
+        self.fifo.push_back(Place::Named(id, seq));
         id
+    }
+
+    /// Schedules `batch` at the tail, in order, at the cost of one push.
+    /// Its entries have no ids, so they cannot be rescheduled or cancelled.
+    pub fn push_batch(&mut self, batch: Vec<T>) {
+        if !batch.is_empty() {
+            self.anonymous += batch.len();
+            self.fifo.push_back(Place::Batch(batch.into_iter()));
+        }
     }
 
     /// Moves a scheduled immediate to the tail.
@@ -48,7 +73,7 @@ impl<T> ImmediateQueue<T> {
             return false;
         };
         entry.0 = seq;
-        self.fifo.push_back((id, seq));
+        self.fifo.push_back(Place::Named(id, seq));
         self.compact();
         true
     }
@@ -61,38 +86,61 @@ impl<T> ImmediateQueue<T> {
     }
 
     /// Removes and returns the head.
-    pub fn pop(&mut self) -> Option<(ImmediateId, T)> {
-        while let Some((id, seq)) = self.fifo.pop_front() {
-            if self.entries.get(id).is_some_and(|e| e.0 == seq) {
-                return self.entries.remove(id).map(|(_, p)| (id, p));
+    pub fn pop(&mut self) -> Option<T> {
+        loop {
+            match self.fifo.front_mut()? {
+                Place::Batch(batch) => {
+                    let payload = batch.next();
+                    if batch.len() == 0 {
+                        self.fifo.pop_front();
+                    }
+                    if payload.is_some() {
+                        self.anonymous -= 1;
+                        return payload;
+                    }
+                }
+                &mut Place::Named(id, seq) => {
+                    self.fifo.pop_front();
+                    if self.entries.get(id).is_some_and(|e| e.0 == seq) {
+                        return self.entries.remove(id).map(|(_, p)| p);
+                    }
+                }
             }
         }
-        None
     }
 
     /// Number of scheduled immediates.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.anonymous
     }
 
     /// Whether none is scheduled.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Removes everything, returning the payloads.
     pub fn drain(&mut self) -> Vec<T> {
-        self.fifo.clear();
-        self.entries.drain().map(|(_, (_, p))| p).collect()
+        self.anonymous = 0;
+        let mut all = Vec::with_capacity(self.len());
+        for place in self.fifo.drain(..) {
+            if let Place::Batch(batch) = place {
+                all.extend(batch);
+            }
+        }
+        all.extend(self.entries.drain().map(|(_, (_, p))| p));
+        all
     }
 
     /// Drops stale stamps once they outnumber live entries, bounding memory
     /// when one immediate is rescheduled over and over.
     fn compact(&mut self) {
-        if self.fifo.len() > 2 * self.entries.len() + 16 {
+        if self.fifo.len() > 2 * self.len() + 16 {
             let entries = &self.entries;
-            self.fifo
-                .retain(|(id, seq)| entries.get(*id).is_some_and(|e| e.0 == *seq));
+            self.fifo.retain(|place| match place {
+                Place::Batch(_) => true,
+                Place::Named(id, seq) => entries.get(*id).is_some_and(|e| e.0 == *seq),
+            });
         }
     }
 }
@@ -107,7 +155,7 @@ mod tests {
         let a = q.push('a');
         q.push('b');
         assert!(q.reschedule(a));
-        let order: Vec<char> = std::iter::from_fn(|| q.pop().map(|(_, p)| p)).collect();
+        let order: Vec<char> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(order, ['b', 'a']);
     }
 
@@ -118,5 +166,121 @@ mod tests {
         assert_eq!(q.cancel(a), Some(1));
         assert!(q.pop().is_none());
         assert!(!q.reschedule(a));
+    }
+
+    #[test]
+    fn batches_keep_their_place() {
+        let mut q = ImmediateQueue::default();
+        let a = q.push('a');
+        q.push_batch(vec!['x', 'y']);
+        let b = q.push('b');
+        q.push_batch(Vec::new());
+        q.push_batch(vec!['z']);
+        assert_eq!(q.len(), 5);
+        assert!(q.reschedule(a));
+        assert_eq!(q.cancel(b), Some('b'));
+        assert_eq!(q.len(), 4);
+        let order: Vec<char> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, ['x', 'y', 'z', 'a']);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn compaction_keeps_batches() {
+        let mut q = ImmediateQueue::default();
+        q.push_batch(vec![1, 2]);
+        let a = q.push(3);
+        for _ in 0..100 {
+            assert!(q.reschedule(a));
+        }
+        // Compaction ran: the stale stamps are gone, the batch is not.
+        assert!(q.fifo.len() < 20);
+        let order: Vec<i32> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, [1, 2, 3]);
+    }
+
+    #[test]
+    fn drain_returns_batches_too() {
+        let mut q = ImmediateQueue::default();
+        q.push(1);
+        q.push_batch(vec![2, 3]);
+        assert_eq!(q.pop(), Some(1));
+        assert_eq!(q.pop(), Some(2));
+        q.push(4);
+        let mut all = q.drain();
+        all.sort();
+        assert_eq!(all, [3, 4]);
+        assert!(q.is_empty());
+        assert!(q.pop().is_none());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Push,
+        PushBatch(usize),
+        Reschedule(usize),
+        Cancel(usize),
+        Pop,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Step::Push),
+            (0..4usize).prop_map(Step::PushBatch),
+            (0..8usize).prop_map(Step::Reschedule),
+            (0..8usize).prop_map(Step::Cancel),
+            Just(Step::Pop),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a plain list: pop order, len and which ids still work,
+        /// with compaction kicking in (rescheduling one entry over and over).
+        #[test]
+        fn matches_a_list(steps in proptest::collection::vec(step(), 0..200)) {
+            let mut q = ImmediateQueue::default();
+            let mut model: Vec<(Option<usize>, u32)> = Vec::new();
+            let mut ids: Vec<ImmediateId> = Vec::new();
+            let mut next = 0u32;
+            for s in steps {
+                match s {
+                    Step::Push => {
+                        ids.push(q.push(next));
+                        model.push((Some(ids.len() - 1), next));
+                        next += 1;
+                    }
+                    Step::PushBatch(n) => {
+                        let batch: Vec<u32> = (next..next + n as u32).collect();
+                        model.extend(batch.iter().map(|&x| (None, x)));
+                        next += n as u32;
+                        q.push_batch(batch);
+                    }
+                    Step::Reschedule(k) => {
+                        let Some(&id) = ids.get(k) else { continue };
+                        let at = model.iter().position(|e| e.0 == Some(k));
+                        proptest::prop_assert_eq!(q.reschedule(id), at.is_some());
+                        if let Some(at) = at {
+                            let e = model.remove(at);
+                            model.push(e);
+                        }
+                    }
+                    Step::Cancel(k) => {
+                        let Some(&id) = ids.get(k) else { continue };
+                        let at = model.iter().position(|e| e.0 == Some(k));
+                        let want = at.map(|at| model.remove(at).1);
+                        proptest::prop_assert_eq!(q.cancel(id), want);
+                    }
+                    Step::Pop => {
+                        let want = (!model.is_empty()).then(|| model.remove(0).1);
+                        proptest::prop_assert_eq!(q.pop(), want);
+                    }
+                }
+                proptest::prop_assert_eq!(q.len(), model.len());
+            }
+            let rest: Vec<u32> = std::iter::from_fn(|| q.pop()).collect();
+            let want: Vec<u32> = model.iter().map(|e| e.1).collect();
+            proptest::prop_assert_eq!(rest, want);
+        }
     }
 }

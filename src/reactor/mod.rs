@@ -919,7 +919,7 @@ impl State {
         if let Some(list) = self.signals.take_pending() {
             return Some(Dispatch::Signals(list));
         }
-        if let Some((_, handler)) = self.immediates.pop() {
+        if let Some(handler) = self.immediates.pop() {
             return Some(Dispatch::Immediate(handler));
         }
         // Reading the clock costs more than the rest of this function: skip
