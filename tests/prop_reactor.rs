@@ -65,3 +65,28 @@ fn hand_written_case() {
     ];
     model::ops::check_ops(ops);
 }
+
+/// Immediates scheduled through a `Remote` from the loop's own thread,
+/// among local ones and from inside handlers: each joins the FIFO when the
+/// loop's next wait takes it, behind what was scheduled before.
+#[test]
+fn remote_immediates_join_the_fifo_at_the_next_wait() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Op selectors are indices into the harness's weight table: 23 adds an
+    // immediate (remote when its second byte is >= 224), 30 runs iterations
+    // (six when its first byte is a multiple of 4). An action is three bytes:
+    // 5 adds an immediate, remote when the next byte is >= 224.
+    let ops: &[u8] = &[
+        0, // two unix pairs, unused
+        23, 0, 0, 0, 0, 0, // local immediate 0
+        23, 0, 230, 0, 0, 0, // remote immediate 1
+        23, 0, 0, 0, 0, 0, // local immediate 2
+        23, 0, 230, 5, 0, 0, // remote immediate 3, which adds a local one
+        23, 0, 230, 5, 230, 0, // remote immediate 4, which adds a remote one
+        30, 0, 0, // six iterations
+        23, 0, 230, 0, 0, 0, // one more remote
+        23, 0, 0, 0, 0, 0, // and a local one after it
+        30, 0, 0, 30, 0, 0, // twelve iterations
+    ];
+    model::ops::check_ops(ops);
+}

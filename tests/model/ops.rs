@@ -40,6 +40,8 @@ enum Action {
     RemoveWatch(u8),
     SetInterest(u8, u8),
     AddImmediate,
+    /// `Remote::schedule` from the loop's own thread.
+    AddRemote,
     CancelImmediate(u8),
     RescheduleImmediate(u8),
     AddTimer(u8),
@@ -55,6 +57,8 @@ fn action(src: &mut Src) -> Action {
         0..=2 => Action::Nop,
         3 => Action::RemoveWatch(b),
         4 => Action::SetInterest(b, c),
+        // A rare variant of 5, so that older corpus inputs keep their meaning.
+        5 if b >= 224 => Action::AddRemote,
         5 => Action::AddImmediate,
         6 => Action::CancelImmediate(b),
         7 => Action::RescheduleImmediate(b),
@@ -94,7 +98,9 @@ struct Shared {
     watch_actions: Vec<Action>,
     timer_ids: Vec<TimerId>,
     timer_actions: Vec<Action>,
-    imm_ids: Vec<ImmediateId>,
+    /// Local immediates: the model's index and the loop's id.
+    imm_ids: Vec<(usize, ImmediateId)>,
+    /// By the model's index, remote immediates included.
     imm_actions: Vec<Action>,
     /// `io_uring_enter` calls the model has accounted for (each one is a
     /// readiness sample); compared with the loop's `stats().enters` less its drains.
@@ -105,6 +111,13 @@ struct Shared {
 }
 
 type Rs = Rc<RefCell<Shared>>;
+
+thread_local! {
+    /// The case being checked, for remote closures: they must be `Send`, so
+    /// they carry only an index and find the harness here (they run on
+    /// this thread, the loop's).
+    static HARNESS: RefCell<Option<Rs>> = const { RefCell::new(None) };
+}
 
 fn fail(s: &Shared, msg: String) -> ! {
     panic!("{msg}\nops:\n  {}", s.log.join("\n  "));
@@ -306,6 +319,24 @@ fn on_immediate(s: &Rs, h: &Handle, i: usize) {
     perform(s, h, act, None);
 }
 
+fn on_remote(h: &Handle, i: usize) {
+    let Some(s) = HARNESS.with(|x| x.borrow().clone()) else {
+        return;
+    };
+    let act = {
+        let mut g = s.borrow_mut();
+        if !g.checking {
+            // Teardown's iterations may run what is still queued.
+            return;
+        }
+        g.log.push(format!("    remote immediate {i} ran"));
+        let r = g.model.on_immediate(i);
+        check(&g, r);
+        g.imm_actions[i]
+    };
+    perform(&s, h, act, None);
+}
+
 fn expect_found(s: &Rs, what: &str, r: ringloop::Result<()>, found: bool) {
     let g = s.borrow();
     match (r, found) {
@@ -471,19 +502,39 @@ fn add_timer(s: &Rs, h: &Handle, after_ms: Option<u8>, act: Action) {
 fn add_immediate(s: &Rs, h: &Handle, act: Action) {
     let i = {
         let g = s.borrow();
-        if g.imm_ids.len() >= MAX_IMMEDIATES {
+        if g.imm_actions.len() >= MAX_IMMEDIATES {
             return;
         }
-        g.imm_ids.len()
+        g.imm_actions.len()
     };
     let s2 = s.clone();
     let id = h.add_immediate(move |h| on_immediate(&s2, h, i));
     let mut g = s.borrow_mut();
     let id = id.unwrap_or_else(|e| fail(&g, format!("add_immediate: {e}")));
     g.log.push(format!("    add immediate {i}"));
-    g.imm_ids.push(id);
+    g.imm_ids.push((i, id));
     g.imm_actions.push(act);
     assert_eq!(g.model.add_immediate(), i);
+}
+
+fn add_remote(s: &Rs, h: &Handle, act: Action) {
+    let i = {
+        let g = s.borrow();
+        if g.imm_actions.len() >= MAX_IMMEDIATES {
+            return;
+        }
+        g.imm_actions.len()
+    };
+    let r = h
+        .remote()
+        .and_then(|remote| remote.schedule(move |h| on_remote(h, i)));
+    let mut g = s.borrow_mut();
+    if let Err(e) = r {
+        fail(&g, format!("remote schedule: {e}"));
+    }
+    g.log.push(format!("    add remote immediate {i}"));
+    g.imm_actions.push(act);
+    assert_eq!(g.model.add_remote(), i);
 }
 
 fn pick<T: Copy>(v: &[T], k: u8) -> Option<(usize, T)> {
@@ -501,8 +552,9 @@ fn perform(s: &Rs, h: &Handle, act: Action, own_fd: Option<RawFd>) {
         Action::RemoveWatch(k) => remove_watch(s, h, k, false),
         Action::SetInterest(k, bits) => set_interest(s, h, k, bits),
         Action::AddImmediate => add_immediate(s, h, Action::Nop),
+        Action::AddRemote => add_remote(s, h, Action::Nop),
         Action::CancelImmediate(k) => {
-            let Some((i, id)) = pick(&s.borrow().imm_ids, k) else {
+            let Some((_, (i, id))) = pick(&s.borrow().imm_ids, k) else {
                 return;
             };
             let r = h.cancel_immediate(id);
@@ -510,7 +562,7 @@ fn perform(s: &Rs, h: &Handle, act: Action, own_fd: Option<RawFd>) {
             expect_found(s, "cancel_immediate", r, found);
         }
         Action::RescheduleImmediate(k) => {
-            let Some((i, id)) = pick(&s.borrow().imm_ids, k) else {
+            let Some((_, (i, id))) = pick(&s.borrow().imm_ids, k) else {
                 return;
             };
             let r = h.reschedule_immediate(id);
@@ -656,6 +708,7 @@ pub fn check_ops(data: &[u8]) {
     }));
     let s2 = s.clone();
     lp.set_trace_hook(Some(Box::new(move |p| trace(&s2, p))));
+    HARNESS.with(|x| *x.borrow_mut() = Some(s.clone()));
 
     let mut src = Src::new(data);
     let first = src.u8();
@@ -793,7 +846,12 @@ pub fn check_ops(data: &[u8]) {
             18 => perform(&s, &lp, Action::UpdateTimer(a, b), None),
             19 => {
                 let act = action(&mut src);
-                add_immediate(&s, &lp, act);
+                // A rare variant, so that older corpus inputs keep their meaning.
+                if b >= 224 {
+                    add_remote(&s, &lp, act);
+                } else {
+                    add_immediate(&s, &lp, act);
+                }
             }
             20 => perform(&s, &lp, Action::CancelImmediate(a), None),
             21 => perform(&s, &lp, Action::RescheduleImmediate(a), None),
@@ -833,7 +891,7 @@ pub fn check_ops(data: &[u8]) {
             "model stats: fd runs {} timer runs {} immediate runs {} waits {} skipped {}",
             count("    fd "),
             count("timer ") - count("add timer"),
-            count("immediate ") - count("add immediate"),
+            count("immediate ") - count("add immediate") - count("add remote immediate"),
             count("    wait"),
             count("(skip")
         );
@@ -848,7 +906,7 @@ pub fn check_ops(data: &[u8]) {
     for id in tids {
         let _ = lp.cancel_timer(id);
     }
-    let iids: Vec<ImmediateId> = s.borrow().imm_ids.clone();
+    let iids: Vec<ImmediateId> = s.borrow().imm_ids.iter().map(|x| x.1).collect();
     for id in iids {
         let _ = lp.cancel_immediate(id);
     }
@@ -879,6 +937,7 @@ pub fn check_ops(data: &[u8]) {
         g.check_eof();
     }
     lp.set_trace_hook(None);
+    HARNESS.with(|x| x.borrow_mut().take());
     drop(lp);
     drop(s);
     let fds_after = open_fds();

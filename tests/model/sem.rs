@@ -16,7 +16,10 @@
 //!   [`Model::file_has_watch`] and its own fds.
 //! - §4 timers on a manual clock: never early, `(deadline, order added)`,
 //!   ASAP first, cancel and update.
-//! - §5 immediates: FIFO, reschedule moves to the tail, cancel.
+//! - §5 immediates: FIFO, reschedule moves to the tail, cancel; one
+//!   scheduled through a `Remote` (from the loop's own thread here) is taken
+//!   by the loop's next wait, which puts it behind every immediate already
+//!   scheduled.
 //!
 //! Readiness is sampled when the loop enters the kernel with GETEVENTS (the
 //! wait of an iteration, and the flush a removal makes so that a close
@@ -269,8 +272,10 @@ pub struct Model {
     pub seq: u64,
     /// Scheduled immediates in run order.
     pub immediates: VecDeque<usize>,
-    /// Number of immediates ever added.
+    /// Number of immediates ever added, remote ones included.
     pub immediate_count: usize,
+    /// Scheduled through a `Remote` and not yet taken by a wait.
+    pub remote: Vec<usize>,
     /// The manual clock, ns.
     pub now: u64,
     /// What the current iteration must do.
@@ -595,6 +600,14 @@ impl Model {
         self.immediate_count - 1
     }
 
+    /// Schedules an immediate through a `Remote`: it joins the FIFO at the
+    /// loop's next wait, which reaps the wake-up.
+    pub fn add_remote(&mut self) -> usize {
+        self.remote.push(self.immediate_count);
+        self.immediate_count += 1;
+        self.immediate_count - 1
+    }
+
     /// Cancels; whether it was scheduled.
     pub fn cancel_immediate(&mut self, i: usize) -> bool {
         let before = self.immediates.len();
@@ -729,7 +742,12 @@ impl Model {
         }
         self.harvest();
         self.mark_maybe_processed();
-        self.expect = if self.any_callable() {
+        // The loop only waits with no immediate scheduled, so the remote
+        // ones taken now are the whole FIFO, and they run before any fd.
+        self.immediates.extend(self.remote.drain(..));
+        self.expect = if let Some(&i) = self.immediates.front() {
+            Expect::Immediate(i)
+        } else if self.any_callable() {
             Expect::Fd
         } else {
             Expect::WouldBlock
