@@ -884,6 +884,9 @@ pub fn check_ops(data: &[u8]) {
     }
 
     // Teardown: remove everything, let the kernel finish the cancels.
+    if std::env::var_os("RINGLOOP_MODEL_LOG").is_some() {
+        eprintln!("ops:\n  {}", s.borrow().log.join("\n  "));
+    }
     if std::env::var_os("RINGLOOP_MODEL_STATS").is_some() {
         let g = s.borrow();
         let count = |p: &str| g.log.iter().filter(|l| l.contains(p)).count();
