@@ -499,13 +499,15 @@ fn add_timer(s: &Rs, h: &Handle, after_ms: Option<u8>, act: Action) {
     assert_eq!(mt, t);
 }
 
+/// The model's index for the next immediate, local or remote; `None` at the cap.
+fn next_immediate(s: &Rs) -> Option<usize> {
+    let n = s.borrow().imm_actions.len();
+    (n < MAX_IMMEDIATES).then_some(n)
+}
+
 fn add_immediate(s: &Rs, h: &Handle, act: Action) {
-    let i = {
-        let g = s.borrow();
-        if g.imm_actions.len() >= MAX_IMMEDIATES {
-            return;
-        }
-        g.imm_actions.len()
+    let Some(i) = next_immediate(s) else {
+        return;
     };
     let s2 = s.clone();
     let id = h.add_immediate(move |h| on_immediate(&s2, h, i));
@@ -518,12 +520,8 @@ fn add_immediate(s: &Rs, h: &Handle, act: Action) {
 }
 
 fn add_remote(s: &Rs, h: &Handle, act: Action) {
-    let i = {
-        let g = s.borrow();
-        if g.imm_actions.len() >= MAX_IMMEDIATES {
-            return;
-        }
-        g.imm_actions.len()
+    let Some(i) = next_immediate(s) else {
+        return;
     };
     let r = h
         .remote()
