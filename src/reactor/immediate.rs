@@ -31,6 +31,7 @@ enum Place<T> {
 pub struct ImmediateQueue<T> {
     entries: SlotMap<ImmediateId, (u64, T)>,
     fifo: VecDeque<Place<T>>,
+    /// Entries left in the batches (those have no slot-map entry to count).
     anonymous: usize,
     next_seq: u64,
 }
@@ -121,8 +122,8 @@ impl<T> ImmediateQueue<T> {
 
     /// Removes everything, returning the payloads.
     pub fn drain(&mut self) -> Vec<T> {
-        self.anonymous = 0;
         let mut all = Vec::with_capacity(self.len());
+        self.anonymous = 0;
         for place in self.fifo.drain(..) {
             if let Place::Batch(batch) = place {
                 all.extend(batch);
