@@ -236,33 +236,37 @@ fn main() -> io::Result<()> {
         std::process::exit(2);
     }
     let wanted = |name: &str| section == "all" || section == name;
-    let rate = |d: Duration| n as f64 / d.as_secs_f64();
-
     if wanted("wake-rate") {
-        wake_rate(n, rate)?;
+        let r = ringloop_rate(n)?;
+        report_rate("wake-rate", "wakes", n, r, tokio_rate(n)?);
     }
     if wanted("wake-latency") {
         wake_latency(m)?;
     }
     if wanted("immediates-chain") {
-        immediates_chain(n, rate)?;
+        let r = ringloop_chain(n)?;
+        report_rate("immediates-chain", "immediates", n, r, tokio_chain(n)?);
     }
     if wanted("immediates-batch") {
-        immediates_batch(n, rate)?;
+        let r = ringloop_batch(n)?;
+        report_rate("immediates-batch", "immediates", n, r, tokio_batch(n)?);
     }
     Ok(())
 }
 
-fn wake_rate(n: usize, rate: impl Fn(Duration) -> f64) -> io::Result<()> {
-    let (r, stats) = ringloop_rate(n)?;
-    let t = tokio_rate(n)?;
+/// Prints a throughput section: each loop's rate, then their ratio.
+fn report_rate(section: &str, unit: &str, n: usize, ringloop: (Duration, String), tokio: Duration) {
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    let (r, stats) = ringloop;
     println!(
-        "wake-rate ringloop wakes={n} wakes_per_s={:.0} {stats}",
+        "{section} ringloop {unit}={n} {unit}_per_s={:.0} {stats}",
         rate(r)
     );
-    println!("wake-rate tokio wakes={n} wakes_per_s={:.0}", rate(t));
-    println!("wake-rate ratio ringloop_vs_tokio={:.2}", rate(r) / rate(t));
-    Ok(())
+    println!("{section} tokio {unit}={n} {unit}_per_s={:.0}", rate(tokio));
+    println!(
+        "{section} ratio ringloop_vs_tokio={:.2}",
+        rate(r) / rate(tokio)
+    );
 }
 
 fn wake_latency(m: usize) -> io::Result<()> {
@@ -280,42 +284,6 @@ fn wake_latency(m: usize) -> io::Result<()> {
     println!(
         "wake-latency ratio ringloop_vs_tokio={:.2} (tokio median / ringloop's)",
         us(percentile(&t, 50.0)) / us(percentile(&r, 50.0))
-    );
-    Ok(())
-}
-
-fn immediates_chain(n: usize, rate: impl Fn(Duration) -> f64) -> io::Result<()> {
-    let (r, stats) = ringloop_chain(n)?;
-    let t = tokio_chain(n)?;
-    println!(
-        "immediates-chain ringloop immediates={n} immediates_per_s={:.0} {stats}",
-        rate(r)
-    );
-    println!(
-        "immediates-chain tokio immediates={n} immediates_per_s={:.0}",
-        rate(t)
-    );
-    println!(
-        "immediates-chain ratio ringloop_vs_tokio={:.2}",
-        rate(r) / rate(t)
-    );
-    Ok(())
-}
-
-fn immediates_batch(n: usize, rate: impl Fn(Duration) -> f64) -> io::Result<()> {
-    let (r, stats) = ringloop_batch(n)?;
-    let t = tokio_batch(n)?;
-    println!(
-        "immediates-batch ringloop immediates={n} immediates_per_s={:.0} {stats}",
-        rate(r)
-    );
-    println!(
-        "immediates-batch tokio immediates={n} immediates_per_s={:.0}",
-        rate(t)
-    );
-    println!(
-        "immediates-batch ratio ringloop_vs_tokio={:.2}",
-        rate(r) / rate(t)
     );
     Ok(())
 }
