@@ -5,32 +5,30 @@
 //! reschedule and cancel are O(1).
 //!
 //! Entries that can never be rescheduled or cancelled (closures from other
-//! threads) need no id: a batch of them takes one place in the FIFO, which
-//! saves a slot-map insert and remove per entry and keeps their order among
-//! the named ones.
+//! threads) need no id: a batch of them waits beside the FIFO and takes one
+//! place in it, a marker, which saves a slot-map insert and remove per entry
+//! and keeps their order among the named ones. The FIFO stays a queue of
+//! 16-byte pairs, so named immediates pay nothing for batches.
 
 use std::collections::VecDeque;
 
-use slotmap::SlotMap;
+use slotmap::{Key, SlotMap};
 
 slotmap::new_key_type! {
     /// Names an immediate of one loop. Stale ids (ran or cancelled) are rejected.
     pub struct ImmediateId;
 }
 
-/// One place in the FIFO.
-enum Place<T> {
-    /// A named entry, valid while its stamp matches the slot map's.
-    Named(ImmediateId, u64),
-    /// Entries without ids, scheduled together and kept in order; nothing
-    /// can move or remove them. Never empty while in the FIFO.
-    Batch(std::vec::IntoIter<T>),
-}
+/// The stamp of a batch's marker in the FIFO; named entries' stamps start at 1.
+const BATCH: u64 = 0;
 
 /// Scheduled immediates in FIFO order; generic over the payload.
 pub struct ImmediateQueue<T> {
     entries: SlotMap<ImmediateId, (u64, T)>,
-    fifo: VecDeque<Place<T>>,
+    fifo: VecDeque<(ImmediateId, u64)>,
+    /// The batches whose markers are in `fifo`, in the same order; none is
+    /// empty.
+    batches: VecDeque<std::vec::IntoIter<T>>,
     /// Entries left in the batches (those have no slot-map entry to count).
     anonymous: usize,
     next_seq: u64,
@@ -41,6 +39,7 @@ impl<T> Default for ImmediateQueue<T> {
         ImmediateQueue {
             entries: SlotMap::with_key(),
             fifo: VecDeque::new(),
+            batches: VecDeque::new(),
             anonymous: 0,
             next_seq: 0,
         }
@@ -53,7 +52,7 @@ impl<T> ImmediateQueue<T> {
         self.next_seq += 1;
         let seq = self.next_seq;
         let id = self.entries.insert((seq, payload));
-        self.fifo.push_back(Place::Named(id, seq));
+        self.fifo.push_back((id, seq));
         id
     }
 
@@ -62,7 +61,8 @@ impl<T> ImmediateQueue<T> {
     pub fn push_batch(&mut self, batch: Vec<T>) {
         if !batch.is_empty() {
             self.anonymous += batch.len();
-            self.fifo.push_back(Place::Batch(batch.into_iter()));
+            self.batches.push_back(batch.into_iter());
+            self.fifo.push_back((ImmediateId::null(), BATCH));
         }
     }
 
@@ -74,7 +74,7 @@ impl<T> ImmediateQueue<T> {
             return false;
         };
         entry.0 = seq;
-        self.fifo.push_back(Place::Named(id, seq));
+        self.fifo.push_back((id, seq));
         self.compact();
         true
     }
@@ -88,26 +88,29 @@ impl<T> ImmediateQueue<T> {
 
     /// Removes and returns the head.
     pub fn pop(&mut self) -> Option<T> {
-        loop {
-            match self.fifo.front_mut()? {
-                Place::Batch(batch) => {
-                    let payload = batch.next();
-                    if batch.len() == 0 {
-                        self.fifo.pop_front();
-                    }
-                    if payload.is_some() {
-                        self.anonymous -= 1;
-                        return payload;
-                    }
-                }
-                &mut Place::Named(id, seq) => {
-                    self.fifo.pop_front();
-                    if self.entries.get(id).is_some_and(|e| e.0 == seq) {
-                        return self.entries.remove(id).map(|(_, p)| p);
-                    }
-                }
+        while let Some((id, seq)) = self.fifo.pop_front() {
+            if seq == BATCH {
+                return self.pop_batched(id);
+            }
+            if self.entries.get(id).is_some_and(|e| e.0 == seq) {
+                return self.entries.remove(id).map(|(_, p)| p);
             }
         }
+        None
+    }
+
+    /// The next entry of the head batch, whose marker `pop` just took off
+    /// the FIFO: the marker goes back while the batch has more.
+    fn pop_batched(&mut self, marker: ImmediateId) -> Option<T> {
+        let batch = self.batches.front_mut()?;
+        let payload = batch.next();
+        if batch.len() == 0 {
+            self.batches.pop_front();
+        } else {
+            self.fifo.push_front((marker, BATCH));
+        }
+        self.anonymous -= 1;
+        payload
     }
 
     /// Number of scheduled immediates.
@@ -123,12 +126,9 @@ impl<T> ImmediateQueue<T> {
     /// Removes everything, returning the payloads.
     pub fn drain(&mut self) -> Vec<T> {
         let mut all = Vec::with_capacity(self.len());
+        self.fifo.clear();
         self.anonymous = 0;
-        for place in self.fifo.drain(..) {
-            if let Place::Batch(batch) = place {
-                all.extend(batch);
-            }
-        }
+        all.extend(self.batches.drain(..).flatten());
         all.extend(self.entries.drain().map(|(_, (_, p))| p));
         all
     }
@@ -138,10 +138,8 @@ impl<T> ImmediateQueue<T> {
     fn compact(&mut self) {
         if self.fifo.len() > 2 * self.len() + 16 {
             let entries = &self.entries;
-            self.fifo.retain(|place| match place {
-                Place::Batch(_) => true,
-                Place::Named(id, seq) => entries.get(*id).is_some_and(|e| e.0 == *seq),
-            });
+            self.fifo
+                .retain(|&(id, seq)| seq == BATCH || entries.get(id).is_some_and(|e| e.0 == seq));
         }
     }
 }
