@@ -164,10 +164,7 @@ fn remote_wakes_blocked_loop() {
 /// a completion per write whatever the counter holds.
 #[test]
 fn remote_wakes_blocked_loop_every_time() {
-    let lp = EventLoop::builder()
-        .wait_timeout(WaitTimeout::After(Duration::from_secs(5)))
-        .build()
-        .unwrap();
+    let lp = loop_with_timeout(Duration::from_secs(5));
     let remote = lp.remote().unwrap();
     let ran = Arc::new(Mutex::new(0));
     for round in 1..=5 {
