@@ -87,7 +87,18 @@ impl<T> ImmediateQueue<T> {
     }
 
     /// Removes and returns the head.
+    ///
+    /// Inlined for the empty check alone: the loop asks twice per waiting
+    /// iteration, and the queue is usually empty.
+    #[inline]
     pub fn pop(&mut self) -> Option<T> {
+        if self.fifo.is_empty() {
+            return None;
+        }
+        self.pop_nonempty()
+    }
+
+    fn pop_nonempty(&mut self) -> Option<T> {
         while let Some((id, seq)) = self.fifo.pop_front() {
             if seq == BATCH {
                 return self.pop_batched(id);

@@ -66,7 +66,7 @@ impl<T> TimerQueue<T> {
 
     /// The earliest deadline, if any timer is pending.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.order.keys().next().map(|&(d, _)| d)
+        self.order.first_key_value().map(|(&(d, _), _)| d)
     }
 
     /// Removes and returns the first timer due at or before `now`.
