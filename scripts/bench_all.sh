@@ -18,4 +18,9 @@ OUT=$OUT scripts/pipe_bench.sh >/dev/null
 for b in bench_echo bench_timers bench_wake; do
   timeout 600 "target/release/examples/$b" | tee -a "$OUT"
 done
+if command -v valgrind >/dev/null; then
+  scripts/instructions.sh | tee -a "$OUT"
+else
+  echo "# instructions: skipped, valgrind is not installed" | tee -a "$OUT"
+fi
 python3 scripts/chart.py "$OUT" docs/bench.svg
