@@ -98,6 +98,8 @@ impl<T> ImmediateQueue<T> {
         self.pop_nonempty()
     }
 
+    /// `pop` past its empty check: skips places whose entry was cancelled
+    /// or moved by a reschedule (their stamps no longer match).
     fn pop_nonempty(&mut self) -> Option<T> {
         while let Some((id, seq)) = self.fifo.pop_front() {
             if seq == BATCH {
