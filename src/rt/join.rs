@@ -117,12 +117,12 @@ pub(crate) struct JoinState<T> {
 }
 
 impl<T> JoinState<T> {
-    pub(crate) fn new() -> Rc<RefCell<JoinState<T>>> {
-        Rc::new(RefCell::new(JoinState {
+    pub(crate) fn new() -> JoinState<T> {
+        JoinState {
             result: None,
             waker: None,
             taken: false,
-        }))
+        }
     }
 
     /// Stores the outcome (unless one is stored already) and wakes the awaiter.
@@ -143,33 +143,52 @@ impl<T> JoinState<T> {
     }
 }
 
+/// Where a task's outcome waits for its [`JoinHandle`]: inside the task's
+/// own allocation (`task::TaskCell`, so a spawn allocates once for both), or
+/// on its own for a task that never ran.
+pub(crate) trait JoinSlot<T> {
+    fn join_state(&self) -> &RefCell<JoinState<T>>;
+}
+
+impl<T> JoinSlot<T> for RefCell<JoinState<T>> {
+    fn join_state(&self) -> &RefCell<JoinState<T>> {
+        self
+    }
+}
+
+/// A handle's reference to its slot. Pinned because the slot may be a
+/// pinned task; a handle only ever reads it through `&`.
+pub(crate) type JoinRef<T> = Pin<Rc<dyn JoinSlot<T>>>;
+
 /// An owned permission to await a spawned task's output, or to abort it.
 ///
 /// Awaiting gives `Ok(output)`, or a [`JoinError`] if the task panicked, was
 /// aborted, or never ran. Dropping the handle detaches the task: it keeps
 /// running.
 pub struct JoinHandle<T> {
-    state: Rc<RefCell<JoinState<T>>>,
+    slot: JoinRef<T>,
     core: Weak<Core>,
     key: TaskKey,
 }
 
-impl<T> JoinHandle<T> {
-    pub(crate) fn new(state: Rc<RefCell<JoinState<T>>>, core: Weak<Core>, key: TaskKey) -> Self {
-        JoinHandle { state, core, key }
+impl<T: 'static> JoinHandle<T> {
+    pub(crate) fn new(slot: JoinRef<T>, core: Weak<Core>, key: TaskKey) -> Self {
+        JoinHandle { slot, core, key }
     }
 
     /// A handle for a task that could not be spawned.
     pub(crate) fn failed() -> Self {
-        let state = JoinState::new();
-        state.borrow_mut().result = Some(Err(JoinError::no_runtime()));
+        let mut state = JoinState::new();
+        state.result = Some(Err(JoinError::no_runtime()));
         JoinHandle {
-            state,
+            slot: Rc::pin(RefCell::new(state)),
             core: Weak::new(),
             key: TaskKey::default(),
         }
     }
+}
 
+impl<T> JoinHandle<T> {
     /// Aborts the task: it is dropped without being polled again (at once if
     /// it is not running, else when its current poll returns), and awaiting
     /// the handle gives a cancelled [`JoinError`]. Does nothing if the task
@@ -178,7 +197,7 @@ impl<T> JoinHandle<T> {
         if self.is_finished() {
             return;
         }
-        JoinState::complete(&self.state, Err(JoinError::cancelled()));
+        JoinState::complete(self.slot.join_state(), Err(JoinError::cancelled()));
         if let Some(core) = self.core.upgrade() {
             core.abort(self.key);
         }
@@ -186,7 +205,8 @@ impl<T> JoinHandle<T> {
 
     /// Whether the task has finished (completed, panicked or been aborted).
     pub fn is_finished(&self) -> bool {
-        self.state
+        self.slot
+            .join_state()
             .try_borrow()
             .map(|st| st.result.is_some() || st.taken)
             .unwrap_or(false)
@@ -197,7 +217,7 @@ impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = self.state.borrow_mut();
+        let mut st = self.slot.join_state().borrow_mut();
         if let Some(r) = st.result.take() {
             st.taken = true;
             return Poll::Ready(r);

@@ -9,26 +9,90 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use pin_project_lite::pin_project;
 use slotmap::SlotMap;
 
-use super::join::{JoinError, JoinHandle, JoinState};
+use super::join::{JoinError, JoinHandle, JoinRef, JoinSlot, JoinState};
 use super::waker::{Header, Shared, TaskKey};
 use crate::reactor::Handle;
 
-/// A spawned task as the table holds it: it polls itself with its own
-/// waker, which lives in the same allocation as the future (one allocation
-/// less per task than a waker of its own, and no reference count touched
-/// per poll).
+/// A spawned task as the table sees it, type-erased.
 trait Task {
-    fn poll_task(self: Pin<&mut Self>) -> Poll<()>;
+    /// Polls the future once with the task's own waker. `Ready` once the
+    /// task has finished and its outcome is stored for the handle.
+    fn poll_task(self: Pin<&Self>) -> Poll<()>;
+
+    /// Drops the future, first telling the handle that the task was
+    /// cancelled unless it had finished.
+    fn cancel(self: Pin<&Self>);
 }
 
-type BoxTask = Pin<Box<dyn Task>>;
+/// One allocation per spawned task: the future, the outcome its
+/// [`JoinHandle`] waits for, and the waker it is polled with. The table and
+/// the handle share it; the future is dropped when the table lets go (the
+/// task finished or was cancelled), the allocation when the handle does too.
+struct TaskCell<F: Future> {
+    /// The future, until it finishes or is cancelled. Structurally pinned:
+    /// it is only ever dropped in place (`*future = None`), never moved out.
+    future: RefCell<Option<F>>,
+    join: RefCell<JoinState<F::Output>>,
+    waker: Waker,
+}
+
+impl<F: Future> JoinSlot<F::Output> for TaskCell<F> {
+    fn join_state(&self) -> &RefCell<JoinState<F::Output>> {
+        &self.join
+    }
+}
+
+impl<F: Future> Task for TaskCell<F> {
+    fn poll_task(self: Pin<&Self>) -> Poll<()> {
+        let this = self.get_ref();
+        // The table never polls a task re-entrantly (it takes the task out
+        // of its slot while polling), so the borrow cannot fail.
+        let Ok(mut slot) = this.future.try_borrow_mut() else {
+            return Poll::Pending;
+        };
+        let Some(future) = slot.as_mut() else {
+            return Poll::Ready(());
+        };
+        // SAFETY: `this` is pinned (a `TaskCell` only lives in a `Pin<Rc<_>>`)
+        // and `future` is structurally pinned in it: it is never moved out of
+        // its `Option`, only dropped in place, in `cancel` or with the cell.
+        let future = unsafe { Pin::new_unchecked(future) };
+        let mut cx = Context::from_waker(&this.waker);
+        let outcome = match catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(v)) => Ok(v),
+            Err(payload) => Err(JoinError::panic(payload)),
+        };
+        JoinState::complete(&this.join, outcome);
+        Poll::Ready(())
+    }
+
+    fn cancel(self: Pin<&Self>) {
+        let this = self.get_ref();
+        // Does nothing if the task already produced its outcome.
+        JoinState::complete(&this.join, Err(JoinError::cancelled()));
+        if let Ok(mut slot) = this.future.try_borrow_mut() {
+            *slot = None;
+        }
+    }
+}
+
+/// The table's reference to a task. Dropping it drops the future (and tells
+/// the handle the task was cancelled, unless it had finished), so the table
+/// drops it only outside its borrow: a future's `Drop` may spawn or abort.
+struct OwnedTask(Pin<Rc<dyn Task>>);
+
+impl Drop for OwnedTask {
+    fn drop(&mut self) {
+        self.0.as_ref().cancel();
+    }
+}
 
 struct TaskSlot {
     /// `None` while the task is being polled.
-    future: Option<BoxTask>,
+    future: Option<OwnedTask>,
     header: Arc<Header>,
     /// Aborted while being polled: drop it once the poll returns.
     aborted: bool,
@@ -44,43 +108,6 @@ pub(crate) struct Core {
     /// Set while `block_on` runs, to refuse re-entry.
     pub(crate) running: Cell<bool>,
     batch: RefCell<VecDeque<TaskKey>>,
-}
-
-pin_project! {
-    /// A spawned future plus where its output goes and its waker; catches
-    /// panics.
-    struct TaskFuture<F: Future> {
-        #[pin]
-        future: F,
-        state: Rc<RefCell<JoinState<F::Output>>>,
-        waker: Waker,
-    }
-
-    impl<F: Future> PinnedDrop for TaskFuture<F> {
-        fn drop(this: Pin<&mut Self>) {
-            // Does nothing if the task already produced its outcome.
-            JoinState::complete(&this.state, Err(JoinError::cancelled()));
-        }
-    }
-}
-
-impl<F: Future> Task for TaskFuture<F> {
-    fn poll_task(self: Pin<&mut Self>) -> Poll<()> {
-        let this = self.project();
-        let future = this.future;
-        let mut cx = Context::from_waker(this.waker);
-        match catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => {
-                JoinState::complete(this.state, Ok(v));
-                Poll::Ready(())
-            }
-            Err(payload) => {
-                JoinState::complete(this.state, Err(JoinError::panic(payload)));
-                Poll::Ready(())
-            }
-        }
-    }
 }
 
 impl Core {
@@ -104,19 +131,20 @@ impl Core {
         if self.closed.get() {
             return JoinHandle::failed();
         }
-        let state = JoinState::new();
         let Ok(mut tasks) = self.tasks.try_borrow_mut() else {
             return JoinHandle::failed();
         };
+        let mut join: Option<JoinRef<F::Output>> = None;
         let key = tasks.insert_with_key(|key| {
             let header = Header::new(key, self.shared.clone(), false);
-            let task: BoxTask = Box::pin(TaskFuture {
-                future,
-                state: state.clone(),
+            let cell = Rc::pin(TaskCell {
+                future: RefCell::new(Some(future)),
+                join: RefCell::new(JoinState::new()),
                 waker: Waker::from(header.clone()),
             });
+            join = Some(cell.clone());
             TaskSlot {
-                future: Some(task),
+                future: Some(OwnedTask(cell)),
                 header,
                 aborted: false,
             }
@@ -124,7 +152,11 @@ impl Core {
         // Queues the first poll; waking touches the wake queue, not the table.
         std::task::Wake::wake_by_ref(&tasks[key].header);
         drop(tasks);
-        JoinHandle::new(state, Rc::downgrade(self), key)
+        // `insert_with_key` always runs its closure.
+        let Some(join) = join else {
+            return JoinHandle::failed();
+        };
+        JoinHandle::new(join, Rc::downgrade(self), key)
     }
 
     /// Number of live tasks.
@@ -166,10 +198,10 @@ impl Core {
                 slot.header.take_wake();
             })
         };
-        let Some(mut future) = taken else {
+        let Some(future) = taken else {
             return;
         };
-        let done = future.as_mut().poll_task().is_ready();
+        let done = future.0.as_ref().poll_task().is_ready();
         let leftover = {
             let mut tasks = self.tasks.borrow_mut();
             match tasks.get_mut(key) {
