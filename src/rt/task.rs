@@ -26,9 +26,10 @@ trait Task {
     fn cancel(self: Pin<&Self>);
 }
 
-/// One allocation per spawned task: the future, the outcome its
-/// [`JoinHandle`] waits for, and the waker it is polled with. The table and
-/// the handle share it; the future is dropped when the table lets go (the
+/// A spawned task's future and the outcome its [`JoinHandle`] waits for, in
+/// one allocation, with the waker it is polled with (a handle to the task's
+/// `Header`, which has its own: wakers must be `Send`). The table and the
+/// handle share it; the future is dropped when the table lets go (the
 /// task finished or was cancelled), the allocation when the handle does too.
 struct TaskCell<F: Future> {
     /// The future, until it finishes or is cancelled. Structurally pinned:
