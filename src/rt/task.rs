@@ -50,10 +50,10 @@ impl<F: Future> Task for TaskCell<F> {
         let this = self.get_ref();
         // The table never polls a task re-entrantly (it takes the task out
         // of its slot while polling), so the borrow cannot fail.
-        let Ok(mut slot) = this.future.try_borrow_mut() else {
+        let Ok(mut held) = this.future.try_borrow_mut() else {
             return Poll::Pending;
         };
-        let Some(future) = slot.as_mut() else {
+        let Some(future) = held.as_mut() else {
             return Poll::Ready(());
         };
         // SAFETY: `this` is pinned (a `TaskCell` only lives in a `Pin<Rc<_>>`)
@@ -74,8 +74,8 @@ impl<F: Future> Task for TaskCell<F> {
         let this = self.get_ref();
         // Does nothing if the task already produced its outcome.
         JoinState::complete(&this.join, Err(JoinError::cancelled()));
-        if let Ok(mut slot) = this.future.try_borrow_mut() {
-            *slot = None;
+        if let Ok(mut held) = this.future.try_borrow_mut() {
+            *held = None;
         }
     }
 }
@@ -93,7 +93,7 @@ impl Drop for OwnedTask {
 
 struct TaskSlot {
     /// `None` while the task is being polled.
-    future: Option<OwnedTask>,
+    task: Option<OwnedTask>,
     header: Arc<Header>,
     /// Aborted while being polled: drop it once the poll returns.
     aborted: bool,
@@ -145,7 +145,7 @@ impl Core {
             });
             join = Some(cell.clone());
             TaskSlot {
-                future: Some(OwnedTask(cell)),
+                task: Some(OwnedTask(cell)),
                 header,
                 aborted: false,
             }
@@ -195,26 +195,26 @@ impl Core {
             let Some(slot) = tasks.get_mut(key) else {
                 return;
             };
-            slot.future.take().inspect(|_| {
+            slot.task.take().inspect(|_| {
                 slot.header.take_wake();
             })
         };
-        let Some(future) = taken else {
+        let Some(task) = taken else {
             return;
         };
-        let done = future.0.as_ref().poll_task().is_ready();
+        let done = task.0.as_ref().poll_task().is_ready();
         let leftover = {
             let mut tasks = self.tasks.borrow_mut();
             match tasks.get_mut(key) {
                 Some(slot) if !done && !slot.aborted => {
-                    slot.future = Some(future);
+                    slot.task = Some(task);
                     None
                 }
                 Some(_) => {
                     tasks.remove(key);
-                    Some(future)
+                    Some(task)
                 }
-                None => Some(future),
+                None => Some(task),
             }
         };
         // Dropped outside the borrow: a future's Drop may spawn or abort.
@@ -223,12 +223,12 @@ impl Core {
 
     /// Drops a task unfinished (or marks it, if it is being polled).
     pub(crate) fn abort(&self, key: TaskKey) {
-        let future = {
+        let task = {
             let Ok(mut tasks) = self.tasks.try_borrow_mut() else {
                 return;
             };
             match tasks.get_mut(key) {
-                Some(slot) if slot.future.is_some() => tasks.remove(key).and_then(|s| s.future),
+                Some(slot) if slot.task.is_some() => tasks.remove(key).and_then(|s| s.task),
                 Some(slot) => {
                     slot.aborted = true;
                     None
@@ -236,7 +236,7 @@ impl Core {
                 None => None,
             }
         };
-        drop(future);
+        drop(task);
     }
 
     /// Refuses new tasks and drops every task, repeatedly, until none is left
