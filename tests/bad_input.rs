@@ -288,3 +288,42 @@ fn extreme_wait_timeouts() {
     assert!(start.elapsed() < Duration::from_secs(10));
     t.join().unwrap();
 }
+
+/// traps.md, libxev#233: an operation's id is its slot plus a generation.
+/// After a finished operation's slot is reused, its old id cancels nothing
+/// and a completion injected under it never reaches the new operation.
+#[test]
+fn cancel_of_a_finished_op_never_hits_the_op_reusing_its_slot() {
+    use slotmap::Key;
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let lp = loop_with_timeout(Duration::from_millis(20));
+    // SAFETY: NOP points at no memory.
+    let first = unsafe { lp.submit(opcode::Nop::new().build(), |_, _| {}) }.unwrap();
+    lp.run().unwrap();
+    let (r, w) = blocking_pipe();
+    let mut buf = vec![0u8; 8].into_boxed_slice();
+    let entry = opcode::Read::new(io_uring::types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 8).build();
+    let got = Rc::new(Cell::new(None));
+    let g = got.clone();
+    // SAFETY: `buf` moves into the callback, so it outlives the read.
+    let second = unsafe {
+        lp.submit(entry, move |_, c| {
+            let _ = &buf;
+            g.set(Some(c.result));
+        })
+    }
+    .unwrap();
+    let (u1, u2) = (first.data().as_ffi(), second.data().as_ffi());
+    assert_eq!(u1 as u32, u2 as u32, "the read reuses the NOP's slot");
+    assert_ne!(u1, u2, "with a new generation");
+    assert!(matches!(lp.cancel_op(first), Err(Error::NotFound)));
+    lp.inject_completion(u1, -libc::ECANCELED, 0).unwrap();
+    for _ in 0..3 {
+        lp.run_once().unwrap();
+    }
+    assert_eq!(got.get(), None, "the old id reached the new operation");
+    write_fd(w.as_raw_fd(), b"x").unwrap();
+    lp.run().unwrap();
+    assert_eq!(got.get(), Some(1));
+}

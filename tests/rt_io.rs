@@ -232,3 +232,125 @@ fn dropping_an_asyncfd_with_a_poll_armed_makes_the_peer_see_eof_at_once() {
         });
     }
 }
+
+/// Borrows a raw fd that the test closes behind the `AsyncFd`'s back.
+struct Raw(std::os::fd::RawFd);
+
+impl std::os::fd::AsFd for Raw {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: test-only; the fd stays a valid number for as long as the
+        // kernel's poll holds the file, which is what the test checks.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) }
+    }
+}
+
+/// traps.md, tokio#7563: an `AsyncFd` whose fd was closed behind its back
+/// still deregisters when dropped. Its poll is found by operation id, not by
+/// fd number, so the kernel lets go of the file (the peer sees EOF) and
+/// nothing stays in flight.
+#[test]
+fn asyncfd_whose_fd_was_closed_behind_its_back_still_deregisters() {
+    use std::os::fd::IntoRawFd;
+    for multishot in [true, false] {
+        let runtime = rt::Runtime::new().unwrap();
+        let h = runtime.handle();
+        runtime.block_on(async {
+            let (a, mut b) = nonblocking_pair();
+            let raw = a.into_raw_fd();
+            let baseline = h.stats().unwrap().in_flight;
+            let fd = AsyncFd::with_mode(Raw(raw), multishot).unwrap();
+            let idle = time::timeout(Duration::from_millis(5), fd.readable()).await;
+            assert!(idle.is_err(), "nothing to read yet");
+            // SAFETY: deliberately closes the watched fd behind the AsyncFd.
+            unsafe { libc::close(raw) };
+            assert!(
+                b.read(&mut [0u8; 1]).is_err(),
+                "the armed poll keeps the file open (kernel fact)"
+            );
+            drop(fd);
+            assert_eq!(
+                b.read(&mut [0u8; 1]).unwrap(),
+                0,
+                "multishot={multishot}: the registration still holds the file"
+            );
+            time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(
+                h.stats().unwrap().in_flight,
+                baseline,
+                "multishot={multishot}: the registration leaked"
+            );
+        });
+    }
+}
+
+/// traps.md, tokio#4549: a hang-up stays visible on the `AsyncFd` (it cannot
+/// be cleared), but an `AsyncFd` nobody waits on does not make the loop
+/// spin: the loop sleeps.
+#[test]
+fn idle_asyncfd_on_a_hung_up_fd_lets_the_loop_sleep() {
+    for multishot in [true, false] {
+        let runtime = rt::Runtime::new().unwrap();
+        let h = runtime.handle();
+        runtime.block_on(async {
+            let (a, b) = nonblocking_pair();
+            let fd = AsyncFd::with_mode(a, multishot).unwrap();
+            drop(b);
+            assert!(fd.readable().await.unwrap().ready().is_read_closed());
+            time::sleep(Duration::from_millis(10)).await;
+            let before = h.stats().unwrap();
+            time::sleep(Duration::from_millis(100)).await;
+            let after = h.stats().unwrap();
+            assert!(
+                after.completions - before.completions <= 2,
+                "multishot={multishot}: spinning on HUP: {before:?} -> {after:?}"
+            );
+            assert!(
+                after.iterations - before.iterations <= 10,
+                "multishot={multishot}: spinning: {before:?} -> {after:?}"
+            );
+            drop(fd);
+        });
+    }
+}
+
+/// traps.md, ClickHouse/silk#80: the kernel may end a multishot poll (a
+/// final completion without `F_MORE`, as on CQ overflow). The `AsyncFd`
+/// arms it again, so data arriving later still wakes its reader. The end is
+/// simulated with an `ASYNC_CANCEL` of the poll, which gives the same final
+/// completion.
+#[test]
+fn asyncfd_multishot_ended_by_the_kernel_is_rearmed() {
+    use std::collections::HashSet;
+    let runtime = rt::Runtime::new().unwrap();
+    let h = runtime.handle();
+    runtime.block_on(async {
+        let (a, mut b) = nonblocking_pair();
+        let before: HashSet<u64> = h.in_flight_user_data().unwrap().into_iter().collect();
+        let fd = AsyncFd::new(a).unwrap();
+        let idle = time::timeout(Duration::from_millis(5), fd.readable()).await;
+        assert!(idle.is_err(), "nothing to read yet");
+        let polls: Vec<u64> = h
+            .in_flight_user_data()
+            .unwrap()
+            .into_iter()
+            .filter(|u| !before.contains(u))
+            .collect();
+        assert_eq!(polls.len(), 1, "the AsyncFd's poll");
+        let cancel = io_uring::opcode::AsyncCancel::new(polls[0]).build();
+        // SAFETY: ASYNC_CANCEL points at no memory.
+        unsafe { h.submit(cancel, |_, c| assert_eq!(c.result, 0)) }.unwrap();
+        time::sleep(Duration::from_millis(5)).await;
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            b.write_all(b"x").unwrap();
+            b
+        });
+        let mut buf = [0u8; 4];
+        let n = time::timeout(Duration::from_secs(3), read_some(&fd, &mut buf))
+            .await
+            .expect("deaf AsyncFd after its multishot poll ended")
+            .unwrap();
+        assert_eq!(n, 1);
+        drop(writer.join().unwrap());
+    });
+}

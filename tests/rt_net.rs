@@ -398,3 +398,37 @@ fn a_write_outside_a_runtime_fails_and_sends_nothing() {
     let err = b.read(&mut [0u8; 4]).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "something was sent");
 }
+
+/// traps.md, liburing#782 and #363: a stream dropped while its receive is
+/// still only queued in the submission queue. The SQE names the fd by
+/// number, so the fd must stay open until the kernel is done with the
+/// operation (else the number could be reused and the receive land on
+/// another file); once the cancel is done, the peer sees EOF.
+#[test]
+fn dropped_stream_keeps_its_fd_until_a_queued_recv_is_done() {
+    use std::future::Future;
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::task::Poll;
+    rt::block_on(async {
+        let (a, b) = UnixStream::pair().unwrap();
+        let raw = a.as_fd().as_raw_fd();
+        {
+            let mut read = std::pin::pin!(a.read(Vec::with_capacity(16)));
+            let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+            assert!(first.is_pending(), "the receive is queued, not done");
+        }
+        drop(a);
+        // SAFETY: fcntl(F_GETFD) only inspects the fd table.
+        assert!(
+            unsafe { libc::fcntl(raw, libc::F_GETFD) } >= 0,
+            "fd {raw} closed while a queued SQE still names it"
+        );
+        time::sleep(Duration::from_millis(50)).await;
+        let (r, _) = b.read(Vec::with_capacity(8)).await;
+        assert_eq!(
+            r.unwrap(),
+            0,
+            "the peer sees EOF once the receive is cancelled"
+        );
+    });
+}

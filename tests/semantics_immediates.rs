@@ -298,3 +298,87 @@ fn remote_after_drop_is_loop_gone() {
         .join()
         .unwrap();
 }
+
+/// traps.md, google/alioth#150: a poll on an eventfd does not consume its
+/// counter, so a one-shot poll re-armed without a read completes again at
+/// once and the loop spins. After each cross-thread wake-up, an iteration
+/// with nothing to do must still block for its whole wait timeout and see
+/// no completion (on both ring set-ups).
+#[test]
+fn after_a_remote_wake_an_idle_iteration_still_blocks() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for plain in [false, true] {
+        let lp = EventLoop::builder()
+            .plain_setup(plain)
+            .wait_timeout(WaitTimeout::After(Duration::from_millis(30)))
+            .build()
+            .unwrap();
+        let remote = lp.remote().unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        for round in 1..=3 {
+            let (rm, r) = (remote.clone(), ran.clone());
+            std::thread::spawn(move || {
+                rm.schedule(move |_| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                })
+                .unwrap()
+            })
+            .join()
+            .unwrap();
+            while ran.load(Ordering::SeqCst) < round {
+                lp.run_once().unwrap();
+            }
+            let before = lp.stats().unwrap();
+            let start = Instant::now();
+            lp.run_once().unwrap();
+            let took = start.elapsed();
+            let after = lp.stats().unwrap();
+            assert!(
+                took >= Duration::from_millis(30),
+                "plain={plain} round {round}: did not block ({took:?})"
+            );
+            assert_eq!(
+                after.completions, before.completions,
+                "plain={plain} round {round}: {before:?} -> {after:?}"
+            );
+        }
+    }
+}
+
+/// traps.md, ClickHouse/silk#80: the kernel may end the loop's wake-up poll
+/// (a final completion without `F_MORE`, as on CQ overflow). The loop arms
+/// it again, so a later cross-thread wake-up still ends a long wait. The
+/// end is simulated with an `ASYNC_CANCEL` of the poll, which gives the same
+/// final completion.
+#[test]
+fn wake_doorbell_ended_by_the_kernel_is_rearmed() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let lp = nonblocking_loop();
+    let _ = lp.run_once(); // the wake-up poll is in the kernel
+    let wake = lp.in_flight_user_data().unwrap();
+    assert_eq!(wake.len(), 1, "only the wake-up poll");
+    let cancel = io_uring::opcode::AsyncCancel::new(wake[0]).build();
+    // SAFETY: ASYNC_CANCEL points at no memory.
+    unsafe { lp.submit(cancel, |_, c| assert_eq!(c.result, 0)) }.unwrap();
+    spin(&lp, 5);
+    assert!(!lp.in_flight_user_data().unwrap().contains(&wake[0]));
+    lp.set_wait_timeout(WaitTimeout::After(Duration::from_secs(5)))
+        .unwrap();
+    let remote = lp.remote().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        remote
+            .schedule(move |_| {
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+    });
+    let start = Instant::now();
+    while ran.load(Ordering::SeqCst) == 0 {
+        lp.run_once().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(3), "deaf doorbell");
+    }
+    t.join().unwrap();
+}

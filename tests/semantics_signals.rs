@@ -303,3 +303,55 @@ fn signal_interrupting_the_wait_runs_in_that_iteration() {
         "the iteration the signal interrupted ran nothing"
     );
 }
+
+/// traps.md, liburing#849 and ClickHouse/silk#80: a wake-up of the signal
+/// poll with no signal behind it runs no handler; and when the kernel ends
+/// that multishot poll (a final completion without `F_MORE`, simulated
+/// with an `ASYNC_CANCEL`), the loop arms it again, so a signal delivered to
+/// another thread (which does not interrupt the loop's wait) still wakes it.
+#[test]
+fn signal_doorbell_ended_by_the_kernel_is_rearmed_and_a_spurious_wake_runs_nothing() {
+    use std::collections::HashSet;
+    const F_MORE: u32 = 1 << 1;
+    let _s = serial();
+    let sig = rt(20);
+    let lp = nonblocking_loop();
+    let before: HashSet<u64> = lp.in_flight_user_data().unwrap().into_iter().collect();
+    let got = Rc::new(Cell::new(0u32));
+    let g = got.clone();
+    let id = lp
+        .add_signal(sig, move |_, ev: SignalEvent| g.set(g.get() + ev.count))
+        .unwrap();
+    let _ = lp.run_once();
+    let polls: Vec<u64> = lp
+        .in_flight_user_data()
+        .unwrap()
+        .into_iter()
+        .filter(|u| !before.contains(u))
+        .collect();
+    assert_eq!(polls.len(), 1, "the signal poll");
+    lp.inject_completion(polls[0], libc::POLLIN as i32, F_MORE)
+        .unwrap();
+    spin(&lp, 5);
+    assert_eq!(got.get(), 0, "a spurious wake-up ran a signal handler");
+    let cancel = io_uring::opcode::AsyncCancel::new(polls[0]).build();
+    // SAFETY: ASYNC_CANCEL points at no memory.
+    unsafe { lp.submit(cancel, |_, c| assert_eq!(c.result, 0)) }.unwrap();
+    spin(&lp, 5);
+    lp.set_wait_timeout(WaitTimeout::After(Duration::from_secs(5)))
+        .unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        signal_this_thread(sig);
+    });
+    let start = Instant::now();
+    while got.get() == 0 {
+        lp.run_once().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "deaf signal doorbell"
+        );
+    }
+    t.join().unwrap();
+    lp.remove_signal(id).unwrap();
+}
