@@ -194,3 +194,19 @@ pub fn fork_generation() -> u64 {
     });
     FORK_GENERATION.load(Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// traps.md, tokio#5021 (timers late by a millisecond): the wait
+    /// timeout reaches the kernel to the nanosecond, never rounded to
+    /// milliseconds.
+    #[test]
+    fn timeouts_keep_their_nanoseconds() {
+        let ts = KernelTimespec::from_duration(Duration::new(2, 1_100_007));
+        assert_eq!((ts.tv_sec, ts.tv_nsec), (2, 1_100_007));
+        let forever = KernelTimespec::from_duration(Duration::MAX);
+        assert_eq!((forever.tv_sec, forever.tv_nsec), (i64::MAX, 999_999_999));
+    }
+}

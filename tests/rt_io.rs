@@ -354,3 +354,80 @@ fn asyncfd_multishot_ended_by_the_kernel_is_rearmed() {
         drop(writer.join().unwrap());
     });
 }
+
+/// A poll-style stream over `AsyncFd`, the bridge to crates written against
+/// `AsyncRead`/`AsyncWrite` (traps.md, monoio's `poll-io`): here tokio's
+/// traits and its `BufReader`, driven by ringloop's executor.
+struct PollStream(AsyncFd<UnixStream>);
+
+impl tokio::io::AsyncRead for PollStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            if let Ok(r) = guard.try_io(|mut s| s.read(unfilled)) {
+                return std::task::Poll::Ready(r.map(|n| buf.advance(n)));
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PollStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            let mut guard = std::task::ready!(self.0.poll_write_ready(cx))?;
+            if let Ok(r) = guard.try_io(|mut s| s.write(data)) {
+                return std::task::Poll::Ready(r);
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// `poll_read_ready`/`poll_write_ready` drive poll-style I/O: 50 000 lines
+/// through tokio's `write_all` and `BufReader::lines`, in order, with a
+/// full socket buffer on the way (590 KB, more than a Unix socket holds).
+#[test]
+fn asyncfd_drives_poll_style_io() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    rt::block_on(async {
+        let (a, b) = nonblocking_pair();
+        let mut w = PollStream(AsyncFd::new(a).unwrap());
+        let r = PollStream(AsyncFd::new(b).unwrap());
+        let writer = rt::spawn(async move {
+            for i in 0..50_000 {
+                w.write_all(format!("line {i}\n").as_bytes()).await.unwrap();
+            }
+            w.shutdown().await.unwrap();
+        });
+        let mut lines = BufReader::new(r).lines();
+        let mut n = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            assert_eq!(line, format!("line {n}"));
+            n += 1;
+        }
+        assert_eq!(n, 50_000);
+        writer.await.unwrap();
+    });
+}

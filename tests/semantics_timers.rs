@@ -302,3 +302,30 @@ fn timer_not_starved_by_busy_fd() {
     }
     assert!(Instant::now() >= at);
 }
+
+/// traps.md, tokio#367 (wake-ups batched): timers with one deadline cost
+/// one wait between them, not one each.
+#[test]
+fn equal_deadlines_share_one_wakeup() {
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Forever)
+        .build()
+        .unwrap();
+    let ran = Rc::new(Cell::new(0));
+    let at = Instant::now() + Duration::from_millis(5);
+    for _ in 0..100 {
+        let r = ran.clone();
+        lp.add_timer_at(at, move |_| r.set(r.get() + 1)).unwrap();
+    }
+    let before = lp.stats().unwrap();
+    lp.run().unwrap();
+    let after = lp.stats().unwrap();
+    assert_eq!(ran.get(), 100);
+    // One wait until the deadline; slack for a wake-up the kernel ends a
+    // little before it (the loop then waits again, never runs early).
+    assert!(after.waits - before.waits <= 3, "{before:?} -> {after:?}");
+    assert!(
+        after.enters - before.enters <= 3 + after.drains - before.drains,
+        "{before:?} -> {after:?}"
+    );
+}
