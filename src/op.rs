@@ -79,6 +79,10 @@ enum State<T> {
 pub struct Op<T: 'static> {
     state: State<T>,
     orphan: Orphan,
+    /// Given the final completion and the resources when the future was
+    /// dropped first, instead of dropping them: what a receive brought in
+    /// after all is kept for the next read ([`Op::salvage_with`]).
+    salvage: Option<fn(Completion, T)>,
 }
 
 impl<T: 'static> Unpin for Op<T> {}
@@ -105,6 +109,20 @@ pub unsafe fn submit<T: 'static>(entry: squeue::Entry, resources: T) -> Op<T> {
     unsafe { Op::submit(entry, resources, Orphan::Drop) }
 }
 
+/// [`submit`] for an operation whose result is a new fd (`ACCEPT`,
+/// `OPENAT`, `SOCKET`, ...): if the future is dropped before it resolves
+/// and the kernel creates the fd anyway (the cancel came too late), the
+/// loop closes that fd instead of leaking it. A future that resolves hands
+/// the fd to its caller, who must close it, as with [`submit`].
+///
+/// # Safety
+/// As for [`submit`]; and a non-negative result of the operation must be a
+/// new fd that nothing else owns: the loop closes it.
+pub unsafe fn submit_fd<T: 'static>(entry: squeue::Entry, resources: T) -> Op<T> {
+    // SAFETY: forwarded from the caller, who vouches that the result is an fd.
+    unsafe { Op::submit(entry, resources, Orphan::CloseFd) }
+}
+
 impl<T: 'static> Op<T> {
     /// Submits on the current runtime; see [`submit`].
     ///
@@ -124,6 +142,7 @@ impl<T: 'static> Op<T> {
                     resources: Some(resources),
                 },
                 orphan,
+                salvage: None,
             },
             Err(e) => Op::failed(e.into(), resources, orphan),
         }
@@ -133,7 +152,18 @@ impl<T: 'static> Op<T> {
         Op {
             state: State::Failed(Some((e, resources))),
             orphan,
+            salvage: None,
         }
+    }
+
+    /// If this future is dropped before it resolves, `salvage` gets the
+    /// final completion and the resources once the kernel is done (after
+    /// the [`Orphan`] clean-up), instead of their being dropped. It runs on
+    /// the loop's thread, outside any handler, possibly after the loop has
+    /// gone.
+    pub(crate) fn salvage_with(mut self, salvage: fn(Completion, T)) -> Op<T> {
+        self.salvage = Some(salvage);
+        self
     }
 
     /// Polls for the outcome, keeping a submission failure as an `io::Error`.
@@ -201,14 +231,18 @@ impl<T: 'static> Drop for Op<T> {
         } = &mut self.state
             && let Some(res) = resources.take()
         {
-            let orphan = self.orphan;
+            let (orphan, salvage) = (self.orphan, self.salvage);
             // Runs when the kernel is done (at once if it already is): closes
-            // an fd the operation produced, then frees the resources.
+            // an fd the operation produced, then salvages or frees the
+            // resources.
             handle.detach_task_op(
                 *id,
                 Box::new(move |c| {
                     orphan.clean_up(&c);
-                    drop(res);
+                    match salvage {
+                        Some(salvage) => salvage(c, res),
+                        None => drop(res),
+                    }
                 }),
             );
         }

@@ -333,3 +333,165 @@ fn op_futures_outliving_their_runtime_resolve_with_the_teardown_completion() {
     );
     drop(w);
 }
+
+/// Submits `read` (a future of a read), lets its receive complete while the
+/// future is not polled, then drops it: the kernel has received the bytes
+/// into a buffer nobody will look at.
+async fn drop_a_read_that_completed<F: std::future::Future>(
+    read: F,
+    peer: &mut std::net::TcpStream,
+    data: &[u8],
+) {
+    use std::io::Write;
+    let mut read = Box::pin(read);
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "nothing to read yet");
+    peer.write_all(data).unwrap();
+    settle().await;
+    drop(read);
+}
+
+#[test]
+fn dropped_read_that_had_completed_loses_no_data() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rt::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        drop_a_read_that_completed(stream.read(Vec::with_capacity(64)), &mut peer, b"hello").await;
+        {
+            use std::io::Write;
+            peer.write_all(b" world").unwrap();
+        }
+        // The salvaged bytes come first, in order, then what came after,
+        // also into a buffer smaller than what was salvaged.
+        let mut got = Vec::new();
+        while got.len() < 11 {
+            let (r, buf) =
+                time::timeout(Duration::from_secs(5), stream.read(Vec::with_capacity(3)))
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("data lost: only {:?} came", String::from_utf8_lossy(&got))
+                    });
+            assert!(r.unwrap() > 0, "no end of stream before the data");
+            got.extend_from_slice(&buf);
+        }
+        assert_eq!(&got, b"hello world");
+        // Nothing salvaged is left over: the stream can be handed back.
+        assert!(stream.into_std().is_ok());
+    });
+}
+
+#[test]
+fn read_timed_out_after_its_data_arrived_keeps_the_data() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rt::block_on(async {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (b, mut sent, mut got) = (std::rc::Rc::new(b), Vec::new(), Vec::new());
+        // A writer sends numbered bytes at random-ish moments while the
+        // reader reads with short timeouts: some reads are dropped just as
+        // their data arrives. Every byte must still be read, once, in order.
+        let writer = {
+            let b = b.clone();
+            rt::spawn(async move {
+                let mut sent = Vec::new();
+                for i in 0..200u32 {
+                    let byte = (i % 251) as u8;
+                    b.write_all(vec![byte]).await.0.unwrap();
+                    sent.push(byte);
+                    time::sleep(Duration::from_micros(u64::from(i % 7) * 30)).await;
+                }
+                sent
+            })
+        };
+        let mut timeouts = 0;
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        while got.len() < 200 {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "data lost: {} of 200 bytes came",
+                got.len()
+            );
+            match time::timeout(Duration::from_micros(40), a.read(Vec::with_capacity(8))).await {
+                Ok((r, buf)) => {
+                    assert!(r.unwrap() > 0);
+                    got.extend_from_slice(&buf);
+                }
+                Err(_) => timeouts += 1,
+            }
+        }
+        sent.extend(writer.await.unwrap());
+        assert_eq!(
+            got, sent,
+            "every byte once, in order ({timeouts} reads timed out)"
+        );
+        assert!(timeouts > 0, "the test timed some reads out");
+        drop(b);
+    });
+}
+
+#[test]
+fn salvaged_bytes_come_before_a_multishot_receive() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rt::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        drop_a_read_that_completed(stream.read(Vec::with_capacity(64)), &mut peer, b"first ").await;
+        stream.enable_multishot_recv().unwrap();
+        {
+            use std::io::Write;
+            peer.write_all(b"second").unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 12 {
+            let (r, buf) =
+                time::timeout(Duration::from_secs(5), stream.read(Vec::with_capacity(64)))
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("data lost: only {:?} came", String::from_utf8_lossy(&got))
+                    });
+            assert!(r.unwrap() > 0);
+            got.extend_from_slice(&buf);
+        }
+        assert_eq!(&got, b"first second");
+    });
+}
+
+#[test]
+fn raw_fd_op_completed_but_dropped_closes_its_fd() {
+    use std::os::fd::AsRawFd;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rt::block_on(async {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        settle().await;
+        let before = fd_count();
+        let entry = io_uring::opcode::Accept::new(
+            io_uring::types::Fd(listener.as_raw_fd()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .flags(libc::SOCK_CLOEXEC)
+        .build();
+        // SAFETY: the entry points at nothing; its result is a new fd.
+        let mut accept = Box::pin(unsafe { ringloop::op::submit_fd(entry, ()) });
+        let first = std::future::poll_fn(|cx| Poll::Ready(accept.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        settle().await;
+        // Dropped holding an accepted fd that nobody will ever see.
+        drop(accept);
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(
+            client.read(&mut b).unwrap(),
+            0,
+            "the peer sees EOF: the fd was closed"
+        );
+        settle().await;
+        assert_eq!(fd_count(), before + 1, "only the client's fd is left");
+    });
+}

@@ -59,7 +59,7 @@ mod tcp;
 mod udp;
 mod unix;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -70,6 +70,7 @@ use std::task::{Context, Poll, ready};
 use io_uring::{opcode, types};
 
 use crate::op::{Op, Orphan};
+use crate::reactor::Completion;
 
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
@@ -98,6 +99,25 @@ struct SocketInner {
     /// probably empty. A wrong guess costs little: a poll that finds data
     /// completes at once.
     drained: Cell<bool>,
+    /// What receives whose futures were dropped (by a timeout, say) got
+    /// from the kernel anyway: the next reads return it before anything
+    /// new, so cancelling a read loses no data (monoio#318).
+    salvaged: RefCell<Salvaged>,
+}
+
+/// Bytes, then an error, that dropped receives brought in, in order.
+#[derive(Default)]
+struct Salvaged {
+    bytes: Vec<u8>,
+    /// An errno after the bytes (an error is reported once, so it must
+    /// not be lost either).
+    error: Option<i32>,
+}
+
+impl Salvaged {
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.error.is_none()
+    }
 }
 
 /// `IORING_RECVSEND_POLL_FIRST` (Linux 5.19), in the SQE's `ioprio` field.
@@ -118,6 +138,7 @@ impl Socket {
             fd,
             poll_first_when_drained,
             drained: Cell::new(false),
+            salvaged: RefCell::default(),
         }))
     }
 
@@ -145,11 +166,52 @@ impl Socket {
         types::Fd(self.raw())
     }
 
-    /// Receives into `buf`'s spare capacity.
+    /// Moves what dropped receives salvaged into `buf`'s spare capacity
+    /// (which must not be empty): `Some(bytes copied)`, or the error they
+    /// saw once the bytes are used up; `None` if there is nothing.
+    pub(crate) fn take_salvaged(&self, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        let mut salvaged = self.0.salvaged.borrow_mut();
+        if !salvaged.bytes.is_empty() {
+            let n = salvaged.bytes.len().min(buf.capacity() - buf.len());
+            buf.extend_from_slice(&salvaged.bytes[..n]);
+            salvaged.bytes.drain(..n);
+            return Some(Ok(n));
+        }
+        salvaged
+            .error
+            .take()
+            .map(|e| Err(io::Error::from_raw_os_error(e)))
+    }
+
+    /// The fate of a receive whose future was dropped: what the kernel
+    /// received into its buffer anyway is kept for the next read.
+    fn salvage_recv(c: Completion, (mut buf, sock): (Vec<u8>, Socket)) {
+        let start = buf.len();
+        let mut salvaged = sock.0.salvaged.borrow_mut();
+        match c.result {
+            n if n > 0 => {
+                extend(&mut buf, n as u32);
+                salvaged.bytes.extend_from_slice(&buf[start..]);
+            }
+            // End of stream is seen again by the next receive; a cancelled
+            // receive received nothing.
+            0 => {}
+            e if e == -libc::ECANCELED || e == -libc::EINTR => {}
+            e => {
+                salvaged.error.get_or_insert(-e);
+            }
+        }
+    }
+
+    /// Receives into `buf`'s spare capacity (after what dropped receives
+    /// salvaged, see [`Socket::take_salvaged`]).
     pub(crate) fn recv(&self, mut buf: Vec<u8>) -> RecvFuture {
         let spare = buf.capacity() - buf.len();
         if spare == 0 {
             return RecvFuture::Done(Some((Err(no_spare_capacity()), buf)));
+        }
+        if let Some(r) = self.take_salvaged(&mut buf) {
+            return RecvFuture::Done(Some((r, buf)));
         }
         let len = u32::try_from(spare).unwrap_or(u32::MAX);
         // SAFETY: `len` bytes past `buf.len()` are allocated.
@@ -163,7 +225,8 @@ impl Socket {
             .ioprio(ioprio)
             .build();
         // SAFETY: the Vec's heap buffer and the fd are owned by the operation.
-        let op = unsafe { Op::submit(entry, (buf, self.clone()), Orphan::Drop) };
+        let op = unsafe { Op::submit(entry, (buf, self.clone()), Orphan::Drop) }
+            .salvage_with(Socket::salvage_recv);
         RecvFuture::InFlight { op, len }
     }
 
@@ -309,6 +372,10 @@ impl Socket {
 
     /// The fd, if no operation is using it.
     pub(crate) fn into_fd(self) -> Result<OwnedFd, Socket> {
+        // What dropped receives salvaged would be lost with the value.
+        if !self.0.salvaged.borrow().is_empty() {
+            return Err(self);
+        }
         Rc::try_unwrap(self.0).map(|inner| inner.fd).map_err(Socket)
     }
 }

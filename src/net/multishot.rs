@@ -113,6 +113,11 @@ impl Future for StreamRead<'_> {
                 if b.capacity() == b.len() {
                     return Poll::Ready((Err(super::no_spare_capacity()), buf.take().expect(DONE)));
                 }
+                // What a plain receive salvaged came in before anything
+                // the multishot receive holds.
+                if let Some(r) = sock.take_salvaged(b) {
+                    return Poll::Ready((r, buf.take().expect(DONE)));
+                }
                 let fill = ready!(multi.poll_fill(sock, b, cx));
                 let b = buf.take().expect(DONE);
                 match fill {

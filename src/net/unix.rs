@@ -85,8 +85,9 @@ impl UnixStream {
     }
 
     /// Turns the stream back into a `std` one; fails (returning the stream)
-    /// while an operation still uses the fd, or while a multishot receive
-    /// is armed or holds unread data (see [`UnixStream::enable_multishot_recv`]).
+    /// while an operation still uses the fd, while a multishot receive
+    /// is armed or holds unread data (see [`UnixStream::enable_multishot_recv`]),
+    /// or while data that a dropped read received waits to be read.
     pub fn into_std(self) -> Result<std::os::unix::net::UnixStream, UnixStream> {
         if self.rx.busy() {
             return Err(self);
