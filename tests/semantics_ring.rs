@@ -370,3 +370,110 @@ fn cq_overflow_with_remote_wakeups() {
     }
     t.join().unwrap();
 }
+
+/// zio#623: cancels that meet a full SQ are submitted, never dropped. 100
+/// armed watches lose their interest at once on an 8-entry SQ (100 poll
+/// removals queued in one go, nothing else); every poll is gone from the
+/// kernel afterwards, and every watch works again when its interest comes
+/// back.
+#[test]
+fn cancels_through_a_full_sq_are_all_submitted() {
+    let lp = small_cq_loop();
+    let ran = Rc::new(RefCell::new(vec![0u32; 100]));
+    let mut ids = Vec::new();
+    let mut peers = Vec::new();
+    for i in 0..100 {
+        let (a, b) = socketpair();
+        peers.push(b);
+        let r = ran.clone();
+        ids.push(
+            lp.add_fd(a, Interest::READ, move |lp, ev| {
+                r.borrow_mut()[i] += 1;
+                lp.remove_fd(ev.id).unwrap();
+            })
+            .unwrap(),
+        );
+    }
+    // Arm the 100 polls (the loop waits once: nothing is readable).
+    lp.set_wait_timeout(WaitTimeout::Never).unwrap();
+    let _ = lp.run_once();
+    let armed = lp.stats().unwrap().in_flight;
+    assert!(armed > 100, "polls armed: {:?}", lp.stats());
+    for &id in &ids {
+        lp.set_interest(id, Interest::NONE).unwrap();
+    }
+    // One iteration submits the 100 removals (13 SQ-fulls of them) and
+    // reaps what the kernel hands back.
+    let _ = lp.run_once();
+    assert_eq!(
+        lp.stats().unwrap().in_flight,
+        armed - 100,
+        "every cancelled poll was handed back: {:?}",
+        lp.stats()
+    );
+    // Data now wakes nobody ...
+    for b in &peers {
+        write_fd(b.as_raw_fd(), b"x").unwrap();
+    }
+    let _ = lp.run_once();
+    assert!(ran.borrow().iter().all(|&n| n == 0), "{:?}", ran.borrow());
+    // ... until the interest is back.
+    for &id in &ids {
+        lp.set_interest(id, Interest::READ).unwrap();
+    }
+    lp.set_wait_timeout(WaitTimeout::After(Duration::from_millis(100)))
+        .unwrap();
+    let mut iterations = 0;
+    while lp.has_events().unwrap() {
+        lp.run_once().unwrap();
+        iterations += 1;
+        assert!(iterations < 2000, "stuck: {:?}", lp.stats());
+    }
+    assert!(ran.borrow().iter().all(|&n| n == 1), "{:?}", ran.borrow());
+}
+
+/// zio#623's own case: many timeouts fire at once on a small SQ, each
+/// cancelling a read. Every task finishes, every read is handed back by the
+/// kernel, and the streams still work.
+#[test]
+fn many_timeouts_firing_at_once_cancel_every_read() {
+    let lp = small_cq_loop();
+    let handle = lp.handle();
+    let rt = ringloop::rt::Runtime::with_loop(lp).unwrap();
+    rt.block_on(async {
+        let base = handle.stats().unwrap().in_flight;
+        let pairs: Vec<_> = (0..64)
+            .map(|_| Rc::new(ringloop::net::UnixStream::pair().unwrap()))
+            .collect();
+        let tasks: Vec<_> = pairs
+            .iter()
+            .map(|p| {
+                let p = p.clone();
+                ringloop::rt::spawn(async move {
+                    let r = ringloop::time::timeout(
+                        Duration::from_millis(20),
+                        p.0.read(Vec::with_capacity(8)),
+                    )
+                    .await;
+                    r.is_err()
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap(), "the read timed out");
+        }
+        // The cancels reach the kernel at the next wait.
+        ringloop::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            handle.stats().unwrap().in_flight,
+            base,
+            "every cancelled read was handed back: {:?}",
+            handle.stats()
+        );
+        for p in &pairs {
+            p.1.write_all(b"y".to_vec()).await.0.unwrap();
+            let (r, buf) = p.0.read(Vec::with_capacity(8)).await;
+            assert_eq!((r.unwrap(), &buf[..]), (1, &b"y"[..]));
+        }
+    });
+}
