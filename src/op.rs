@@ -166,6 +166,15 @@ impl<T: 'static> Op<T> {
         self
     }
 
+    /// The resources, while the operation is in the kernel (submitted,
+    /// not yet resolved).
+    pub(crate) fn in_flight_resources(&self) -> Option<&T> {
+        match &self.state {
+            State::InFlight { resources, .. } => resources.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Polls for the outcome, keeping a submission failure as an `io::Error`.
     pub(crate) fn poll_result(
         &mut self,

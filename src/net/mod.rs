@@ -65,7 +65,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use io_uring::{opcode, types};
 
@@ -103,20 +103,32 @@ struct SocketInner {
     /// from the kernel anyway: the next reads return it before anything
     /// new, so cancelling a read loses no data (monoio#318).
     salvaged: RefCell<Salvaged>,
+    /// `salvaged` is not empty: the one thing a read looks at (a `Cell`,
+    /// not a borrow) while no read was ever dropped unfinished.
+    salvage_active: Cell<bool>,
 }
 
-/// Bytes, then an error, that dropped receives brought in, in order.
+/// Bytes, then an error, that dropped receives brought in, in order, and
+/// the reads that wait for a dropped receive the kernel still has.
 #[derive(Default)]
 struct Salvaged {
     bytes: Vec<u8>,
     /// An errno after the bytes (an error is reported once, so it must
     /// not be lost either).
     error: Option<i32>,
+    /// Dropped receives whose final completion has not come back. While
+    /// there is one, no new receive starts: it could take bytes that came
+    /// after the ones the dropped receive still brings (on a ring without
+    /// `DEFER_TASKRUN` that completion can be in the CQ, unreaped, while
+    /// the next receive is already submitted).
+    in_kernel: u32,
+    /// Reads waiting for `in_kernel` to reach 0.
+    waiters: Vec<Waker>,
 }
 
 impl Salvaged {
     fn is_empty(&self) -> bool {
-        self.bytes.is_empty() && self.error.is_none()
+        self.bytes.is_empty() && self.error.is_none() && self.in_kernel == 0
     }
 }
 
@@ -139,6 +151,7 @@ impl Socket {
             poll_first_when_drained,
             drained: Cell::new(false),
             salvaged: RefCell::default(),
+            salvage_active: Cell::new(false),
         }))
     }
 
@@ -169,18 +182,58 @@ impl Socket {
     /// Moves what dropped receives salvaged into `buf`'s spare capacity
     /// (which must not be empty): `Some(bytes copied)`, or the error they
     /// saw once the bytes are used up; `None` if there is nothing.
+    #[inline]
     pub(crate) fn take_salvaged(&self, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        if !self.0.salvage_active.get() {
+            return None;
+        }
+        self.take_salvaged_now(buf)
+    }
+
+    #[cold]
+    fn take_salvaged_now(&self, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
         let mut salvaged = self.0.salvaged.borrow_mut();
-        if !salvaged.bytes.is_empty() {
+        let taken = if !salvaged.bytes.is_empty() {
             let n = salvaged.bytes.len().min(buf.capacity() - buf.len());
             buf.extend_from_slice(&salvaged.bytes[..n]);
             salvaged.bytes.drain(..n);
-            return Some(Ok(n));
+            Some(Ok(n))
+        } else {
+            salvaged
+                .error
+                .take()
+                .map(|e| Err(io::Error::from_raw_os_error(e)))
+        };
+        self.0.salvage_active.set(!salvaged.is_empty());
+        taken
+    }
+
+    /// A receive is being dropped unfinished: until the kernel hands it
+    /// back ([`Socket::salvage_recv`]), new receives wait.
+    fn recv_dropped_in_flight(&self) {
+        self.0.salvaged.borrow_mut().in_kernel += 1;
+        self.0.salvage_active.set(true);
+    }
+
+    /// Whether a read must wait before it receives: a dropped receive is
+    /// still in the kernel (see `Salvaged::in_kernel`). If so, `waker` is
+    /// woken when it is back. Outside a runtime nothing will bring it back,
+    /// so nothing waits (the read then fails as every operation does there).
+    #[inline]
+    pub(crate) fn must_wait_for_dropped_recv(&self, waker: &Waker) -> bool {
+        self.0.salvage_active.get() && self.wait_for_dropped_recv(waker)
+    }
+
+    #[cold]
+    fn wait_for_dropped_recv(&self, waker: &Waker) -> bool {
+        let mut salvaged = self.0.salvaged.borrow_mut();
+        if salvaged.in_kernel == 0 || !crate::rt::in_runtime() {
+            return false;
         }
-        salvaged
-            .error
-            .take()
-            .map(|e| Err(io::Error::from_raw_os_error(e)))
+        if !salvaged.waiters.iter().any(|w| w.will_wake(waker)) {
+            salvaged.waiters.push(waker.clone());
+        }
+        true
     }
 
     /// The fate of a receive whose future was dropped: what the kernel
@@ -188,6 +241,12 @@ impl Socket {
     fn salvage_recv(c: Completion, (mut buf, sock): (Vec<u8>, Socket)) {
         let start = buf.len();
         let mut salvaged = sock.0.salvaged.borrow_mut();
+        salvaged.in_kernel = salvaged.in_kernel.saturating_sub(1);
+        let waiters = if salvaged.in_kernel == 0 {
+            std::mem::take(&mut salvaged.waiters)
+        } else {
+            Vec::new()
+        };
         match c.result {
             n if n > 0 => {
                 extend(&mut buf, n as u32);
@@ -201,19 +260,35 @@ impl Socket {
                 salvaged.error.get_or_insert(-e);
             }
         }
+        sock.0.salvage_active.set(!salvaged.is_empty());
+        drop(salvaged);
+        waiters.into_iter().for_each(Waker::wake);
     }
 
     /// Receives into `buf`'s spare capacity (after what dropped receives
     /// salvaged, see [`Socket::take_salvaged`]).
-    pub(crate) fn recv(&self, mut buf: Vec<u8>) -> RecvFuture {
+    pub(crate) fn recv(&self, buf: Vec<u8>) -> RecvFuture {
         let spare = buf.capacity() - buf.len();
         if spare == 0 {
             return RecvFuture::Done(Some((Err(no_spare_capacity()), buf)));
         }
+        if self.0.salvage_active.get() && self.0.salvaged.borrow().in_kernel > 0 {
+            return RecvFuture::Waiting {
+                sock: self.clone(),
+                buf: Some(buf),
+            };
+        }
+        self.start_recv(buf)
+    }
+
+    /// [`Socket::recv`] once no dropped receive is in the kernel: the
+    /// salvaged bytes, or a `RECV` (`buf` has spare capacity).
+    #[inline]
+    fn start_recv(&self, mut buf: Vec<u8>) -> RecvFuture {
         if let Some(r) = self.take_salvaged(&mut buf) {
             return RecvFuture::Done(Some((r, buf)));
         }
-        let len = u32::try_from(spare).unwrap_or(u32::MAX);
+        let len = u32::try_from(buf.capacity() - buf.len()).unwrap_or(u32::MAX);
         // SAFETY: `len` bytes past `buf.len()` are allocated.
         let ptr = unsafe { buf.as_mut_ptr().add(buf.len()) };
         let ioprio = if self.0.poll_first_when_drained && self.0.drained.get() {
@@ -386,20 +461,30 @@ impl Socket {
 
 /// A receive in flight ([`Socket::recv`]): the bytes read and the buffer.
 pub(crate) enum RecvFuture {
-    /// Resolved without an operation (no spare capacity).
+    /// Resolved without an operation (no spare capacity, or salvaged bytes).
     Done(Option<(io::Result<usize>, Vec<u8>)>),
+    /// Not started: a dropped receive on the socket is still in the kernel.
+    Waiting { sock: Socket, buf: Option<Vec<u8>> },
     /// Waiting for the kernel; `len` is the spare capacity offered.
     InFlight { op: Op<(Vec<u8>, Socket)>, len: u32 },
+}
+
+impl Drop for RecvFuture {
+    fn drop(&mut self) {
+        if let RecvFuture::InFlight { op, .. } = self
+            && let Some((_, sock)) = op.in_flight_resources()
+        {
+            sock.recv_dropped_in_flight();
+        }
+    }
 }
 
 impl Future for RecvFuture {
     type Output = (io::Result<usize>, Vec<u8>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            RecvFuture::Done(out) => {
-                Poll::Ready(out.take().expect("RecvFuture polled after completion"))
-            }
+        let this = self.get_mut();
+        match this {
             RecvFuture::InFlight { op, len } => {
                 let (r, (mut buf, sock)) = ready!(op.poll_result(cx));
                 let r = r.and_then(|c| c.result());
@@ -407,7 +492,27 @@ impl Future for RecvFuture {
                 sock.0.drained.set(matches!(r, Ok(n) if n > 0 && n < *len));
                 Poll::Ready((r.map(|n| extend(&mut buf, n)), buf))
             }
+            RecvFuture::Done(out) => {
+                Poll::Ready(out.take().expect("RecvFuture polled after completion"))
+            }
+            RecvFuture::Waiting { .. } => this.poll_waiting(cx),
         }
+    }
+}
+
+impl RecvFuture {
+    /// Starts the receive once no dropped one is left in the kernel.
+    #[cold]
+    fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<(io::Result<usize>, Vec<u8>)> {
+        let RecvFuture::Waiting { sock, buf } = self else {
+            unreachable!("only called while waiting")
+        };
+        if sock.must_wait_for_dropped_recv(cx.waker()) {
+            return Poll::Pending;
+        }
+        let buf = buf.take().expect("RecvFuture polled after completion");
+        *self = sock.clone().start_recv(buf);
+        Pin::new(self).poll(cx)
     }
 }
 

@@ -113,8 +113,11 @@ impl Future for StreamRead<'_> {
                 if b.capacity() == b.len() {
                     return Poll::Ready((Err(super::no_spare_capacity()), buf.take().expect(DONE)));
                 }
-                // What a plain receive salvaged came in before anything
-                // the multishot receive holds.
+                // What a dropped plain receive got came in before anything
+                // the multishot receive holds: wait for it, then read it.
+                if sock.must_wait_for_dropped_recv(cx.waker()) {
+                    return Poll::Pending;
+                }
                 if let Some(r) = sock.take_salvaged(b) {
                     return Poll::Ready((r, buf.take().expect(DONE)));
                 }
