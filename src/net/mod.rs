@@ -33,6 +33,16 @@
 //! that an `accept` produced after the cancel is closed. A socket's fd is
 //! closed when the socket value and every operation using it are gone.
 //!
+//! A stream read can be dropped (by `time::timeout`, say) without losing
+//! data: if the kernel had received bytes for it anyway, the stream keeps
+//! them and the next read returns them first, and a new read waits until
+//! the dropped one is back from the kernel, so bytes never come out of
+//! order. A write cannot be taken back: one dropped after the kernel took
+//! its bytes has sent them, and the caller cannot tell how many, so a
+//! stream whose write was dropped mid-way should be treated as broken
+//! (or written with no timeout around the write itself). A UDP receive
+//! dropped as its datagram came loses that datagram.
+//!
 //! ```
 //! use ringloop::{net::{TcpListener, TcpStream}, rt};
 //! rt::block_on(async {
