@@ -67,3 +67,8 @@ fn timer_queue_corpus() {
 fn executor_corpus() {
     replay("executor", model::executor::check_executor);
 }
+
+#[test]
+fn net_reads_corpus() {
+    replay("net_reads", model::net::check_net_reads);
+}

@@ -8,6 +8,7 @@
 
 pub mod cqe;
 pub mod executor;
+pub mod net;
 pub mod ops;
 pub mod sem;
 pub mod timerq;
