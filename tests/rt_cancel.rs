@@ -45,6 +45,15 @@ fn assert_fd_count_returns_to(expected: usize, what: &str) {
     assert_eq!(fd_count(), expected, "{what}");
 }
 
+/// Asserts that the peer of `client` has closed: a read returns 0 within 10 s.
+fn assert_peer_sees_eof(client: &mut std::net::TcpStream, what: &str) {
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(client.read(&mut b).unwrap(), 0, "{what}");
+}
+
 /// Lets the loop run for a while (cancellations complete, callbacks run).
 async fn settle() {
     time::sleep(Duration::from_millis(50)).await;
@@ -92,11 +101,7 @@ fn accept_completed_but_dropped_closes_the_connection() {
             drop(accept);
             client
         };
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut b = [0u8; 1];
-        assert_eq!(client.read(&mut b).unwrap(), 0, "peer sees EOF");
+        assert_peer_sees_eof(&mut client, "peer sees EOF");
         settle().await;
         assert_eq!(fd_count(), before + 1, "no fd left behind");
     });
@@ -196,11 +201,7 @@ fn aborted_reader_task_closes_its_socket_peer_sees_eof() {
             before - 1,
             "the socket is closed once its recv is cancelled"
         );
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut b = [0u8; 1];
-        assert_eq!(client.read(&mut b).unwrap(), 0, "peer sees EOF");
+        assert_peer_sees_eof(&mut client, "peer sees EOF");
     });
 }
 
@@ -229,15 +230,7 @@ fn dropping_the_runtime_with_ops_in_flight_cleans_up() {
         (server_conn, l)
     };
     let mut client = client;
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut b = [0u8; 1];
-    assert_eq!(
-        client.read(&mut b).unwrap(),
-        0,
-        "peer of a dropped runtime's socket sees EOF"
-    );
+    assert_peer_sees_eof(&mut client, "peer of a dropped runtime's socket sees EOF");
     drop(client);
     drop(peer_addr_listener);
     assert_fd_count_returns_to(before, "runtime drop leaks no fds");
@@ -351,13 +344,33 @@ async fn drop_a_read_that_completed<F: std::future::Future>(
     drop(read);
 }
 
+/// A loopback TCP stream on this runtime and its peer, a std stream.
+async fn accepted_stream() -> (TcpStream, std::net::TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    (stream, peer)
+}
+
+/// Reads `n` bytes from `stream` in reads of at most `cap`; a read that
+/// waits 5 s means bytes were lost.
+async fn read_n(stream: &TcpStream, n: usize, cap: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let (r, buf) = time::timeout(Duration::from_secs(5), stream.read(Vec::with_capacity(cap)))
+            .await
+            .unwrap_or_else(|_| panic!("data lost: only {:?} came", String::from_utf8_lossy(&got)));
+        assert!(r.unwrap() > 0, "no end of stream before the data");
+        got.extend_from_slice(&buf);
+    }
+    got
+}
+
 #[test]
 fn dropped_read_that_had_completed_loses_no_data() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     rt::block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
+        let (stream, mut peer) = accepted_stream().await;
         drop_a_read_that_completed(stream.read(Vec::with_capacity(64)), &mut peer, b"hello").await;
         {
             use std::io::Write;
@@ -365,18 +378,7 @@ fn dropped_read_that_had_completed_loses_no_data() {
         }
         // The salvaged bytes come first, in order, then what came after,
         // also into a buffer smaller than what was salvaged.
-        let mut got = Vec::new();
-        while got.len() < 11 {
-            let (r, buf) =
-                time::timeout(Duration::from_secs(5), stream.read(Vec::with_capacity(3)))
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!("data lost: only {:?} came", String::from_utf8_lossy(&got))
-                    });
-            assert!(r.unwrap() > 0, "no end of stream before the data");
-            got.extend_from_slice(&buf);
-        }
-        assert_eq!(&got, b"hello world");
+        assert_eq!(&read_n(&stream, 11, 3).await, b"hello world");
         // Nothing salvaged is left over: the stream can be handed back.
         assert!(stream.into_std().is_ok());
     });
@@ -434,27 +436,14 @@ fn read_timed_out_after_its_data_arrived_keeps_the_data() {
 fn salvaged_bytes_come_before_a_multishot_receive() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     rt::block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
+        let (stream, mut peer) = accepted_stream().await;
         drop_a_read_that_completed(stream.read(Vec::with_capacity(64)), &mut peer, b"first ").await;
         stream.enable_multishot_recv().unwrap();
         {
             use std::io::Write;
             peer.write_all(b"second").unwrap();
         }
-        let mut got = Vec::new();
-        while got.len() < 12 {
-            let (r, buf) =
-                time::timeout(Duration::from_secs(5), stream.read(Vec::with_capacity(64)))
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!("data lost: only {:?} came", String::from_utf8_lossy(&got))
-                    });
-            assert!(r.unwrap() > 0);
-            got.extend_from_slice(&buf);
-        }
-        assert_eq!(&got, b"first second");
+        assert_eq!(&read_n(&stream, 12, 64).await, b"first second");
     });
 }
 
@@ -482,15 +471,7 @@ fn raw_fd_op_completed_but_dropped_closes_its_fd() {
         settle().await;
         // Dropped holding an accepted fd that nobody will ever see.
         drop(accept);
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut b = [0u8; 1];
-        assert_eq!(
-            client.read(&mut b).unwrap(),
-            0,
-            "the peer sees EOF: the fd was closed"
-        );
+        assert_peer_sees_eof(&mut client, "the peer sees EOF: the fd was closed");
         settle().await;
         assert_eq!(fd_count(), before + 1, "only the client's fd is left");
     });

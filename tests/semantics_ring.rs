@@ -423,12 +423,7 @@ fn cancels_through_a_full_sq_are_all_submitted() {
     }
     lp.set_wait_timeout(WaitTimeout::After(Duration::from_millis(100)))
         .unwrap();
-    let mut iterations = 0;
-    while lp.has_events().unwrap() {
-        lp.run_once().unwrap();
-        iterations += 1;
-        assert!(iterations < 2000, "stuck: {:?}", lp.stats());
-    }
+    run_until(&lp, 2000, || !lp.has_events().unwrap());
     assert!(ran.borrow().iter().all(|&n| n == 1), "{:?}", ran.borrow());
 }
 
