@@ -282,7 +282,9 @@ impl Socket {
         if spare == 0 {
             return RecvFuture::Done(Some((Err(no_spare_capacity()), buf)));
         }
-        if self.0.salvage_active.get() && self.0.salvaged.borrow().in_kernel > 0 {
+        // Anything salvaged, or a dropped receive still in the kernel: the
+        // first poll sorts it out (`RecvFuture::poll_waiting`).
+        if self.0.salvage_active.get() {
             return RecvFuture::Waiting {
                 sock: self.clone(),
                 buf: Some(buf),
@@ -473,7 +475,8 @@ impl Socket {
 pub(crate) enum RecvFuture {
     /// Resolved without an operation (no spare capacity, or salvaged bytes).
     Done(Option<(io::Result<usize>, Vec<u8>)>),
-    /// Not started: a dropped receive on the socket is still in the kernel.
+    /// Not started: the socket holds salvaged data, or a dropped receive
+    /// is still in the kernel.
     Waiting { sock: Socket, buf: Option<Vec<u8>> },
     /// Waiting for the kernel; `len` is the spare capacity offered.
     InFlight { op: Op<(Vec<u8>, Socket)>, len: u32 },
