@@ -8,13 +8,19 @@
 //! * `immediates-chain`: each immediate schedules the next (tokio: a task
 //!   calling `yield_now`); `immediates-batch`: N scheduled up front (tokio:
 //!   N spawned tasks).
+//! * `tasks-spawn`: the futures executor: N tasks spawned up front, each
+//!   bumping a counter, then every join handle awaited (ringloop:
+//!   `rt::spawn`; tokio: `spawn_local`); `tasks-yield`: one task yielding N
+//!   times (`rt::yield_now` against tokio's `yield_now`), the cost of one
+//!   wake and one poll.
 //!
 //! ```text
 //! cargo run --release --example bench_wake -- [-n N] [-m PINGS] [-p same|split|none] [-s SECTION]
 //! ```
 //!
 //! `-s` runs one section only (`wake-rate`, `wake-latency`,
-//! `immediates-chain` or `immediates-batch`), which keeps a profile of it clean.
+//! `immediates-chain`, `immediates-batch`, `tasks-spawn` or `tasks-yield`),
+//! which keeps a profile of it clean.
 
 mod common;
 
@@ -216,6 +222,45 @@ fn tokio_batch(n: usize) -> io::Result<Duration> {
     Ok(el)
 }
 
+fn ringloop_runtime() -> io::Result<ringloop::rt::Runtime> {
+    ringloop::rt::Runtime::with_loop(ringloop_loop()?).map_err(io::Error::other)
+}
+
+fn ringloop_spawn(n: usize) -> io::Result<(Duration, String)> {
+    let rt = ringloop_runtime()?;
+    let lp = rt.handle();
+    COUNT.with(|c| c.set(0));
+    let before = lp.stats().map_err(io::Error::other)?;
+    let el = rt.block_on(async {
+        let t = Instant::now();
+        let handles: Vec<_> = (0..n)
+            .map(|_| ringloop::rt::spawn(async { bump() }))
+            .collect();
+        for h in handles {
+            h.await.expect("task");
+        }
+        t.elapsed()
+    });
+    assert_eq!(count(), n);
+    let after = lp.stats().map_err(io::Error::other)?;
+    Ok((el, common::stats_fields(before, after, n as u64)))
+}
+
+fn ringloop_yield(n: usize) -> io::Result<(Duration, String)> {
+    let rt = ringloop_runtime()?;
+    let lp = rt.handle();
+    let before = lp.stats().map_err(io::Error::other)?;
+    let el = rt.block_on(async {
+        let t = Instant::now();
+        for _ in 0..n {
+            ringloop::rt::yield_now().await;
+        }
+        t.elapsed()
+    });
+    let after = lp.stats().map_err(io::Error::other)?;
+    Ok((el, common::stats_fields(before, after, n as u64)))
+}
+
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let pin = common::Pin::from_args(&args);
@@ -224,12 +269,14 @@ fn main() -> io::Result<()> {
     let n: usize = flag(&args, "-n", 1_000_000);
     let m: usize = flag(&args, "-m", 10_000);
     let section: String = flag(&args, "-s", String::from("all"));
-    const SECTIONS: [&str; 5] = [
+    const SECTIONS: [&str; 7] = [
         "all",
         "wake-rate",
         "wake-latency",
         "immediates-chain",
         "immediates-batch",
+        "tasks-spawn",
+        "tasks-yield",
     ];
     if !SECTIONS.contains(&section.as_str()) {
         eprintln!("unknown section {section:?}; one of {SECTIONS:?}");
@@ -250,6 +297,14 @@ fn main() -> io::Result<()> {
     if wanted("immediates-batch") {
         let r = ringloop_batch(n)?;
         report_rate("immediates-batch", "immediates", n, r, tokio_batch(n)?);
+    }
+    if wanted("tasks-spawn") {
+        let r = ringloop_spawn(n)?;
+        report_rate("tasks-spawn", "tasks", n, r, tokio_batch(n)?);
+    }
+    if wanted("tasks-yield") {
+        let r = ringloop_yield(n)?;
+        report_rate("tasks-yield", "yields", n, r, tokio_chain(n)?);
     }
     Ok(())
 }

@@ -312,6 +312,26 @@ impl Ring {
         self.enter(0, sys::ENTER_GETEVENTS, None)
     }
 
+    /// [`Ring::flush`], but without the syscall when it would do nothing:
+    /// no SQE is queued, the CQ has not overflowed, and the kernel holds no
+    /// deferred task work for this ring (`IORING_SQ_TASKRUN` is clear). On
+    /// a `DEFER_TASKRUN` ring every completion not yet in the CQ waits as
+    /// such work, and the kernel sets the flag when it queues the first
+    /// item. A busy executor takes a non-blocking turn of the loop between
+    /// polls; with nothing in the kernel for it, the turn stays in user
+    /// space. A ring without `SETUP_TASKRUN_FLAG` keeps no such flag, so
+    /// there this always enters. ([`Ring::reap`] also enters for task work
+    /// and overflow; checking here keeps this call's promise on its own.)
+    pub fn flush_unless_idle(&mut self) -> io::Result<()> {
+        if self.features.taskrun_flag && self.pending() == 0 {
+            let sq = self.ring.submission();
+            if !sq.taskrun() && !sq.cq_overflow() {
+                return Ok(());
+            }
+        }
+        self.flush()
+    }
+
     /// Blocks until at least one completion or the timeout.
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.enter(1, sys::ENTER_GETEVENTS, timeout)

@@ -6,6 +6,8 @@ mod common;
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -471,4 +473,72 @@ fn many_timeouts_firing_at_once_cancel_every_read() {
             assert_eq!((r.unwrap(), &buf[..]), (1, &b"y"[..]));
         }
     });
+}
+
+/// A non-blocking iteration with nothing queued for the kernel and no
+/// completion work deferred in it stays in user space: the turns a busy
+/// executor takes between polls cost no syscall. A ring that cannot say
+/// whether the kernel holds deferred work (no `SETUP_TASKRUN_FLAG`, as on
+/// the plain setup) enters on every such turn.
+#[test]
+fn idle_non_blocking_turns_make_no_syscall() {
+    for plain in [false, true] {
+        let lp = EventLoop::builder()
+            .wait_timeout(WaitTimeout::Never)
+            .plain_setup(plain)
+            .build()
+            .unwrap();
+        // A remote makes the loop arm its wake-up poll: an SQE to submit.
+        let _remote = lp.remote().unwrap();
+        assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
+        let before = lp.stats().unwrap().enters;
+        for _ in 0..100 {
+            assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
+        }
+        let made = lp.stats().unwrap().enters - before;
+        let f = lp.features().unwrap();
+        let expected = if f.taskrun_flag { 0 } else { 100 };
+        assert_eq!(made, expected, "plain setup {plain}: {f:?}");
+    }
+}
+
+/// ...but a non-blocking iteration still sees what the kernel has: a
+/// readiness it holds as deferred task work (on a `DEFER_TASKRUN` ring a
+/// poll's completion reaches the CQ only inside `io_uring_enter`), a
+/// cross-thread wake, and a watch whose poll is still to be submitted.
+#[test]
+fn non_blocking_turns_still_see_deferred_completions() {
+    for plain in [false, true] {
+        let lp = EventLoop::builder()
+            .wait_timeout(WaitTimeout::Never)
+            .plain_setup(plain)
+            .build()
+            .unwrap();
+        let (a, b) = socketpair();
+        let reads = Rc::new(Cell::new(0));
+        let seen = reads.clone();
+        lp.add_fd(a, Interest::READ, move |_, ev| {
+            let _ = read_fd(ev.fd, 16);
+            seen.set(seen.get() + 1);
+        })
+        .unwrap();
+        // The watch's POLL_ADD is queued: this turn submits it, and the
+        // fd is not ready yet.
+        assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
+        assert_eq!(reads.get(), 0);
+        write_fd(b.as_raw_fd(), b"x").unwrap();
+        // Delivery may take more than one turn while the kernel posts it;
+        // bounded, and never a blocking wait.
+        run_until(&lp, 50, || reads.get() == 1);
+
+        let remote = lp.remote().unwrap();
+        assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
+        let ran = Arc::new(AtomicBool::new(false));
+        let set = ran.clone();
+        std::thread::spawn(move || remote.schedule(move |_| set.store(true, Ordering::SeqCst)))
+            .join()
+            .unwrap()
+            .unwrap();
+        run_until(&lp, 50, || ran.load(Ordering::SeqCst));
+    }
 }

@@ -972,14 +972,14 @@ impl State {
             // Completions kept aside by a removal are already here: reap
             // them (and whatever else is ready) without blocking.
             _ if !self.cqes.is_empty() => {
-                self.ring.flush()?;
+                self.ring.flush_unless_idle()?;
                 self.reap();
                 return Ok(());
             }
             WaitTimeout::After(d) => Some(d),
             WaitTimeout::Forever => None,
             WaitTimeout::Never => {
-                self.ring.flush()?;
+                self.ring.flush_unless_idle()?;
                 self.reap();
                 return Ok(());
             }

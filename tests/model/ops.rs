@@ -105,6 +105,10 @@ struct Shared {
     /// `io_uring_enter` calls the model has accounted for (each one is a
     /// readiness sample); compared with the loop's `stats().enters` less its drains.
     enters_seen: u64,
+    /// Set when the loop starts to wait: whether the model had work for the
+    /// kernel then ([`Model::needs_enter`]). A wait with none may skip its
+    /// enter; one with some must not.
+    wait_needed: Option<bool>,
     /// Checks are off during teardown.
     checking: bool,
     log: Vec<String>,
@@ -600,8 +604,29 @@ fn run_once(s: &Rs, lp: &EventLoop) {
         let r = g.model.iteration_start();
         check(&g, r);
     }
+    let (loop_before, seen_before) = {
+        let g = s.borrow();
+        (samples(lp.stats().unwrap()), g.enters_seen)
+    };
     let r = lp.run_once();
     let mut g = s.borrow_mut();
+    // The enters of this iteration that handlers did not account for
+    // (removals do, as they go) are its wait's: one, or none if the wait
+    // had nothing for the kernel.
+    let loop_delta = samples(lp.stats().unwrap()) - loop_before;
+    let waited = loop_delta.checked_sub(g.enters_seen - seen_before);
+    match (g.wait_needed.take(), waited) {
+        (None, Some(0)) => {}
+        (Some(_), Some(1)) => g.enters_seen += 1,
+        (Some(false), Some(0)) => g.log.push("      (idle: no enter)".into()),
+        (needed, waited) => fail(
+            &g,
+            format!(
+                "an iteration's wait entered the kernel {waited:?} times \
+                 (the model had work for it: {needed:?})"
+            ),
+        ),
+    }
     let would_block = match r {
         Ok(()) => false,
         Err(Error::WouldBlock) => true,
@@ -638,8 +663,9 @@ fn trace(s: &Rs, p: TracePoint) {
                 return;
             }
             g.log.push("    wait".into());
-            // With WaitTimeout::Never the wait is one enter with GETEVENTS.
-            g.enters_seen += 1;
+            // With WaitTimeout::Never the wait is one enter with GETEVENTS,
+            // or none if the kernel has nothing (counted by `run_once`).
+            g.wait_needed = Some(g.model.needs_enter());
             let ready: Vec<u32> = (0..g.pairs.len())
                 .map(|p| g.any_fd(p).map_or(0, readiness))
                 .collect();
@@ -701,6 +727,7 @@ pub fn check_ops(data: &[u8]) {
         imm_ids: Vec::new(),
         imm_actions: Vec::new(),
         enters_seen: samples(lp.stats().unwrap()),
+        wait_needed: None,
         checking: true,
         log: Vec::new(),
     }));

@@ -276,6 +276,10 @@ pub struct Model {
     pub immediate_count: usize,
     /// Scheduled through a `Remote` and not yet taken by a wait.
     pub remote: Vec<usize>,
+    /// Whether the kernel was given work since the last flush: a wake-up
+    /// that reached a poll (it queues the poll's task work), or a remote
+    /// immediate (its eventfd write wakes the loop's own poll).
+    pub unflushed: bool,
     /// The manual clock, ns.
     pub now: u64,
     /// What the current iteration must do.
@@ -396,10 +400,29 @@ impl Model {
         self.watches.iter().any(|x| x.alive && x.file == file)
     }
 
+    /// Whether an `io_uring_enter` now would find work in the kernel for
+    /// the model: a poll to submit, or task work that a wake-up or a remote
+    /// immediate queued since the last flush. A loop whose non-blocking
+    /// wait finds none may skip the enter (`Ring::flush_unless_idle`); one
+    /// that finds some must not.
+    pub fn needs_enter(&self) -> bool {
+        self.unflushed
+            || self.watches.iter().filter(|x| x.alive).any(|x| {
+                matches!(
+                    x.poll,
+                    Poll::Pending(_)
+                        | Poll::Waiting(_, true)
+                        | Poll::MultiPending(_)
+                        | Poll::Multi(_, MultiWake::Keyed(_) | MultiWake::Repoll, _)
+                )
+            })
+    }
+
     /// An `io_uring_enter` with GETEVENTS: the kernel polls every newly
     /// submitted poll and every one woken by a state change; `readiness(file)`
     /// is what `poll(2)` says now.
     pub fn flush(&mut self, readiness: &dyn Fn(usize) -> u32) {
+        self.unflushed = false;
         for x in self.watches.iter_mut().filter(|x| x.alive) {
             let file = x.file;
             let sample = |m: u32| readiness(file) & (m | UNMASK);
@@ -431,6 +454,7 @@ impl Model {
             .iter_mut()
             .filter(|x| x.alive && x.file == file)
         {
+            let before = x.poll;
             x.poll = match x.poll {
                 Poll::Waiting(m, false) if key & (m | UNMASK) != 0 => {
                     Poll::Done(m, key & (m | UNMASK))
@@ -443,6 +467,7 @@ impl Model {
                 }
                 p => p,
             };
+            self.unflushed |= x.poll != before;
         }
     }
 
@@ -459,6 +484,7 @@ impl Model {
                 Poll::Multi(m, _, p) => Poll::Multi(m, MultiWake::Repoll, p),
                 p => p,
             };
+            self.unflushed |= matches!(x.poll, Poll::Waiting(..) | Poll::Multi(..));
         }
     }
 
@@ -603,6 +629,7 @@ impl Model {
     /// Schedules an immediate through a `Remote`: it joins the FIFO at the
     /// loop's next wait, which reaps the wake-up.
     pub fn add_remote(&mut self) -> usize {
+        self.unflushed = true;
         self.remote.push(self.immediate_count);
         self.immediate_count += 1;
         self.immediate_count - 1
