@@ -277,8 +277,9 @@ pub struct Model {
     /// Scheduled through a `Remote` and not yet taken by a wait.
     pub remote: Vec<usize>,
     /// Whether the kernel was given work since the last flush: a wake-up
-    /// that reached a poll (it queues the poll's task work), or a remote
-    /// immediate (its eventfd write wakes the loop's own poll).
+    /// that reached a poll (it queues the poll's task work), or the first
+    /// remote immediate of a burst (its eventfd write wakes the loop's own
+    /// poll).
     pub unflushed: bool,
     /// The manual clock, ns.
     pub now: u64,
@@ -629,7 +630,9 @@ impl Model {
     /// Schedules an immediate through a `Remote`: it joins the FIFO at the
     /// loop's next wait, which reaps the wake-up.
     pub fn add_remote(&mut self) -> usize {
-        self.unflushed = true;
+        // Only the first of a burst writes the eventfd: until a wait takes
+        // the burst, later ones find the wake-up pending and skip it.
+        self.unflushed |= self.remote.is_empty();
         self.remote.push(self.immediate_count);
         self.immediate_count += 1;
         self.immediate_count - 1
