@@ -329,3 +329,129 @@ fn block_on_in_a_task_with_a_new_runtime_works() {
         assert_eq!(rt::spawn(async { 5 }).await.unwrap(), 5);
     });
 }
+
+/// Records the thread its value is dropped on. Holds an `Rc`, so it is not
+/// `Send`: a task's future or output of this type must be dropped on the
+/// runtime's thread.
+struct DropsOn {
+    thread: Arc<Mutex<Option<std::thread::ThreadId>>>,
+    _not_send: Rc<()>,
+}
+
+impl DropsOn {
+    fn new() -> (DropsOn, Arc<Mutex<Option<std::thread::ThreadId>>>) {
+        let thread = Arc::new(Mutex::new(None));
+        let v = DropsOn {
+            thread: thread.clone(),
+            _not_send: Rc::new(()),
+        };
+        (v, thread)
+    }
+}
+
+impl Drop for DropsOn {
+    fn drop(&mut self) {
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current().id());
+    }
+}
+
+/// A future that hands its waker out and never finishes.
+struct ParkForever(Arc<Mutex<Option<Waker>>>);
+
+impl Future for ParkForever {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        *self.0.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// A task's wakers may outlive everything else and be dropped, the last of
+/// them, on another thread (the task shares one allocation with them). The
+/// task's future and its unclaimed output are not `Send`: both are dropped
+/// on the runtime's thread, the output when its handle is dropped, the
+/// unfinished future when the runtime is.
+#[test]
+fn a_tasks_last_waker_on_another_thread_drops_no_future_or_output() {
+    let home = std::thread::current().id();
+    let rt = Runtime::new().unwrap();
+    let (out, out_dropped) = DropsOn::new();
+    let (held, future_dropped) = DropsOn::new();
+    let finished_waker = Arc::new(Mutex::new(None));
+    let parked_waker = Arc::new(Mutex::new(None));
+    let (fw, pw) = (finished_waker.clone(), parked_waker.clone());
+    let finished = rt.spawn(async move {
+        ParkOnce(fw, false).await;
+        out
+    });
+    let parked = rt.spawn(async move {
+        let _held = held;
+        ParkForever(pw).await;
+    });
+    rt.block_on(async {
+        while !finished.is_finished() {
+            rt::yield_now().await;
+        }
+    });
+    // The output was never claimed: dropping the handle drops it, here.
+    assert!(out_dropped.lock().unwrap().is_none());
+    drop(finished);
+    assert_eq!(*out_dropped.lock().unwrap(), Some(home));
+    drop(parked);
+    drop(rt);
+    assert_eq!(*future_dropped.lock().unwrap(), Some(home));
+    // The wakers are now the tasks' last owners; they go on another thread.
+    let wakers = [
+        finished_waker.lock().unwrap().take().unwrap(),
+        parked_waker.lock().unwrap().take().unwrap(),
+    ];
+    std::thread::spawn(move || {
+        for w in &wakers {
+            w.wake_by_ref();
+        }
+        drop(wakers);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(*out_dropped.lock().unwrap(), Some(home));
+    assert_eq!(*future_dropped.lock().unwrap(), Some(home));
+}
+
+/// Parks once, handing its waker out and waking itself, then finishes.
+struct ParkOnce(Arc<Mutex<Option<Waker>>>, bool);
+
+impl Future for ParkOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.1 {
+            return Poll::Ready(());
+        }
+        self.1 = true;
+        *self.0.lock().unwrap() = Some(cx.waker().clone());
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// The output of a task whose handle was dropped is dropped as the task
+/// finishes, not kept until the runtime goes.
+#[test]
+fn a_detached_tasks_output_is_dropped_when_it_finishes() {
+    let rt = Runtime::new().unwrap();
+    let (out, out_dropped) = DropsOn::new();
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    drop(rt.spawn(async move {
+        rt::yield_now().await;
+        d.set(true);
+        out
+    }));
+    rt.block_on(async {
+        while !done.get() {
+            rt::yield_now().await;
+        }
+        rt::yield_now().await;
+    });
+    assert_eq!(rt.task_count(), 0);
+    assert!(out_dropped.lock().unwrap().is_some());
+}

@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::{Rc, Weak};
+use std::rc::Weak;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::task::Core;
@@ -114,6 +115,9 @@ pub(crate) struct JoinState<T> {
     pub(crate) waker: Option<Waker>,
     /// Set once the output (or error) has been handed out.
     pub(crate) taken: bool,
+    /// Set when the handle is dropped: an outcome is then dropped at once,
+    /// on the runtime's thread, instead of being kept for nobody.
+    pub(crate) detached: bool,
 }
 
 impl<T> JoinState<T> {
@@ -122,14 +126,18 @@ impl<T> JoinState<T> {
             result: None,
             waker: None,
             taken: false,
+            detached: false,
         }
     }
 
-    /// Stores the outcome (unless one is stored already) and wakes the awaiter.
+    /// Stores the outcome (unless one is stored already, or the handle is
+    /// gone: then it is dropped here) and wakes the awaiter.
     pub(crate) fn complete(cell: &RefCell<JoinState<T>>, outcome: Result<T, JoinError>) {
         let waker = match cell.try_borrow_mut() {
             Ok(mut st) => {
-                if st.result.is_some() || st.taken {
+                if st.result.is_some() || st.taken || st.detached {
+                    drop(st);
+                    drop(outcome);
                     return;
                 }
                 st.result = Some(outcome);
@@ -156,9 +164,10 @@ impl<T> JoinSlot<T> for RefCell<JoinState<T>> {
     }
 }
 
-/// A handle's reference to its slot. Pinned because the slot may be a
-/// pinned task; a handle only ever reads it through `&`.
-pub(crate) type JoinRef<T> = Pin<Rc<dyn JoinSlot<T>>>;
+/// A handle's reference to its slot (an `Arc` because the slot is usually
+/// the task itself, whose wakers may be on other threads; the handle never
+/// leaves the runtime's thread).
+pub(crate) type JoinRef<T> = Arc<dyn JoinSlot<T>>;
 
 /// An owned permission to await a spawned task's output, or to abort it.
 ///
@@ -181,7 +190,7 @@ impl<T: 'static> JoinHandle<T> {
         let mut state = JoinState::new();
         state.result = Some(Err(JoinError::no_runtime()));
         JoinHandle {
-            slot: Rc::pin(RefCell::new(state)),
+            slot: Arc::new(RefCell::new(state)),
             core: Weak::new(),
             key: TaskKey::default(),
         }
@@ -210,6 +219,28 @@ impl<T> JoinHandle<T> {
             .try_borrow()
             .map(|st| st.result.is_some() || st.taken)
             .unwrap_or(false)
+    }
+}
+
+/// Detaches the task. Its outcome, if already stored, is dropped here, and
+/// a later one as the task finishes: always on the runtime's thread, never
+/// by the last of the task's wakers wherever that is (`task::TaskCell`).
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        let outcome = match self.slot.join_state().try_borrow_mut() {
+            Ok(mut st) => {
+                st.detached = true;
+                st.result.take()
+            }
+            Err(_) => {
+                // Cannot happen (the state is never borrowed across user
+                // code), but if it did the outcome's drop is not ours to
+                // make: keep the slot alive for ever instead.
+                std::mem::forget(self.slot.clone());
+                None
+            }
+        };
+        drop(outcome);
     }
 }
 

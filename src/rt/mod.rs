@@ -116,7 +116,7 @@ impl Runtime {
              spawn the future instead, or await it"
         );
         let _enter = Enter::new(&self.core);
-        let main = Header::new(TaskKey::null(), self.core.shared.clone(), true);
+        let main = Arc::new(Header::new(TaskKey::null(), self.core.shared.clone(), true));
         let waker = Waker::from(main.clone());
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);

@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use slotmap::SlotMap;
 
@@ -17,27 +17,50 @@ use crate::reactor::Handle;
 
 /// A spawned task as the table sees it, type-erased.
 trait Task {
-    /// Polls the future once with the task's own waker. `Ready` once the
-    /// task has finished and its outcome is stored for the handle.
-    fn poll_task(self: Pin<&Self>) -> Poll<()>;
+    /// Claims the task's pending wake (so that a wake during the poll
+    /// queues it again) and polls the future once with `waker` (the task's
+    /// own). `Ready` once the task has finished and its outcome is stored
+    /// for the handle.
+    fn poll_task(&self, waker: &Waker) -> Poll<()>;
 
     /// Drops the future, first telling the handle that the task was
-    /// cancelled unless it had finished.
-    fn cancel(self: Pin<&Self>);
+    /// cancelled unless it had finished. Returns whether the future is
+    /// gone (it always is, unless it was being polled).
+    fn cancel(&self) -> bool;
 }
 
-/// A spawned task's future and the outcome its [`JoinHandle`] waits for, in
-/// one allocation, with the waker it is polled with (a handle to the task's
-/// `Header`, which has its own: wakers must be `Send`). The table and the
-/// handle share it; the future is dropped when the table lets go (the
-/// task finished or was cancelled), the allocation when the handle does too.
+/// A spawned task in one allocation: its wake state, its future, and the
+/// outcome its [`JoinHandle`] waits for. The table, the handle and every
+/// waker share it through an `Arc`.
+///
+/// Wakers are `Send + Sync`, so they can clone, wake and drop the cell on
+/// any thread, and the last of them may free it there. The future and the
+/// output need not be `Send`; they stay on the runtime's thread because
+/// nothing but the runtime's thread ever touches them, and because both
+/// are gone before a waker can be the last owner: the table drops the
+/// future when it lets go of the task ([`OwnedTask`]'s `Drop`), and the
+/// handle drops a stored output when it is dropped, after which a late
+/// outcome is dropped as it is produced (`JoinState::detached`).
 struct TaskCell<F: Future> {
+    header: Header,
     /// The future, until it finishes or is cancelled. Structurally pinned:
     /// it is only ever dropped in place (`*future = None`), never moved out.
     future: RefCell<Option<F>>,
     join: RefCell<JoinState<F::Output>>,
-    waker: Waker,
 }
+
+// SAFETY: another thread reaches a `TaskCell` only through a `Waker` (the
+// table and the handle are `!Send`). A waker's wake touches only `header`:
+// atomics and an `Arc<Shared>`, which is `Send + Sync`. A waker's drop may
+// free the cell, running the drop of `future` and `join`; by then `future`
+// is `None` and `join` holds no output (see the type's docs: the table and
+// the handle empty them on the runtime's thread before they let go, and
+// leak the cell instead if they cannot), so no `F` or `F::Output` value is
+// touched off the runtime's thread.
+unsafe impl<F: Future> Send for TaskCell<F> {}
+// SAFETY: as for `Send`: the only code that can run on a shared reference
+// from another thread is `Header::wake`, which is thread-safe.
+unsafe impl<F: Future> Sync for TaskCell<F> {}
 
 impl<F: Future> JoinSlot<F::Output> for TaskCell<F> {
     fn join_state(&self) -> &RefCell<JoinState<F::Output>> {
@@ -45,37 +68,51 @@ impl<F: Future> JoinSlot<F::Output> for TaskCell<F> {
     }
 }
 
+impl<F: Future + 'static> Wake for TaskCell<F> {
+    fn wake(self: Arc<Self>) {
+        self.header.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.header.wake();
+    }
+}
+
 impl<F: Future> Task for TaskCell<F> {
-    fn poll_task(self: Pin<&Self>) -> Poll<()> {
-        let this = self.get_ref();
+    fn poll_task(&self, waker: &Waker) -> Poll<()> {
+        self.header.take_wake();
         // The table never polls a task re-entrantly (it takes the task out
         // of its slot while polling), so the borrow cannot fail.
-        let Ok(mut held) = this.future.try_borrow_mut() else {
+        let Ok(mut held) = self.future.try_borrow_mut() else {
             return Poll::Pending;
         };
         let Some(future) = held.as_mut() else {
             return Poll::Ready(());
         };
-        // SAFETY: `this` is pinned (a `TaskCell` only lives in a `Pin<Rc<_>>`)
-        // and `future` is structurally pinned in it: it is never moved out of
-        // its `Option`, only dropped in place, in `cancel` or with the cell.
+        // SAFETY: the cell never moves (it lives in an `Arc` from `spawn`
+        // to its drop, and nothing moves out of that `Arc`), and `future`
+        // is structurally pinned in it: it is never moved out of its
+        // `Option`, only dropped in place, in `cancel` or with the cell.
         let future = unsafe { Pin::new_unchecked(future) };
-        let mut cx = Context::from_waker(&this.waker);
+        let mut cx = Context::from_waker(waker);
         let outcome = match catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(v)) => Ok(v),
             Err(payload) => Err(JoinError::panic(payload)),
         };
-        JoinState::complete(&this.join, outcome);
+        JoinState::complete(&self.join, outcome);
         Poll::Ready(())
     }
 
-    fn cancel(self: Pin<&Self>) {
-        let this = self.get_ref();
+    fn cancel(&self) -> bool {
         // Does nothing if the task already produced its outcome.
-        JoinState::complete(&this.join, Err(JoinError::cancelled()));
-        if let Ok(mut held) = this.future.try_borrow_mut() {
-            *held = None;
+        JoinState::complete(&self.join, Err(JoinError::cancelled()));
+        match self.future.try_borrow_mut() {
+            Ok(mut held) => {
+                *held = None;
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -83,18 +120,30 @@ impl<F: Future> Task for TaskCell<F> {
 /// The table's reference to a task. Dropping it drops the future (and tells
 /// the handle the task was cancelled, unless it had finished), so the table
 /// drops it only outside its borrow: a future's `Drop` may spawn or abort.
-struct OwnedTask(Pin<Rc<dyn Task>>);
+struct OwnedTask(Arc<dyn Task>);
 
 impl Drop for OwnedTask {
     fn drop(&mut self) {
-        self.0.as_ref().cancel();
+        if !self.0.cancel() {
+            // The future could not be dropped here, on the runtime's
+            // thread (cannot happen: the table never drops a task it is
+            // polling). Leak the cell rather than let a waker on another
+            // thread drop the future.
+            std::mem::forget(self.0.clone());
+        }
     }
+}
+
+/// A task between polls: the table's reference and the waker it is polled
+/// with (made once, at spawn).
+struct Parked {
+    task: OwnedTask,
+    waker: Waker,
 }
 
 struct TaskSlot {
     /// `None` while the task is being polled.
-    task: Option<OwnedTask>,
-    header: Arc<Header>,
+    task: Option<Parked>,
     /// Aborted while being polled: drop it once the poll returns.
     aborted: bool,
 }
@@ -137,21 +186,23 @@ impl Core {
         };
         let mut join: Option<JoinRef<F::Output>> = None;
         let key = tasks.insert_with_key(|key| {
-            let header = Header::new(key, self.shared.clone(), false);
-            let cell = Rc::pin(TaskCell {
+            let cell = Arc::new(TaskCell {
+                header: Header::new(key, self.shared.clone(), false),
                 future: RefCell::new(Some(future)),
                 join: RefCell::new(JoinState::new()),
-                waker: Waker::from(header.clone()),
             });
+            // Queues the first poll; waking touches the wake queue, not the table.
+            cell.header.wake();
             join = Some(cell.clone());
+            let waker = Waker::from(cell.clone());
             TaskSlot {
-                task: Some(OwnedTask(cell)),
-                header,
+                task: Some(Parked {
+                    task: OwnedTask(cell),
+                    waker,
+                }),
                 aborted: false,
             }
         });
-        // Queues the first poll; waking touches the wake queue, not the table.
-        std::task::Wake::wake_by_ref(&tasks[key].header);
         drop(tasks);
         // `insert_with_key` always runs its closure.
         let Some(join) = join else {
@@ -195,14 +246,12 @@ impl Core {
             let Some(slot) = tasks.get_mut(key) else {
                 return;
             };
-            slot.task.take().inspect(|_| {
-                slot.header.take_wake();
-            })
+            slot.task.take()
         };
         let Some(task) = taken else {
             return;
         };
-        let done = task.0.as_ref().poll_task().is_ready();
+        let done = task.task.0.poll_task(&task.waker).is_ready();
         let leftover = {
             let mut tasks = self.tasks.borrow_mut();
             match tasks.get_mut(key) {

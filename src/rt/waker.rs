@@ -1,6 +1,8 @@
-//! Wakers: `Send + Sync`, one allocation per task, never queue a task twice.
+//! Wakers: `Send + Sync`, no allocation of their own, never queue a task
+//! twice.
 //!
-//! Each task has a [`Header`] shared by all its wakers. Waking sets the
+//! Each task has a [`Header`] shared by all its wakers, inside the task's
+//! own allocation. Waking sets the
 //! header's `queued` flag; only the wake that flips it from `false` to `true`
 //! pushes the task onto the runtime's run queue, so a task is queued at most
 //! once however many times it is woken. The executor clears the flag just
@@ -92,7 +94,9 @@ fn thread_tag() -> usize {
     TAG.with(|t| t as *const Cell<u8> as usize)
 }
 
-/// Per-task wake state, shared by all of the task's wakers.
+/// Per-task wake state, shared by all of the task's wakers. A spawned
+/// task's header lives in the task's own allocation (`task::TaskCell`); the
+/// future given to `block_on` has one of its own, in an `Arc`.
 pub(crate) struct Header {
     /// The task; the null key stands for the future given to `block_on`,
     /// which is not in the task table and is never put on the queue.
@@ -103,26 +107,23 @@ pub(crate) struct Header {
 }
 
 impl Header {
-    pub(crate) fn new(key: TaskKey, shared: Arc<Shared>, queued: bool) -> Arc<Header> {
-        Arc::new(Header {
+    pub(crate) fn new(key: TaskKey, shared: Arc<Shared>, queued: bool) -> Header {
+        Header {
             key,
             queued: AtomicBool::new(queued),
             shared,
-        })
+        }
     }
 
     /// Claims the pending wake before a poll: returns whether one was pending.
     pub(crate) fn take_wake(&self) -> bool {
         self.queued.swap(false, Ordering::AcqRel)
     }
-}
 
-impl Wake for Header {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
+    /// Wakes the task: queues it unless it is queued already, and wakes the
+    /// loop if called from another thread. Touches only this header's
+    /// atomics and the runtime's `Shared`, so it may run on any thread.
+    pub(crate) fn wake(&self) {
         if self.queued.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -134,5 +135,16 @@ impl Wake for Header {
             }
         }
         self.shared.notify();
+    }
+}
+
+/// The waker of `block_on`'s future.
+impl Wake for Header {
+    fn wake(self: Arc<Self>) {
+        Header::wake(&self);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        Header::wake(self);
     }
 }
