@@ -15,9 +15,12 @@
 //!   every connection, then reads every echo back; messages per second.
 //!
 //! ```text
-//! cargo run --release --example bench_echo -- [-m MESSAGES] [-c CONNS] [-p same|split|none]
+//! cargo run --release --example bench_echo -- [-m MESSAGES] [-c CONNS] [-p same|split|none] [-s SERVERS] [-t latency|throughput]
 //! ```
-//! Prints one line per (test, server) and a ratio line per test.
+//! Prints one line per (test, server) and a ratio line per test. `-s` takes
+//! a comma-separated list of servers to run (default all; the ratio lines
+//! need tokio among them) and `-t` one test: both keep a profile of one
+//! server clean.
 
 mod common;
 
@@ -338,7 +341,18 @@ fn main() -> io::Result<()> {
         ("ringloop-async-multi", |c| ringloop_async_server(c, true)),
         ("tokio", |c| tokio_server(c)),
     ];
-    let ours = &servers[..servers.len() - 1];
+    let only: String = flag(&args, "-s", String::from("all"));
+    let test: String = flag(&args, "-t", String::from("all"));
+    let servers: Vec<(&str, Server)> = servers
+        .into_iter()
+        .filter(|(name, _)| only == "all" || only.split(',').any(|s| s == *name))
+        .collect();
+    if servers.is_empty() || !["all", "latency", "throughput"].contains(&test.as_str()) {
+        eprintln!("-s names none of the servers, or -t is not latency or throughput");
+        std::process::exit(2);
+    }
+    let with_tokio = servers.last().is_some_and(|(name, _)| *name == "tokio");
+    let ours = &servers[..servers.len() - usize::from(with_tokio)];
     // "NAME_vs_tokio=R" for each of our servers, R = f(tokio's, ours).
     let ratios = |prefix: &str, vals: &[f64], f: fn(f64, f64) -> f64| {
         let tokio = vals[vals.len() - 1];
@@ -348,8 +362,25 @@ fn main() -> io::Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    if test != "throughput" {
+        latency(&servers, n, with_tokio, &ratios)?;
+    }
+    if test != "latency" {
+        throughput(&servers, conns, rounds, with_tokio, &ratios)?;
+    }
+    Ok(())
+}
+
+type Ratios<'a> = dyn Fn(&str, &[f64], fn(f64, f64) -> f64) -> String + 'a;
+
+fn latency(
+    servers: &[(&str, Server)],
+    n: usize,
+    with_tokio: bool,
+    ratios: &Ratios<'_>,
+) -> io::Result<()> {
     let mut lat = Vec::new();
-    for (name, server) in servers {
+    for &(name, server) in servers {
         let (mut r, stats) = server(Box::new(move |a| client_latency(a, n)))?;
         let stats = fields(stats, n + 1000);
         r.times.sort();
@@ -363,13 +394,25 @@ fn main() -> io::Result<()> {
         lat.push(med);
     }
     let lat: Vec<f64> = lat.iter().map(Duration::as_secs_f64).collect();
-    println!(
-        "echo-latency ratio {} (tokio median / ours; >1 means ours is faster)",
-        ratios("", &lat, |tokio, ours| tokio / ours)
-    );
+    if with_tokio {
+        println!(
+            "echo-latency ratio {} (tokio median / ours; >1 means ours is faster)",
+            ratios("", &lat, |tokio, ours| tokio / ours)
+        );
+    }
+    Ok(())
+}
+
+fn throughput(
+    servers: &[(&str, Server)],
+    conns: usize,
+    rounds: usize,
+    with_tokio: bool,
+    ratios: &Ratios<'_>,
+) -> io::Result<()> {
     let mut tput = Vec::new();
     let mut cpu = Vec::new();
-    for (name, server) in servers {
+    for &(name, server) in servers {
         let (r, stats) = server(Box::new(move |a| client_throughput(a, conns, rounds)))?;
         let stats = fields(stats, conns * rounds);
         let msgs = (conns * rounds) as f64;
@@ -382,10 +425,12 @@ fn main() -> io::Result<()> {
         tput.push(rate);
         cpu.push(cpu_per_msg);
     }
-    println!(
-        "echo-throughput ratio {} {} (server CPU: tokio's per message / ours)",
-        ratios("", &tput, |tokio, ours| ours / tokio),
-        ratios("cpu_", &cpu, |tokio, ours| tokio / ours)
-    );
+    if with_tokio {
+        println!(
+            "echo-throughput ratio {} {} (server CPU: tokio's per message / ours)",
+            ratios("", &tput, |tokio, ours| ours / tokio),
+            ratios("cpu_", &cpu, |tokio, ours| tokio / ours)
+        );
+    }
     Ok(())
 }
