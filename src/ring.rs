@@ -356,12 +356,13 @@ impl Ring {
         let mut drains = 0;
         loop {
             out.extend(self.ring.completion());
-            if self.ring.submission().cq_overflow() {
+            let (overflow, taskrun) = {
+                let sq = self.ring.submission();
+                (sq.cq_overflow(), sq.taskrun())
+            };
+            if overflow {
                 overflow_flushes += 1;
-            } else if self.features.taskrun_flag
-                && self.ring.submission().taskrun()
-                && drains < MAX_DRAINS
-            {
+            } else if self.features.taskrun_flag && taskrun && drains < MAX_DRAINS {
                 drains += 1;
                 self.drains += 1;
             } else {

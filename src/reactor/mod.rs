@@ -256,6 +256,7 @@ impl Builder {
             allow_nesting: Cell::new(self.allow_nesting),
             fork_generation: sys::fork_generation(),
             trace: RefCell::new(None),
+            has_trace: Cell::new(false),
             settled_at_teardown: RefCell::new(HashMap::new()),
         };
         Ok(EventLoop {
@@ -290,6 +291,9 @@ struct Inner {
     allow_nesting: Cell<bool>,
     fork_generation: u64,
     trace: RefCell<Option<TraceHook>>,
+    /// Whether `trace` holds a hook: one `Cell` read per trace point when
+    /// none is installed (three per event), instead of a `RefCell` borrow.
+    has_trace: Cell<bool>,
     /// Completions of futures' operations that were still unread when the
     /// loop was torn down, by `user_data`: their futures can still resolve.
     settled_at_teardown: RefCell<HashMap<u64, Completion>>,
@@ -476,7 +480,15 @@ impl Handle {
         self.with(f)?
     }
 
+    #[inline]
     fn trace(&self, point: TracePoint) {
+        if self.inner.has_trace.get() {
+            self.call_trace_hook(point);
+        }
+    }
+
+    #[cold]
+    fn call_trace_hook(&self, point: TracePoint) {
         if let Ok(mut hook) = self.inner.trace.try_borrow_mut()
             && let Some(hook) = hook.as_mut()
         {
@@ -506,6 +518,7 @@ impl Handle {
     /// ```
     pub fn set_trace_hook(&self, hook: Option<TraceHook>) {
         if let Ok(mut slot) = self.inner.trace.try_borrow_mut() {
+            self.inner.has_trace.set(hook.is_some());
             *slot = hook;
         }
     }
@@ -591,15 +604,31 @@ impl Handle {
             return Ok(());
         }
         self.trace(TracePoint::BeforeWait);
-        let waited = self.with(|st| st.wait())?;
-        self.trace(TracePoint::AfterWait);
-        waited?;
-        self.run_deferred();
-        // A signal that interrupted the wait (EINTR) is counted already.
-        if let Some(d) = self.with(|st| {
-            st.check_signals();
-            st.next_counted()
-        })? {
+        let tracing = self.inner.has_trace.get();
+        let (waited, picked) = self.with(|st| {
+            let waited = st.wait();
+            // With no trace hook and no deferred work, no user code runs
+            // between the wait and the pick: pick in the same borrow.
+            let picked = (waited.is_ok() && !tracing && st.deferred.is_empty()).then(|| {
+                st.check_signals();
+                st.next_counted()
+            });
+            (waited, picked)
+        })?;
+        let picked = match picked {
+            Some(picked) => picked,
+            None => {
+                self.trace(TracePoint::AfterWait);
+                waited?;
+                self.run_deferred();
+                // A signal that interrupted the wait (EINTR) is counted already.
+                self.with(|st| {
+                    st.check_signals();
+                    st.next_counted()
+                })?
+            }
+        };
+        if let Some(d) = picked {
             self.dispatch(d);
             return Ok(());
         }
@@ -1041,7 +1070,10 @@ impl State {
             Op::FdPoll(watch) => {
                 let watch = *watch;
                 if !more {
-                    self.ops.remove(id);
+                    // An `FdPoll` owns nothing; forgetting it skips the
+                    // out-of-line drop of `Op` (this runs once per level
+                    // event).
+                    std::mem::forget(self.ops.remove(id));
                 }
                 self.on_poll(watch, id, result, more);
             }
