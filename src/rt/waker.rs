@@ -35,6 +35,11 @@ pub(crate) struct Shared {
     /// Tasks to poll, in wake order; `None` once the runtime is gone, so late
     /// wakes are dropped.
     queue: Mutex<Option<VecDeque<TaskKey>>>,
+    /// Whether `queue` may hold a task: set under the lock by every push,
+    /// cleared under it by [`Shared::take_queue`], read without it. A stale
+    /// `true` costs a non-blocking loop turn; a `false` cannot hide a push
+    /// from this thread, and a push from another thread also wakes the loop.
+    maybe_queued: AtomicBool,
     /// The thread that runs the runtime, as [`thread_tag`].
     owner: usize,
     remote: Remote,
@@ -44,6 +49,7 @@ impl Shared {
     pub(crate) fn new(remote: Remote) -> Self {
         Shared {
             queue: Mutex::new(Some(VecDeque::new())),
+            maybe_queued: AtomicBool::new(false),
             owner: thread_tag(),
             remote,
         }
@@ -55,14 +61,18 @@ impl Shared {
 
     /// Moves the queued tasks into `out` (which should be empty).
     pub(crate) fn take_queue(&self, out: &mut VecDeque<TaskKey>) {
+        if !self.has_queued() {
+            return;
+        }
         if let Some(q) = self.lock().as_mut() {
             std::mem::swap(q, out);
+            self.maybe_queued.store(false, Ordering::Release);
         }
     }
 
-    /// Whether any task is queued.
+    /// Whether any task may be queued (see `maybe_queued`).
     pub(crate) fn has_queued(&self) -> bool {
-        self.lock().as_ref().is_some_and(|q| !q.is_empty())
+        self.maybe_queued.load(Ordering::Acquire)
     }
 
     /// Refuses further wakes and forgets queued ones.
@@ -130,7 +140,10 @@ impl Header {
         if !self.key.is_null() {
             let mut q = self.shared.lock();
             match q.as_mut() {
-                Some(q) => q.push_back(self.key),
+                Some(q) => {
+                    q.push_back(self.key);
+                    self.shared.maybe_queued.store(true, Ordering::Release);
+                }
                 None => return,
             }
         }
