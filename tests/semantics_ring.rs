@@ -475,6 +475,15 @@ fn many_timeouts_firing_at_once_cancel_every_read() {
     });
 }
 
+/// A loop that never blocks, on the default or the plain ring set-up.
+fn never_blocking(plain: bool) -> EventLoop {
+    EventLoop::builder()
+        .wait_timeout(WaitTimeout::Never)
+        .plain_setup(plain)
+        .build()
+        .unwrap()
+}
+
 /// A non-blocking iteration with nothing queued for the kernel and no
 /// completion work deferred in it stays in user space: the turns a busy
 /// executor takes between polls cost no syscall. A ring that cannot say
@@ -483,11 +492,7 @@ fn many_timeouts_firing_at_once_cancel_every_read() {
 #[test]
 fn idle_non_blocking_turns_make_no_syscall() {
     for plain in [false, true] {
-        let lp = EventLoop::builder()
-            .wait_timeout(WaitTimeout::Never)
-            .plain_setup(plain)
-            .build()
-            .unwrap();
+        let lp = never_blocking(plain);
         // A remote makes the loop arm its wake-up poll: an SQE to submit.
         let _remote = lp.remote().unwrap();
         assert!(matches!(lp.run_once(), Err(Error::WouldBlock)));
@@ -509,11 +514,7 @@ fn idle_non_blocking_turns_make_no_syscall() {
 #[test]
 fn non_blocking_turns_still_see_deferred_completions() {
     for plain in [false, true] {
-        let lp = EventLoop::builder()
-            .wait_timeout(WaitTimeout::Never)
-            .plain_setup(plain)
-            .build()
-            .unwrap();
+        let lp = never_blocking(plain);
         let (a, b) = socketpair();
         let reads = Rc::new(Cell::new(0));
         let seen = reads.clone();
