@@ -589,11 +589,8 @@ impl Handle {
             return Err(Error::Nested);
         }
         // One borrow of the state per step: this is the hot path.
-        // A signal delivered since the last iteration is pending now, as in
-        // tevent: the handler counted it, and looking is one atomic load.
         let (first, mode) = self.with(|st| {
             st.stats.iterations += 1;
-            st.check_signals();
             (st.next_counted(), st.wait_timeout)
         })?;
         self.inner.depth.set(self.inner.depth.get() + 1);
@@ -609,10 +606,8 @@ impl Handle {
             let waited = st.wait();
             // With no trace hook and no deferred work, no user code runs
             // between the wait and the pick: pick in the same borrow.
-            let picked = (waited.is_ok() && !tracing && st.deferred.is_empty()).then(|| {
-                st.check_signals();
-                st.next_counted()
-            });
+            let picked =
+                (waited.is_ok() && !tracing && st.deferred.is_empty()).then(|| st.next_counted());
             (waited, picked)
         })?;
         let picked = match picked {
@@ -622,10 +617,7 @@ impl Handle {
                 waited?;
                 self.run_deferred();
                 // A signal that interrupted the wait (EINTR) is counted already.
-                self.with(|st| {
-                    st.check_signals();
-                    st.next_counted()
-                })?
+                self.with(|st| st.next_counted())?
             }
         };
         if let Some(d) = picked {
@@ -912,8 +904,11 @@ impl State {
         }
     }
 
-    /// [`State::next_dispatch`], counting the handler it picks.
+    /// [`State::next_dispatch`], counting the handler it picks. Signals
+    /// delivered since the last pick are collected first, as in tevent: the
+    /// handler counted them, and looking is one atomic load.
     fn next_counted(&mut self) -> Option<Dispatch> {
+        self.check_signals();
         let d = self.next_dispatch();
         if d.as_ref()
             .is_some_and(|d| !matches!(d, Dispatch::SleepWakes))
