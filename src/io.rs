@@ -45,9 +45,8 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use io_uring::{opcode, types};
-
-use crate::reactor::{Completion, FdEvent, FdId, Handle, Interest, OpId};
+use crate::reactor::readiness::ReadinessSink;
+use crate::reactor::{FdEvent, FdId, Handle, Interest, OpId};
 use crate::rt;
 
 /// Readiness of an [`AsyncFd`]: what the last wake-ups reported.
@@ -208,15 +207,6 @@ impl State {
     fn fail(&mut self, errno: i32) -> [Option<Waker>; 2] {
         self.error = Some(errno);
         [self.read_waker.take(), self.write_waker.take()]
-    }
-}
-
-/// Adds `more` to the wakers in `wake` (each side has at most one).
-fn merge_wakers(wake: &mut [Option<Waker>; 2], more: [Option<Waker>; 2]) {
-    for (slot, w) in wake.iter_mut().zip(more) {
-        if slot.is_none() {
-            *slot = w;
-        }
     }
 }
 
@@ -383,8 +373,7 @@ impl<T: AsFd> AsyncFd<T> {
                 // The poll holds a reference to the file: cancel it in the
                 // kernel now, so closing the fd right after this makes the
                 // peer see EOF at once (SEMANTICS.md §3).
-                let _ = self.handle.cancel_op(op);
-                let _ = self.handle.flush();
+                let _ = self.handle.stop_readiness(op);
             }
             Source::Multishot(None) => {}
             Source::Watch(id) => {
@@ -436,46 +425,31 @@ fn on_watch_event(h: &Handle, ev: FdEvent, state: &Rc<RefCell<State>>) {
 
 fn arm_multishot(handle: &Handle, fd: RawFd, state: &Rc<RefCell<State>>) -> io::Result<()> {
     let mask = (libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP) as u32;
-    let entry = opcode::PollAdd::new(types::Fd(fd), mask)
-        .multi(true)
-        .build();
-    let st = state.clone();
-    let callback = move |h: &Handle, c: Completion| {
-        let wake = {
-            let mut s = st.borrow_mut();
-            if s.closing {
-                return;
-            }
-            let mut wake = if c.result >= 0 {
-                s.on_ready(Ready::from_revents(c.result as u32))
-            } else {
-                [None, None]
-            };
-            if !c.has_more() {
-                s.source = Source::Multishot(None);
-                match c.result {
-                    // Ended without an error (CQ overflow, say): re-arm.
-                    r if r >= 0 || r == -libc::ECANCELED => {
-                        drop(s);
-                        if let Err(e) = arm_multishot(h, fd, &st) {
-                            let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                            merge_wakers(&mut wake, st.borrow_mut().fail(errno));
-                        }
-                    }
-                    r => merge_wakers(&mut wake, s.fail(-r)),
-                }
-            }
-            wake
-        };
-        for w in wake.into_iter().flatten() {
-            w.wake();
-        }
-    };
-    // SAFETY: POLL_ADD points at no memory; the fd is kept open by the
-    // AsyncFd's value until the poll is cancelled.
-    let id = unsafe { handle.submit_multishot(entry, callback) }?;
+    let id = handle.submit_readiness(fd, mask, state.clone())?;
     state.borrow_mut().source = Source::Multishot(Some(id));
     Ok(())
+}
+
+/// The loop hands the multishot poll's completions straight to the fd's
+/// state as it reaps them, so a readiness change wakes the waiting task
+/// without a callback iteration of its own.
+impl ReadinessSink for RefCell<State> {
+    fn on_ready(&self, revents: u32) -> [Option<Waker>; 2] {
+        let mut st = self.borrow_mut();
+        if st.closing {
+            return [None, None];
+        }
+        st.on_ready(Ready::from_revents(revents))
+    }
+
+    fn on_failed(&self, errno: i32) -> [Option<Waker>; 2] {
+        let mut st = self.borrow_mut();
+        st.source = Source::Multishot(None);
+        if st.closing {
+            return [None, None];
+        }
+        st.fail(errno)
+    }
 }
 
 impl<T: AsFd> Drop for AsyncFd<T> {

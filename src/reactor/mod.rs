@@ -15,6 +15,7 @@ pub mod fd;
 pub mod immediate;
 mod multi_op;
 pub mod op;
+pub(crate) mod readiness;
 mod remote;
 mod schedule;
 mod signal;
@@ -331,6 +332,8 @@ enum Op {
     Task(TaskOp),
     /// A multishot operation awaited by a future: its completions queue here.
     MultiTask(multi_op::MultiTaskOp),
+    /// A multishot readiness poll awaited by futures ([`crate::io::AsyncFd`]).
+    Readiness(readiness::ReadinessOp),
     /// Its owner is gone; the completion is dropped.
     Orphan,
 }
@@ -1088,6 +1091,7 @@ impl State {
             }
             Op::Task(_) => self.route_task_op(id, Completion { result, flags }, more),
             Op::MultiTask(_) => self.route_multi_task_op(id, Completion { result, flags }, more),
+            Op::Readiness(_) => self.route_readiness(id, result, more),
             Op::User { done, .. } => {
                 if *done {
                     return;

@@ -305,6 +305,7 @@ impl State {
             }) => cancel_sent,
             Some(Op::Task(task)) if !task.done => &mut task.cancel_sent,
             Some(Op::MultiTask(op)) if !op.done => &mut op.cancel_sent,
+            Some(Op::Readiness(op)) => &mut op.cancel_sent,
             _ => return,
         };
         if *cancel_sent {
@@ -325,6 +326,7 @@ impl State {
             Some(Op::User { cancel_sent, .. }) => *cancel_sent = false,
             Some(Op::Task(task)) => task.cancel_sent = false,
             Some(Op::MultiTask(op)) => op.cancel_sent = false,
+            Some(Op::Readiness(op)) => op.cancel_sent = false,
             _ => return,
         }
         self.cancel_user_op(id);

@@ -1,0 +1,138 @@
+//! Readiness polls awaited by futures: [`crate::io::AsyncFd`] is the user.
+//!
+//! A multishot `POLL_ADD` whose completions are handed to their owner as
+//! they are reaped, not by a callback dispatched per completion: the owner
+//! records the readiness and returns the wakers to wake, so one iteration
+//! serves every fd that became ready (as [`super::multi_op`] does for
+//! receives). A callback per completion would cost a loop iteration per
+//! readiness change, about 150 instructions each.
+//!
+//! The kernel ends a multishot poll on its own now and then (a CQ overflow,
+//! say). The loop then arms it again in place, under the same id, so the
+//! owner never sees a gap; only an error that will not go away (the fd is
+//! not pollable) ends it for good.
+
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::task::Waker;
+
+use io_uring::{opcode, types};
+use slotmap::Key;
+
+use super::op::Deferred;
+use super::{Handle, Op, OpId, State};
+use crate::error::Result;
+
+/// The owner of a readiness poll: told about each completion while the
+/// loop's state is borrowed, so it must not call into the loop.
+pub(crate) trait ReadinessSink {
+    /// The poll reported `revents`. Returns the wakers to wake.
+    fn on_ready(&self, revents: u32) -> [Option<Waker>; 2];
+    /// The poll ended for good with `errno`. Returns the wakers to wake.
+    fn on_failed(&self, errno: i32) -> [Option<Waker>; 2];
+}
+
+/// A readiness poll's entry in the loop's table.
+pub(super) struct ReadinessOp {
+    fd: RawFd,
+    mask: u32,
+    sink: Rc<dyn ReadinessSink>,
+    /// The loop asked the kernel to cancel it (teardown): not re-armed.
+    pub(super) cancel_sent: bool,
+}
+
+impl ReadinessOp {
+    fn entry(&self, id: OpId) -> io_uring::squeue::Entry {
+        opcode::PollAdd::new(types::Fd(self.fd), self.mask)
+            .multi(true)
+            .build()
+            .user_data(id.data().as_ffi())
+    }
+}
+
+impl Handle {
+    /// Arms a multishot poll of `fd` for the events in `mask`; `sink` hears
+    /// of each completion as it is reaped. Like any operation it keeps `run`
+    /// going until [`Handle::stop_readiness`].
+    ///
+    /// The caller keeps `fd` open until it stops the poll (a poll points at
+    /// no memory, so a closed fd costs nothing worse than `EBADF`).
+    pub(crate) fn submit_readiness(
+        &self,
+        fd: RawFd,
+        mask: u32,
+        sink: Rc<dyn ReadinessSink>,
+    ) -> Result<OpId> {
+        let op = Op::Readiness(ReadinessOp {
+            fd,
+            mask,
+            sink,
+            cancel_sent: false,
+        });
+        // SAFETY: POLL_ADD points at no memory.
+        unsafe {
+            self.submit_op(
+                opcode::PollAdd::new(types::Fd(fd), mask)
+                    .multi(true)
+                    .build(),
+                op,
+            )
+        }
+    }
+
+    /// Stops a readiness poll: its sink hears nothing more. The cancel is
+    /// handed to the kernel at once, so that closing the fd right after
+    /// this ends the kernel's hold on the file (SEMANTICS.md §3).
+    pub(crate) fn stop_readiness(&self, id: OpId) -> Result<()> {
+        self.with(|st| {
+            if !matches!(st.ops.get(id), Some(Op::Readiness(_))) {
+                return Ok(());
+            }
+            st.user_ops -= 1;
+            // The entry becomes an orphan whose completions are dropped.
+            st.cancel_poll(id);
+            st.ring.flush().map_err(crate::error::Error::Io)
+        })?
+    }
+}
+
+impl State {
+    /// Routes a readiness poll's completion: the sink records it, its
+    /// wakers are woken once the state is released, and a poll the kernel
+    /// ended without an error is armed again under the same id.
+    pub(super) fn route_readiness(&mut self, id: OpId, result: i32, more: bool) {
+        let Some(Op::Readiness(op)) = self.ops.get_mut(id) else {
+            return;
+        };
+        if result >= 0 {
+            let wake = op.sink.on_ready(result as u32);
+            self.deferred
+                .extend(wake.into_iter().flatten().map(Deferred::Wake));
+        }
+        if more {
+            return;
+        }
+        // Ended without an error (CQ overflow), or cancelled by the kernel
+        // rather than by the loop: arm it again.
+        let rearm = !op.cancel_sent && (result >= 0 || result == -libc::ECANCELED);
+        let errno = if rearm {
+            let entry = op.entry(id);
+            // SAFETY: POLL_ADD points at no memory.
+            match unsafe { self.ring.push(&entry) } {
+                Ok(()) => return,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            }
+        } else if result < 0 {
+            -result
+        } else {
+            libc::ECANCELED
+        };
+        let Some(Op::Readiness(op)) = self.ops.remove(id) else {
+            return;
+        };
+        self.user_ops -= 1;
+        let wake = op.sink.on_failed(errno);
+        self.deferred
+            .extend(wake.into_iter().flatten().map(Deferred::Wake));
+    }
+}
