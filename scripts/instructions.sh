@@ -5,6 +5,7 @@
 #
 #   scripts/instructions.sh                 # 100 pipes, 1 active chain, 100 writes
 #   VARIANTS="epoll ringloop" scripts/instructions.sh
+#   SIZE=large scripts/instructions.sh      # 8000 pipes, 100 active, 8000 writes
 #
 # Each variant runs twice, with R1 and R2 rounds; the difference of the two
 # counts divided by the difference in events is the cost of one more event,
@@ -15,9 +16,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
 VARIANTS=${VARIANTS:-"epoll ringloop epoll-edge ringloop-edge ringloop-ops tokio ringloop-async ringloop-async-ops ringloop-async-multi"}
-R1=${R1:-50}
-R2=${R2:-150}
-PIPES=100 ACTIVE=1 WRITES=100
+case ${SIZE:-small} in
+  small) PIPES=100 ACTIVE=1 WRITES=100 R1=${R1:-50} R2=${R2:-150} ;;
+  # A round is 80 times longer: fewer rounds keep each run to seconds.
+  large) PIPES=8000 ACTIVE=100 WRITES=8000 R1=${R1:-2} R2=${R2:-4} ;;
+  *) echo "SIZE is small or large" >&2; exit 2 ;;
+esac
 cargo build --release --example pipe_bench -q
 BIN=target/release/examples/pipe_bench
 
