@@ -450,6 +450,27 @@ fn asyncfd_polls_ended_by_a_cq_overflow_keep_working() {
     });
 }
 
+/// An AsyncFd that outlives its runtime: the loop's teardown ends the poll
+/// (and lets go of the file), and the fd then reports an error instead of
+/// waiting for ever; dropping it afterwards is harmless.
+#[test]
+fn asyncfd_outliving_its_runtime_reports_an_error() {
+    let runtime = rt::Runtime::new().unwrap();
+    let (a, b) = nonblocking_pair();
+    let fd = runtime.block_on(async { AsyncFd::new(a).unwrap() });
+    drop(runtime);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match fd.poll_read_ready(&mut cx) {
+        std::task::Poll::Ready(Err(_)) => {}
+        other => panic!("expected an error, got {:?}", other.map(|r| r.map(|_| ()))),
+    }
+    drop(fd);
+    // The poll let go of the file: the peer sees the close.
+    let mut buf = [0u8; 1];
+    assert_eq!((&b).read(&mut buf).unwrap(), 0);
+}
+
 /// A poll-style stream over `AsyncFd`, the bridge to crates written against
 /// `AsyncRead`/`AsyncWrite` (traps.md, monoio's `poll-io`): here tokio's
 /// traits and its `BufReader`, driven by ringloop's executor.
