@@ -4,6 +4,7 @@
 //! The server runs on the main thread with the loop under test; the client
 //! is the same plain blocking-socket code for every server, on its own thread.
 //! The servers: `ringloop` (add_fd READ watches, read/write in the handler),
+//! `ringloop-edge` (the same with `Interest::READ | Interest::EDGE`),
 //! `ringloop-async` (`ringloop::net`, completion-based recv/send on
 //! `rt::Runtime`), `ringloop-async-multi` (the same with
 //! `enable_multishot_recv`: one multishot receive per connection), `tokio`
@@ -113,8 +114,14 @@ fn spawn_client(
     })
 }
 
+/// The callback API's server: a READ watch per connection whose handler
+/// reads and writes with plain syscalls. Level-triggered by default; with
+/// `edge`, `Interest::READ | Interest::EDGE` (one multishot poll per
+/// connection, nothing re-armed), whose handler reads until a short read,
+/// as edge triggering requires.
 fn ringloop_server(
     client: impl FnOnce(SocketAddr) -> io::Result<ClientResult> + Send + 'static,
+    edge: bool,
 ) -> io::Result<(ClientResult, Option<(ringloop::Stats, ringloop::Stats)>)> {
     use ringloop::{EventLoop, Interest, WaitTimeout};
     let lp = EventLoop::builder()
@@ -151,18 +158,33 @@ fn ringloop_server(
                 size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        let _ = lp.add_fd(conn, Interest::READ, |lp, ev| {
+        let interest = if edge {
+            Interest::READ | Interest::EDGE
+        } else {
+            Interest::READ
+        };
+        let _ = lp.add_fd(conn, interest, move |lp, ev| {
             let mut buf = [0u8; 4096];
-            // SAFETY: reads into a local buffer of the given size.
-            let n = unsafe { libc::read(ev.fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock) {
-                let _ = lp.remove_fd(ev.id);
-                return;
-            }
-            if n > 0 {
+            loop {
+                // SAFETY: reads into a local buffer of the given size.
+                let n = unsafe { libc::read(ev.fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n == 0
+                    || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock)
+                {
+                    let _ = lp.remove_fd(ev.id);
+                    return;
+                }
+                if n < 0 {
+                    return;
+                }
                 // 64-byte echoes always fit in the socket buffer.
                 // SAFETY: writes the n bytes just read.
                 unsafe { libc::write(ev.fd, buf.as_ptr().cast(), n as usize) };
+                // Level: the watch calls again while data is left. Edge: a
+                // short read emptied the socket; later data is a new edge.
+                if !edge || (n as usize) < buf.len() {
+                    return;
+                }
             }
         });
     })
@@ -335,8 +357,9 @@ fn main() -> io::Result<()> {
     let conns: usize = flag(&args, "-c", 50);
     let rounds = (n / 10).max(1);
     // tokio last: every ratio is against it.
-    let servers: [(&str, Server); 4] = [
-        ("ringloop", |c| ringloop_server(c)),
+    let servers: [(&str, Server); 5] = [
+        ("ringloop", |c| ringloop_server(c, false)),
+        ("ringloop-edge", |c| ringloop_server(c, true)),
         ("ringloop-async", |c| ringloop_async_server(c, false)),
         ("ringloop-async-multi", |c| ringloop_async_server(c, true)),
         ("tokio", |c| tokio_server(c)),
