@@ -333,7 +333,7 @@ enum Op {
     /// A multishot operation awaited by a future: its completions queue here.
     MultiTask(multi_op::MultiTaskOp),
     /// A multishot readiness poll awaited by futures ([`crate::io::AsyncFd`]).
-    Readiness(readiness::ReadinessOp),
+    Readiness(Box<readiness::ReadinessOp>),
     /// Its owner is gone; the completion is dropped.
     Orphan,
 }
