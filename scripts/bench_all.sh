@@ -20,6 +20,7 @@ for b in bench_echo bench_timers bench_wake; do
 done
 if command -v valgrind >/dev/null; then
   scripts/instructions.sh | tee -a "$OUT"
+  SIZE=large scripts/instructions.sh | tee -a "$OUT"
 else
   echo "# instructions: skipped, valgrind is not installed" | tee -a "$OUT"
 fi

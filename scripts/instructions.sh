@@ -11,15 +11,16 @@
 # counts divided by the difference in events is the cost of one more event,
 # with set-up and tear-down cancelled out. Prints one line per variant:
 #   instructions VARIANT per_event=X vs_epoll=Y vs_tokio=Z
+# (`instructions-8000` with SIZE=large).
 # Needs valgrind (Debian/Ubuntu: apt-get install -y valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
 VARIANTS=${VARIANTS:-"epoll ringloop epoll-edge ringloop-edge ringloop-ops tokio ringloop-async ringloop-async-ops ringloop-async-multi"}
 case ${SIZE:-small} in
-  small) PIPES=100 ACTIVE=1 WRITES=100 R1=${R1:-50} R2=${R2:-150} ;;
+  small) PIPES=100 ACTIVE=1 WRITES=100 R1=${R1:-50} R2=${R2:-150} LABEL=instructions ;;
   # A round is 80 times longer: fewer rounds keep each run to seconds.
-  large) PIPES=8000 ACTIVE=100 WRITES=8000 R1=${R1:-2} R2=${R2:-4} ;;
+  large) PIPES=8000 ACTIVE=100 WRITES=8000 R1=${R1:-2} R2=${R2:-4} LABEL=instructions-8000 ;;
   *) echo "SIZE is small or large" >&2; exit 2 ;;
 esac
 cargo build --release --example pipe_bench -q
@@ -41,7 +42,7 @@ for v in $VARIANTS; do
     'BEGIN { printf "%.0f", (b - a) / (r * e) }')
 done
 for v in $VARIANTS; do
-  line="instructions $v per_event=${per[$v]}"
+  line="$LABEL $v per_event=${per[$v]}"
   for base in epoll tokio; do
     if [[ -n ${per[$base]:-} ]]; then
       line+=" vs_$base=$(awk -v x="${per[$v]}" -v y="${per[$base]}" 'BEGIN { printf "%.2f", x / y }')"
