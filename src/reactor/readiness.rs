@@ -4,8 +4,9 @@
 //! they are reaped, not by a callback dispatched per completion: the owner
 //! records the readiness and returns the wakers to wake, so one iteration
 //! serves every fd that became ready (as [`super::multi_op`] does for
-//! receives). A callback per completion would cost a loop iteration per
-//! readiness change, about 150 instructions each.
+//! receives). A callback per completion cost a loop iteration and an
+//! executor poll pass per readiness change: pipe_bench's `AsyncFd` variant
+//! at 8000 pipes went from 1 082 to 704 instructions per event without it.
 //!
 //! The kernel ends a multishot poll on its own now and then (a CQ overflow,
 //! say). The loop then arms it again in place, under the same id, so the
