@@ -326,27 +326,24 @@ fn asyncfd_multishot_ended_by_the_kernel_is_rearmed() {
     runtime.block_on(async {
         let (a, mut b) = nonblocking_pair();
         let before: HashSet<u64> = h.in_flight_user_data().unwrap().into_iter().collect();
+        // The operations in flight that were not there before the AsyncFd.
+        let new_ops = || -> Vec<u64> {
+            h.in_flight_user_data()
+                .unwrap()
+                .into_iter()
+                .filter(|u| !before.contains(u))
+                .collect()
+        };
         let fd = AsyncFd::new(a).unwrap();
         let idle = time::timeout(Duration::from_millis(5), fd.readable()).await;
         assert!(idle.is_err(), "nothing to read yet");
-        let polls: Vec<u64> = h
-            .in_flight_user_data()
-            .unwrap()
-            .into_iter()
-            .filter(|u| !before.contains(u))
-            .collect();
+        let polls = new_ops();
         assert_eq!(polls.len(), 1, "the AsyncFd's poll");
         let cancel = io_uring::opcode::AsyncCancel::new(polls[0]).build();
         // SAFETY: ASYNC_CANCEL points at no memory.
         unsafe { h.submit(cancel, |_, c| assert_eq!(c.result, 0)) }.unwrap();
         time::sleep(Duration::from_millis(5)).await;
-        let now: Vec<u64> = h
-            .in_flight_user_data()
-            .unwrap()
-            .into_iter()
-            .filter(|u| !before.contains(u))
-            .collect();
-        assert_eq!(now, polls, "re-armed in place, under the same id");
+        assert_eq!(new_ops(), polls, "re-armed in place, under the same id");
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
             b.write_all(b"x").unwrap();
