@@ -225,6 +225,10 @@ fn dropping_an_asyncfd_with_a_poll_armed_makes_the_peer_see_eof_at_once() {
             // Wait for readability long enough for the poll to be in the kernel.
             let waited = time::timeout(Duration::from_millis(5), a.readable()).await;
             assert!(waited.is_err(), "nothing was written, so not readable");
+            // On a slow machine (TCG) the timeout can be due before the
+            // loop's first wait has handed the poll to the kernel: hand it
+            // over now, so that the drop has a poll to cancel.
+            rt::current_handle().unwrap().flush().unwrap();
             drop(a);
             // No loop iteration in between: the peer must already see EOF.
             let mut buf = [0u8; 1];
@@ -261,11 +265,14 @@ fn asyncfd_whose_fd_was_closed_behind_its_back_still_deregisters() {
             let fd = AsyncFd::with_mode(Raw(raw), multishot).unwrap();
             let idle = time::timeout(Duration::from_millis(5), fd.readable()).await;
             assert!(idle.is_err(), "nothing to read yet");
+            // The timeout can be due before the loop's first wait submitted
+            // the poll (seen under TCG on Linux 6.12): submit it now.
+            h.flush().unwrap();
             // SAFETY: deliberately closes the watched fd behind the AsyncFd.
             unsafe { libc::close(raw) };
             assert!(
                 b.read(&mut [0u8; 1]).is_err(),
-                "the armed poll keeps the file open (kernel fact)"
+                "multishot={multishot}: the armed poll keeps the file open (kernel fact)"
             );
             drop(fd);
             assert_eq!(
@@ -340,9 +347,27 @@ fn asyncfd_multishot_ended_by_the_kernel_is_rearmed() {
         let polls = new_ops();
         assert_eq!(polls.len(), 1, "the AsyncFd's poll");
         let cancel = io_uring::opcode::AsyncCancel::new(polls[0]).build();
+        let cancelled = std::rc::Rc::new(std::cell::Cell::new(false));
+        let done = cancelled.clone();
         // SAFETY: ASYNC_CANCEL points at no memory.
-        unsafe { h.submit(cancel, |_, c| assert_eq!(c.result, 0)) }.unwrap();
-        time::sleep(Duration::from_millis(5)).await;
+        unsafe {
+            h.submit(cancel, move |_, c| {
+                assert_eq!(c.result, 0);
+                done.set(true);
+            })
+        }
+        .unwrap();
+        // The cancel is itself an operation in flight until its callback
+        // has run. After that the only new operation is the poll, under its
+        // first id whether or not its final completion is in yet: the loop
+        // re-arms it in place.
+        for _ in 0..3000 {
+            if cancelled.get() {
+                break;
+            }
+            time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(cancelled.get(), "the cancel never completed");
         assert_eq!(new_ops(), polls, "re-armed in place, under the same id");
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
