@@ -7,12 +7,15 @@
 //! ends the multishot polls the loop must re-arm) and a roomy one. The
 //! case count comes from `PROPTEST_CASES` (default 256).
 
+mod common;
+
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::unix_stream_pair;
 use proptest::prelude::*;
 use ringloop::io::AsyncFd;
 use ringloop::rt::{self, JoinHandle, Runtime};
@@ -57,17 +60,10 @@ struct Slot {
     reader: JoinHandle<()>,
 }
 
-fn pair() -> (UnixStream, UnixStream) {
-    let (a, b) = UnixStream::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    b.set_nonblocking(true).unwrap();
-    (a, b)
-}
-
 /// A reader task: waits for readiness, reads until `WouldBlock`, records
 /// the bytes, and stops at end of stream.
 fn start(rt: &Runtime) -> Slot {
-    let (mine, peer) = pair();
+    let (mine, peer) = unix_stream_pair();
     let seen = Rc::new(RefCell::new(Seen::default()));
     let fd = AsyncFd::new(mine).expect("AsyncFd");
     let record = seen.clone();

@@ -1,18 +1,14 @@
 //! AsyncFd readiness, signal streams and files.
 
+mod common;
+
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use common::unix_stream_pair;
 use ringloop::io::AsyncFd;
 use ringloop::{fs, rt, signal, time};
-
-fn nonblocking_pair() -> (UnixStream, UnixStream) {
-    let (a, b) = UnixStream::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    b.set_nonblocking(true).unwrap();
-    (a, b)
-}
 
 async fn read_some(fd: &AsyncFd<UnixStream>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
@@ -27,7 +23,7 @@ async fn read_some(fd: &AsyncFd<UnixStream>, buf: &mut [u8]) -> io::Result<usize
 fn asyncfd_read_write_both_modes() {
     for multishot in [true, false] {
         rt::block_on(async {
-            let (a, b) = nonblocking_pair();
+            let (a, b) = unix_stream_pair();
             let a = AsyncFd::with_mode(a, multishot).unwrap();
             let b = AsyncFd::with_mode(b, multishot).unwrap();
             for i in 0..200u32 {
@@ -52,7 +48,7 @@ fn asyncfd_read_write_both_modes() {
 fn asyncfd_readable_waits_after_would_block() {
     for multishot in [true, false] {
         rt::block_on(async {
-            let (a, mut b) = nonblocking_pair();
+            let (a, mut b) = unix_stream_pair();
             let a = AsyncFd::with_mode(a, multishot).unwrap();
             // Nothing to read: readable() must not complete.
             let r = time::timeout(Duration::from_millis(30), a.readable()).await;
@@ -85,7 +81,7 @@ fn asyncfd_readable_waits_after_would_block() {
 fn asyncfd_surfaces_hangup() {
     for multishot in [true, false] {
         rt::block_on(async {
-            let (a, b) = nonblocking_pair();
+            let (a, b) = unix_stream_pair();
             let a = AsyncFd::with_mode(a, multishot).unwrap();
             drop(b);
             let g = time::timeout(Duration::from_secs(10), a.readable())
@@ -118,7 +114,7 @@ fn asyncfd_surfaces_hangup() {
 #[test]
 fn asyncfd_not_pollable_or_without_runtime_errors() {
     // No runtime.
-    let (a, _b) = nonblocking_pair();
+    let (a, _b) = unix_stream_pair();
     assert!(AsyncFd::new(a).is_err());
     // A regular file: not pollable. Either registering or waiting fails, or
     // it reports ready (regular files are always ready): never a hang.
@@ -128,7 +124,7 @@ fn asyncfd_not_pollable_or_without_runtime_errors() {
             let r = time::timeout(Duration::from_secs(10), fd.readable()).await;
             assert!(r.is_ok(), "no hang on a regular file");
         }
-        let (a, _b) = nonblocking_pair();
+        let (a, _b) = unix_stream_pair();
         let fd = AsyncFd::new(a).unwrap();
         let inner = fd.into_inner();
         inner.set_nonblocking(false).unwrap();
@@ -220,7 +216,7 @@ fn raw_op_submit_from_a_library() {
 fn dropping_an_asyncfd_with_a_poll_armed_makes_the_peer_see_eof_at_once() {
     for multishot in [true, false] {
         rt::block_on(async {
-            let (a, mut b) = nonblocking_pair();
+            let (a, mut b) = unix_stream_pair();
             let a = AsyncFd::with_mode(a, multishot).unwrap();
             // Wait for readability long enough for the poll to be in the kernel.
             let waited = time::timeout(Duration::from_millis(5), a.readable()).await;
@@ -259,7 +255,7 @@ fn asyncfd_whose_fd_was_closed_behind_its_back_still_deregisters() {
         let runtime = rt::Runtime::new().unwrap();
         let h = runtime.handle();
         runtime.block_on(async {
-            let (a, mut b) = nonblocking_pair();
+            let (a, mut b) = unix_stream_pair();
             let raw = a.into_raw_fd();
             let baseline = h.stats().unwrap().in_flight;
             let fd = AsyncFd::with_mode(Raw(raw), multishot).unwrap();
@@ -299,7 +295,7 @@ fn idle_asyncfd_on_a_hung_up_fd_lets_the_loop_sleep() {
         let runtime = rt::Runtime::new().unwrap();
         let h = runtime.handle();
         runtime.block_on(async {
-            let (a, b) = nonblocking_pair();
+            let (a, b) = unix_stream_pair();
             let fd = AsyncFd::with_mode(a, multishot).unwrap();
             drop(b);
             assert!(fd.readable().await.unwrap().ready().is_read_closed());
@@ -331,7 +327,7 @@ fn asyncfd_multishot_ended_by_the_kernel_is_rearmed() {
     let runtime = rt::Runtime::new().unwrap();
     let h = runtime.handle();
     runtime.block_on(async {
-        let (a, mut b) = nonblocking_pair();
+        let (a, mut b) = unix_stream_pair();
         let before: HashSet<u64> = h.in_flight_user_data().unwrap().into_iter().collect();
         // The operations in flight that were not there before the AsyncFd.
         let new_ops = || -> Vec<u64> {
@@ -392,7 +388,7 @@ fn asyncfd_readiness_wakes_tasks_without_a_handler_each() {
     const N: usize = 64;
     let runtime = rt::Runtime::new().unwrap();
     let h = runtime.handle();
-    let (readers, mut writers): (Vec<_>, Vec<_>) = (0..N).map(|_| nonblocking_pair()).unzip();
+    let (readers, mut writers): (Vec<_>, Vec<_>) = (0..N).map(|_| unix_stream_pair()).unzip();
     let tasks: Vec<_> = readers
         .into_iter()
         .map(|a| {
@@ -443,7 +439,7 @@ fn asyncfd_polls_ended_by_a_cq_overflow_keep_working() {
     let runtime = rt::Runtime::with_loop(lp).unwrap();
     let h = runtime.handle();
     runtime.block_on(async {
-        let (readers, mut writers): (Vec<_>, Vec<_>) = (0..N).map(|_| nonblocking_pair()).unzip();
+        let (readers, mut writers): (Vec<_>, Vec<_>) = (0..N).map(|_| unix_stream_pair()).unzip();
         let fds: Vec<AsyncFd<UnixStream>> = readers
             .into_iter()
             .map(|a| AsyncFd::new(a).unwrap())
@@ -478,7 +474,7 @@ fn asyncfd_polls_ended_by_a_cq_overflow_keep_working() {
 #[test]
 fn asyncfd_outliving_its_runtime_reports_an_error() {
     let runtime = rt::Runtime::new().unwrap();
-    let (a, b) = nonblocking_pair();
+    let (a, b) = unix_stream_pair();
     let fd = runtime.block_on(async { AsyncFd::new(a).unwrap() });
     drop(runtime);
     let waker = std::task::Waker::noop();
@@ -550,7 +546,7 @@ impl tokio::io::AsyncWrite for PollStream {
 fn asyncfd_drives_poll_style_io() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     rt::block_on(async {
-        let (a, b) = nonblocking_pair();
+        let (a, b) = unix_stream_pair();
         let mut w = PollStream(AsyncFd::new(a).unwrap());
         let r = PollStream(AsyncFd::new(b).unwrap());
         let writer = rt::spawn(async move {

@@ -42,12 +42,12 @@ pub(super) struct ReadinessOp {
     pub(super) cancel_sent: bool,
 }
 
-/// The multishot poll of `fd` for `mask`, as operation `id`.
-fn poll_entry(fd: RawFd, mask: u32, id: OpId) -> io_uring::squeue::Entry {
+/// The multishot poll of `fd` for `mask` (its `user_data` is set by whoever
+/// submits it).
+fn poll_entry(fd: RawFd, mask: u32) -> io_uring::squeue::Entry {
     opcode::PollAdd::new(types::Fd(fd), mask)
         .multi(true)
         .build()
-        .user_data(id.data().as_ffi())
 }
 
 impl Handle {
@@ -73,14 +73,7 @@ impl Handle {
             cancel_sent: false,
         }));
         // SAFETY: POLL_ADD points at no memory.
-        unsafe {
-            self.submit_op(
-                opcode::PollAdd::new(types::Fd(fd), mask)
-                    .multi(true)
-                    .build(),
-                op,
-            )
-        }
+        unsafe { self.submit_op(poll_entry(fd, mask), op) }
     }
 
     /// Stops a readiness poll: its sink hears nothing more. The cancel is
@@ -119,7 +112,7 @@ impl State {
         // rather than by the loop: arm it again.
         let rearm = !op.cancel_sent && (result >= 0 || result == -libc::ECANCELED);
         let errno = if rearm {
-            let entry = poll_entry(op.fd, op.mask, id);
+            let entry = poll_entry(op.fd, op.mask).user_data(id.data().as_ffi());
             // SAFETY: POLL_ADD points at no memory.
             match unsafe { self.ring.push(&entry) } {
                 Ok(()) => return,

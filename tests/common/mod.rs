@@ -35,6 +35,17 @@ pub fn socketpair() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
+/// An AF_UNIX stream pair as std `UnixStream`s, both ends non-blocking.
+pub fn unix_stream_pair() -> (
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    (a, b)
+}
+
 /// A pipe `(reader, writer)`, both ends non-blocking and close-on-exec.
 pub fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
