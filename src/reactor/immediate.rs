@@ -31,6 +31,9 @@ pub struct ImmediateQueue<T> {
     batches: VecDeque<std::vec::IntoIter<T>>,
     /// Entries left in the batches (those have no slot-map entry to count).
     anonymous: usize,
+    /// The allocation of the last batch run to its end, for
+    /// [`ImmediateQueue::take_spent`].
+    spent: Option<Vec<T>>,
     next_seq: u64,
 }
 
@@ -41,6 +44,7 @@ impl<T> Default for ImmediateQueue<T> {
             fifo: VecDeque::new(),
             batches: VecDeque::new(),
             anonymous: 0,
+            spent: None,
             next_seq: 0,
         }
     }
@@ -101,10 +105,11 @@ impl<T> ImmediateQueue<T> {
     /// `pop` past its empty check: skips places whose entry was cancelled
     /// or moved by a reschedule (their stamps no longer match).
     fn pop_nonempty(&mut self) -> Option<T> {
-        while let Some((id, seq)) = self.fifo.pop_front() {
+        while let Some(&(id, seq)) = self.fifo.front() {
             if seq == BATCH {
-                return self.pop_batched(id);
+                return self.pop_batched();
             }
+            self.fifo.pop_front();
             if self.entries.get(id).is_some_and(|e| e.0 == seq) {
                 return self.entries.remove(id).map(|(_, p)| p);
             }
@@ -112,18 +117,42 @@ impl<T> ImmediateQueue<T> {
         None
     }
 
-    /// The next entry of the head batch, whose marker `pop` just took off
-    /// the FIFO: the marker goes back while the batch has more.
-    fn pop_batched(&mut self, marker: ImmediateId) -> Option<T> {
-        let batch = self.batches.front_mut()?;
+    /// The next entry of the head batch, whose marker heads the FIFO: the
+    /// marker stays until the batch has run to its end.
+    fn pop_batched(&mut self) -> Option<T> {
+        let Some(batch) = self.batches.front_mut() else {
+            // No batch for the marker (cannot happen: none is empty).
+            self.fifo.pop_front();
+            return None;
+        };
         let payload = batch.next();
         if batch.len() == 0 {
-            self.batches.pop_front();
-        } else {
-            self.fifo.push_front((marker, BATCH));
+            // Collecting a `vec::IntoIter` through `map` reuses its buffer
+            // in place; there is nothing left to map. (Without the `map`,
+            // collecting an exhausted `IntoIter` frees the buffer.)
+            #[allow(clippy::map_identity)]
+            let spent = self
+                .batches
+                .pop_front()
+                .map(|spent| spent.map(|entry| entry).collect());
+            self.spent = spent;
+            self.fifo.pop_front();
         }
         self.anonymous -= 1;
         payload
+    }
+
+    /// The empty buffer of the last batch that ran to its end, if not
+    /// taken yet: the next batch can be gathered in it instead of growing a
+    /// new one from nothing.
+    pub fn take_spent(&mut self) -> Option<Vec<T>> {
+        self.spent.take()
+    }
+
+    /// The capacity of the spent batch's buffer (0 if none is kept).
+    #[cfg(test)]
+    pub fn spent_capacity(&self) -> usize {
+        self.spent.as_ref().map_or(0, Vec::capacity)
     }
 
     /// Number of scheduled immediates.
@@ -195,6 +224,25 @@ mod tests {
         let order: Vec<char> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(order, ['x', 'y', 'z', 'a']);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_spent_batch_hands_back_its_buffer() {
+        let mut q = ImmediateQueue::default();
+        let batch: Vec<u64> = Vec::with_capacity(100);
+        let buffer = batch.as_ptr();
+        let mut batch = batch;
+        batch.extend([1, 2]);
+        q.push_batch(batch);
+        assert_eq!(q.pop(), Some(1));
+        // Not spent while an entry is left.
+        assert!(q.take_spent().is_none());
+        assert_eq!(q.pop(), Some(2));
+        let spent = q.take_spent().expect("the batch ran to its end");
+        assert!(spent.is_empty());
+        assert_eq!(spent.as_ptr(), buffer);
+        assert!(spent.capacity() >= 100);
+        assert!(q.take_spent().is_none());
     }
 
     #[test]

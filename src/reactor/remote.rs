@@ -18,6 +18,10 @@ use crate::sys;
 /// A closure scheduled from another thread.
 type RemoteFn = Box<dyn FnOnce(&Handle) + Send>;
 
+/// The largest buffer (in closures) the loop hands back to the schedulers
+/// for their next burst; a bigger one is freed (16 MiB of boxes).
+const MAX_REUSED: usize = 1 << 20;
+
 pub(crate) struct RemoteShared {
     queue: Mutex<Option<Vec<RemoteFn>>>,
     notified: AtomicBool,
@@ -144,14 +148,85 @@ impl State {
         // Clear before taking: a schedule that lands after the take sees
         // `false` and writes the eventfd again, so no wake-up is lost.
         self.remote.notified.store(false, Ordering::Release);
+        // The schedulers gather the next burst in the buffer of the last
+        // one, which has run: a burst of many thousands would otherwise grow
+        // a new buffer from nothing each time, with a copy at every doubling
+        // and fresh pages to fault in.
+        let spare: Vec<RemoteFn> = match self.immediates.take_spent() {
+            // Empty, so the closure never runs: collecting in place only
+            // changes the element type back (`Send` was checked when each
+            // closure was scheduled).
+            Some(spent) if spent.capacity() <= MAX_REUSED => spent
+                .into_iter()
+                .map(|_| unreachable!("a spent batch is empty"))
+                .collect(),
+            _ => Vec::new(),
+        };
         let taken = {
             let mut queue = self.remote.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.as_mut().map(std::mem::take).unwrap_or_default()
+            queue
+                .as_mut()
+                .map(|queue| std::mem::replace(queue, spare))
+                .unwrap_or_default()
         };
         // They can never be rescheduled or cancelled, so the whole burst
         // takes one place in the FIFO. Collecting in place keeps the
         // allocation: only the closures' type loses `Send`.
         let batch: Vec<OnceHandler> = taken.into_iter().map(|f| f as OnceHandler).collect();
         self.immediates.push_batch(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::{EventLoop, WaitTimeout};
+
+    /// The capacity of the buffer the schedulers push into.
+    fn queue_capacity(lp: &EventLoop) -> usize {
+        lp.with(|st| st.remote.queue.lock().unwrap().as_ref().unwrap().capacity())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_burst_is_gathered_in_the_buffer_of_the_last_one() {
+        let lp = EventLoop::builder()
+            .wait_timeout(WaitTimeout::Never)
+            .build()
+            .unwrap();
+        let remote = lp.remote().unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let burst = |n: usize| {
+            for _ in 0..n {
+                let ran = ran.clone();
+                remote
+                    .schedule(move |_| {
+                        ran.fetch_add(1, Ordering::Relaxed);
+                    })
+                    .unwrap();
+            }
+        };
+        burst(1000);
+        // The first turn takes the burst; its buffer is spent once the
+        // last closure has run.
+        while ran.load(Ordering::Relaxed) < 1000 {
+            let _ = lp.run_once();
+        }
+        let first = lp.with(|st| st.immediates.spent_capacity()).unwrap();
+        assert!(first >= 1000, "the spent batch kept its buffer: {first}");
+        burst(10);
+        // The next take hands that buffer to the schedulers, and the
+        // second burst's buffer is spent in turn.
+        while ran.load(Ordering::Relaxed) < 1010 {
+            let _ = lp.run_once();
+        }
+        let capacity = queue_capacity(&lp);
+        assert_eq!(
+            capacity, first,
+            "the schedulers got the first burst's buffer"
+        );
+        assert_eq!(ran.load(Ordering::Relaxed), 1010);
     }
 }
