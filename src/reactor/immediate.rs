@@ -229,10 +229,9 @@ mod tests {
     #[test]
     fn a_spent_batch_hands_back_its_buffer() {
         let mut q = ImmediateQueue::default();
-        let batch: Vec<u64> = Vec::with_capacity(100);
-        let buffer = batch.as_ptr();
-        let mut batch = batch;
+        let mut batch: Vec<u64> = Vec::with_capacity(100);
         batch.extend([1, 2]);
+        let buffer = batch.as_ptr();
         q.push_batch(batch);
         assert_eq!(q.pop(), Some(1));
         // Not spent while an entry is left.

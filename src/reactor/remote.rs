@@ -153,9 +153,9 @@ impl State {
         // a new buffer from nothing each time, with a copy at every doubling
         // and fresh pages to fault in.
         let spare: Vec<RemoteFn> = match self.immediates.take_spent() {
-            // Empty, so the closure never runs: collecting in place only
-            // changes the element type back (`Send` was checked when each
-            // closure was scheduled).
+            // Empty, so the closure never runs: collecting in place keeps
+            // the buffer and only changes the element type back to the
+            // `Send` closures the schedulers push.
             Some(spent) if spent.capacity() <= MAX_REUSED => spent
                 .into_iter()
                 .map(|_| unreachable!("a spent batch is empty"))
