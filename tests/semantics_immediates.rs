@@ -250,6 +250,50 @@ fn remote_burst_runs_one_per_iteration() {
     assert!(!lp.has_events().unwrap());
 }
 
+/// Bursts after the first are gathered in the buffer of one that has run
+/// (`Remote::schedule` reuses it): they keep their order, their place
+/// behind local immediates scheduled before them, and their place ahead of
+/// those scheduled while they run.
+#[test]
+fn remote_bursts_after_the_first_keep_their_order() {
+    const LOCAL_BEFORE: usize = usize::MAX;
+    const LOCAL_DURING: usize = usize::MAX - 1;
+    let lp = loop_with_timeout(Duration::from_millis(100));
+    let remote = lp.remote().unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let schedule = |from: usize, to: usize| {
+        for i in from..to {
+            let o = order.clone();
+            remote
+                .schedule(move |lp| {
+                    o.lock().unwrap().push(i);
+                    if i == 100 {
+                        let o = o.clone();
+                        lp.add_immediate(move |_| o.lock().unwrap().push(LOCAL_DURING))
+                            .unwrap();
+                    }
+                })
+                .unwrap();
+        }
+    };
+    schedule(0, 100);
+    lp.run().unwrap();
+    let o = order.clone();
+    lp.add_immediate(move |_| o.lock().unwrap().push(LOCAL_BEFORE))
+        .unwrap();
+    schedule(100, 110);
+    lp.run().unwrap();
+    schedule(110, 150);
+    lp.run().unwrap();
+    let want: Vec<usize> = (0..100)
+        .chain([LOCAL_BEFORE])
+        .chain(100..110)
+        .chain([LOCAL_DURING])
+        .chain(110..150)
+        .collect();
+    assert_eq!(*order.lock().unwrap(), want);
+}
+
 /// Several threads scheduling at once: nothing lost.
 #[test]
 fn remote_from_many_threads_loses_nothing() {

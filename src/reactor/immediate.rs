@@ -22,6 +22,10 @@ slotmap::new_key_type! {
 /// The stamp of a batch's marker in the FIFO; named entries' stamps start at 1.
 const BATCH: u64 = 0;
 
+/// The largest buffer of a spent batch kept for the next one, in bytes; a
+/// bigger one is freed (for the loop's boxed closures, 1 Mi of them).
+const MAX_SPENT_BYTES: usize = 16 << 20;
+
 /// Scheduled immediates in FIFO order; generic over the payload.
 pub struct ImmediateQueue<T> {
     entries: SlotMap<ImmediateId, (u64, T)>,
@@ -31,8 +35,8 @@ pub struct ImmediateQueue<T> {
     batches: VecDeque<std::vec::IntoIter<T>>,
     /// Entries left in the batches (those have no slot-map entry to count).
     anonymous: usize,
-    /// The allocation of the last batch run to its end, for
-    /// [`ImmediateQueue::take_spent`].
+    /// The allocation of the last batch run to its end, unless it was
+    /// bigger than [`MAX_SPENT_BYTES`], for [`ImmediateQueue::take_spent`].
     spent: Option<Vec<T>>,
     next_seq: u64,
 }
@@ -134,8 +138,8 @@ impl<T> ImmediateQueue<T> {
             let spent = self
                 .batches
                 .pop_front()
-                .map(|spent| spent.map(|entry| entry).collect());
-            self.spent = spent;
+                .map(|spent| spent.map(|entry| entry).collect::<Vec<T>>());
+            self.spent = spent.filter(|spent| spent.capacity() * size_of::<T>() <= MAX_SPENT_BYTES);
             self.fifo.pop_front();
         }
         self.anonymous -= 1;
@@ -241,6 +245,17 @@ mod tests {
         assert!(spent.is_empty());
         assert_eq!(spent.as_ptr(), buffer);
         assert!(spent.capacity() >= 100);
+        assert!(q.take_spent().is_none());
+    }
+
+    #[test]
+    fn a_spent_batch_over_the_bound_is_not_kept() {
+        let mut q = ImmediateQueue::default();
+        // Reserved, never touched: one entry in a buffer past the bound.
+        let mut batch: Vec<[u8; 4096]> = Vec::with_capacity(MAX_SPENT_BYTES / 4096 + 1);
+        batch.push([7; 4096]);
+        q.push_batch(batch);
+        assert_eq!(q.pop().map(|entry| entry[0]), Some(7));
         assert!(q.take_spent().is_none());
     }
 

@@ -18,10 +18,6 @@ use crate::sys;
 /// A closure scheduled from another thread.
 type RemoteFn = Box<dyn FnOnce(&Handle) + Send>;
 
-/// The largest buffer (in closures) the loop hands back to the schedulers
-/// for their next burst; a bigger one is freed (16 MiB of boxes).
-const MAX_REUSED: usize = 1 << 20;
-
 pub(crate) struct RemoteShared {
     queue: Mutex<Option<Vec<RemoteFn>>>,
     notified: AtomicBool,
@@ -152,16 +148,16 @@ impl State {
         // one, which has run: a burst of many thousands would otherwise grow
         // a new buffer from nothing each time, with a copy at every doubling
         // and fresh pages to fault in.
-        let spare: Vec<RemoteFn> = match self.immediates.take_spent() {
+        // (The immediate queue keeps one only up to a bound.)
+        let spare: Vec<RemoteFn> = self.immediates.take_spent().map_or_else(Vec::new, |spent| {
             // Empty, so the closure never runs: collecting in place keeps
             // the buffer and only changes the element type back to the
             // `Send` closures the schedulers push.
-            Some(spent) if spent.capacity() <= MAX_REUSED => spent
+            spent
                 .into_iter()
                 .map(|_| unreachable!("a spent batch is empty"))
-                .collect(),
-            _ => Vec::new(),
-        };
+                .collect()
+        });
         let taken = {
             let mut queue = self.remote.queue.lock().unwrap_or_else(|e| e.into_inner());
             queue
