@@ -30,6 +30,13 @@
 //! `ringloop::net::UnixStream` reads and writes) and `ringloop-async-multi`
 //! (the same with `enable_multishot_recv`: one multishot receive per pair).
 //!
+//! Three more are floors, not libraries: `uring-raw` (a minimal
+//! level-triggered loop on the `io-uring` crate alone, one-shot `POLL_ADD`
+//! re-armed after each read), `uring-raw-fixed` (the same with the fds
+//! registered as fixed files) and `uring-raw-edge` (one multishot poll per
+//! fd). They show what the kernel charges for polling through the ring, apart
+//! from what ringloop adds.
+//!
 //! Prints exactly one line on stdout; syscall counters (where the variant
 //! has them) go to stderr.
 
@@ -352,6 +359,107 @@ fn bench_epoll(p: &Params, edge: bool) -> io::Result<Duration> {
     Ok(med)
 }
 
+/// How a `uring-raw` variant watches its fds.
+#[derive(Clone, Copy, PartialEq)]
+enum RawMode {
+    /// A one-shot `POLL_ADD` re-armed after every read (level-triggered).
+    Level,
+    /// The same with the fds registered as fixed files (no `fget`/`fput`).
+    LevelFixed,
+    /// One multishot `POLL_ADD` per fd; handlers drain (edge-triggered).
+    Edge,
+}
+
+/// `uring-raw`, `uring-raw-fixed`, `uring-raw-edge`: the least a loop on
+/// io_uring can do, written with the `io-uring` crate and nothing else, on a
+/// ring set up as ringloop's is (`SINGLE_ISSUER | DEFER_TASKRUN`, registered
+/// ring fd). Like the `epoll` loop it runs every handler of a batch, has no
+/// timers, no fairness and no cancel-on-close, and keeps no table: a poll's
+/// `user_data` is its pair's index. What separates it from `epoll` is the
+/// kernel's price for polling through the ring; what separates `ringloop`
+/// from it is ringloop's own.
+fn bench_uring_raw(p: &Params, mode: RawMode) -> io::Result<Duration> {
+    use io_uring::{IoUring, cqueue, opcode, squeue, types};
+    let sq = (p.pipes.clamp(64, 4096)).next_power_of_two() as u32;
+    let mut ring: IoUring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_submit_all()
+        .setup_cqsize(4 * sq)
+        .build(sq)?;
+    ring.submitter().register_ring_fd()?;
+    let ps = pairs(p.pipes)?;
+    let wfds: Vec<RawFd> = ps.iter().map(|(_, w)| w.as_raw_fd()).collect();
+    let rfds: Vec<RawFd> = ps.iter().map(|(r, _)| r.as_raw_fd()).collect();
+    if mode == RawMode::LevelFixed {
+        ring.submitter().register_files(&rfds)?;
+    }
+    let poll = |idx: usize| -> squeue::Entry {
+        let mask = libc::POLLIN as u32;
+        match mode {
+            RawMode::LevelFixed => opcode::PollAdd::new(types::Fixed(idx as u32), mask).build(),
+            _ => opcode::PollAdd::new(types::Fd(rfds[idx]), mask)
+                .multi(mode == RawMode::Edge)
+                .build(),
+        }
+        .user_data(idx as u64)
+    };
+    let push = |ring: &mut IoUring, e: &squeue::Entry| -> io::Result<()> {
+        // SAFETY: a poll points at no memory of ours.
+        while unsafe { ring.submission().push(e) }.is_err() {
+            ring.submit()?;
+        }
+        Ok(())
+    };
+    for idx in 0..p.pipes {
+        push(&mut ring, &poll(idx))?;
+    }
+    ring.submit()?;
+    let c = Counters::default();
+    let target = p.active + p.writes;
+    let edge = mode == RawMode::Edge;
+    let mut batch: Vec<(usize, i32, bool)> = Vec::with_capacity(4 * sq as usize);
+    let mut waits = 0u64;
+    let mut failed = None;
+    let med = rounds(p, || {
+        c.start_round(p, &wfds);
+        let t = Instant::now();
+        while c.count.get() < target && failed.is_none() {
+            if let Err(e) = ring.submit_and_wait(1) {
+                failed = Some(e);
+                break;
+            }
+            waits += 1;
+            batch.extend(
+                ring.completion()
+                    .map(|e| (e.user_data() as usize, e.result(), cqueue::more(e.flags()))),
+            );
+            for (idx, res, more) in batch.drain(..) {
+                assert!(res > 0, "poll: {res}");
+                for _ in 0..read_bytes(rfds[idx], edge) {
+                    c.on_read(idx, &wfds);
+                }
+                // Level: poll again. Edge: only if the kernel ended the multishot.
+                if !more && let Err(e) = push(&mut ring, &poll(idx)) {
+                    failed = Some(e);
+                }
+            }
+        }
+        t.elapsed()
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let events_total = (target * (p.rounds + 1)) as f64;
+    eprintln!(
+        "uring-raw stats: enters={waits} enters_per_event={:.3}",
+        waits as f64 / events_total
+    );
+    drop(ring);
+    drop(ps);
+    Ok(med)
+}
+
 fn bench_tokio(p: &Params) -> io::Result<Duration> {
     use tokio::io::unix::AsyncFd;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -618,7 +726,8 @@ fn main() {
     let Some(variant) = args.first().cloned() else {
         eprintln!(
             "usage: pipe_bench ringloop|ringloop-edge|ringloop-ops|ringloop-async|\
-             ringloop-async-ops|ringloop-async-multi|epoll|epoll-edge|tokio -n N -a A -w W -r R"
+             ringloop-async-ops|ringloop-async-multi|epoll|epoll-edge|tokio|\
+             uring-raw|uring-raw-fixed|uring-raw-edge -n N -a A -w W -r R"
         );
         std::process::exit(2);
     };
@@ -643,6 +752,9 @@ fn main() {
         "epoll" => bench_epoll(&p, false),
         "epoll-edge" => bench_epoll(&p, true),
         "tokio" => bench_tokio(&p),
+        "uring-raw" => bench_uring_raw(&p, RawMode::Level),
+        "uring-raw-fixed" => bench_uring_raw(&p, RawMode::LevelFixed),
+        "uring-raw-edge" => bench_uring_raw(&p, RawMode::Edge),
         other => {
             eprintln!("unknown variant {other}");
             std::process::exit(2);
