@@ -252,3 +252,34 @@ fn a_fired_sleep_is_elapsed_before_it_is_polled_again() {
         assert!(!sleep.is_elapsed());
     });
 }
+
+/// A task that only ever sleeps until a moment already past keeps a timer
+/// due on every iteration, so the loop never has a reason to wait; the
+/// operations other tasks submit must still reach the kernel and complete
+/// (under QEMU a 40 µs timeout was always due, and no byte ever came).
+#[test]
+fn sleeps_that_are_always_due_do_not_starve_io() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    rt::block_on(async {
+        let (a, b) = ringloop::net::UnixStream::pair().unwrap();
+        let got = Rc::new(Cell::new(0));
+        let reader = {
+            let got = got.clone();
+            rt::spawn(async move {
+                let (r, _) = a.read(Vec::with_capacity(8)).await;
+                got.set(r.unwrap());
+            })
+        };
+        let writer = rt::spawn(async move { b.write_all(b"ring".to_vec()).await.0.unwrap() });
+        let mut turns = 0;
+        while got.get() == 0 {
+            assert!(turns < 100_000, "no I/O completed in {turns} due sleeps");
+            time::sleep_until(Instant::now() - Duration::from_millis(1)).await;
+            turns += 1;
+        }
+        assert_eq!(got.get(), 4);
+        reader.await.unwrap();
+        writer.await.unwrap();
+    });
+}

@@ -543,3 +543,53 @@ fn non_blocking_turns_still_see_deferred_completions() {
         run_until(&lp, 50, || ran.load(Ordering::SeqCst));
     }
 }
+
+/// An immediate that schedules itself again keeps the loop from ever
+/// waiting (§1.3), and a due timer does the same. Handlers still run in
+/// strict order, but what is queued for the kernel is submitted and what
+/// completes is reaped all the same: a WRITE submitted meanwhile reaches
+/// the peer, and its callback runs once the burst ends.
+#[test]
+fn submissions_reach_the_kernel_while_handlers_are_always_due() {
+    fn again(h: &ringloop::Handle, left: Rc<Cell<u32>>, timer: bool) {
+        if left.get() == 0 {
+            return;
+        }
+        left.set(left.get() - 1);
+        if timer {
+            h.add_timer(Duration::ZERO, move |h| again(h, left, true))
+                .unwrap();
+        } else {
+            h.add_immediate(move |h| again(h, left, false)).unwrap();
+        }
+    }
+    for timer in [false, true] {
+        let lp = loop_with_timeout(Duration::from_secs(5));
+        let (a, b) = socketpair();
+        let left = Rc::new(Cell::new(1000));
+        again(&lp, left.clone(), timer);
+        let data = b"through the ring".to_vec();
+        let entry = opcode::Write::new(types::Fd(a.as_raw_fd()), data.as_ptr(), 16).build();
+        let wrote = Rc::new(Cell::new(None));
+        let w = wrote.clone();
+        // SAFETY: `data` moves into the callback, so it outlives the write.
+        unsafe { lp.submit(entry, move |_, c| w.set(Some((c.result, data.len())))) }.unwrap();
+        let mut turns = 0;
+        let mut got = Vec::new();
+        while got.is_empty() && turns < 500 {
+            lp.run_once().unwrap();
+            turns += 1;
+            got = recv_now(b.as_raw_fd(), 64).unwrap_or_default();
+        }
+        assert_eq!(got, b"through the ring", "timer={timer}: {turns} turns");
+        assert!(left.get() > 0, "timer={timer}: the burst ended first");
+        assert_eq!(
+            wrote.get(),
+            None,
+            "timer={timer}: its callback ran inside the burst"
+        );
+        run_until(&lp, 2000, || wrote.get().is_some());
+        assert_eq!(wrote.get(), Some((16, 16)), "timer={timer}");
+        assert_eq!(left.get(), 0, "timer={timer}");
+    }
+}

@@ -72,6 +72,16 @@ pub type TraceHook = Box<dyn FnMut(TracePoint)>;
 /// Slot keys are never 0 (their version is odd), so no operation can carry it.
 const IGNORE: u64 = 0;
 
+/// After this many iterations in a row that ran a handler without waiting
+/// (an immediate or a due timer was always there), the next one first
+/// submits what is queued and reaps what is ready, without blocking. The
+/// dispatch order stays strict (SEMANTICS.md §1), but the kernel is not
+/// starved: a task's operation, which needs no handler, completes even
+/// while a timer is due on every iteration (a short timeout in a loop on a
+/// slow machine), and submissions do not wait for the burst to end. When
+/// the kernel has nothing for the loop this costs no syscall.
+const KERNEL_TURN_EVERY: u32 = 32;
+
 /// How long an iteration may block when nothing is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitTimeout {
@@ -244,6 +254,7 @@ impl Builder {
             remote: remote.clone(),
             epoch: Instant::now(),
             clock_seen: 0,
+            turns_in_user_space: 0,
             clock: self.clock,
             wait_timeout: self.wait_timeout,
             stats: Stats::default(),
@@ -390,6 +401,10 @@ struct State {
     epoch: Instant,
     /// The latest reading of the loop's clock taken by `next_dispatch`.
     clock_seen: u64,
+    /// Iterations in a row that ran a handler without entering the kernel
+    /// (an immediate or a due timer was always there); see
+    /// [`KERNEL_TURN_EVERY`].
+    turns_in_user_space: u32,
     clock: Option<ManualClock>,
     wait_timeout: WaitTimeout,
     stats: Stats,
@@ -592,13 +607,26 @@ impl Handle {
             return Err(Error::Nested);
         }
         // One borrow of the state per step: this is the hot path.
-        let (first, mode) = self.with(|st| {
+        let (first, mode, turned) = self.try_with(|st| {
             st.stats.iterations += 1;
-            (st.next_counted(), st.wait_timeout)
+            let turned = st.turns_in_user_space >= KERNEL_TURN_EVERY;
+            if turned {
+                st.kernel_turn()?;
+            }
+            let first = st.next_counted();
+            if first.is_some() {
+                st.turns_in_user_space += 1;
+            }
+            Ok((first, st.wait_timeout, turned))
         })?;
         self.inner.depth.set(self.inner.depth.get() + 1);
         let _depth = DepthGuard(&self.inner.depth);
 
+        if turned {
+            // Tasks whose operations the turn completed are woken now,
+            // not at the next wait, which may be as far off.
+            self.run_deferred();
+        }
         if let Some(d) = first {
             self.dispatch(d);
             return Ok(());
@@ -995,6 +1023,7 @@ impl State {
     /// wait timeout, then reaps.
     fn wait(&mut self) -> Result<()> {
         self.stats.waits += 1;
+        self.turns_in_user_space = 0;
         let mut timeout = match self.wait_timeout {
             // Completions kept aside by a removal are already here: reap
             // them (and whatever else is ready) without blocking.
@@ -1018,6 +1047,18 @@ impl State {
             timeout = Some(timeout.map_or(until, |t| t.min(until)));
         }
         self.ring.wait(timeout)?;
+        self.reap();
+        Ok(())
+    }
+
+    /// Submits what is queued and reaps what is ready, without blocking and
+    /// without the syscall if the kernel has nothing for the loop: the
+    /// kernel's part of an iteration, for when due handlers keep the loop
+    /// from waiting.
+    #[cold]
+    fn kernel_turn(&mut self) -> Result<()> {
+        self.turns_in_user_space = 0;
+        self.ring.flush_unless_idle()?;
         self.reap();
         Ok(())
     }
