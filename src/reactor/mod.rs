@@ -72,14 +72,16 @@ pub type TraceHook = Box<dyn FnMut(TracePoint)>;
 /// Slot keys are never 0 (their version is odd), so no operation can carry it.
 const IGNORE: u64 = 0;
 
-/// After this many iterations in a row that ran a handler without waiting
-/// (an immediate or a due timer was always there), the next one first
-/// submits what is queued and reaps what is ready, without blocking. The
-/// dispatch order stays strict (SEMANTICS.md §1), but the kernel is not
+/// After this many immediates and due timers run since the loop last
+/// waited (one was always there, so it never had to), the next iteration
+/// first submits what is queued and reaps what is ready, without blocking.
+/// The dispatch order stays strict (SEMANTICS.md §1), but the kernel is not
 /// starved: a task's operation, which needs no handler, completes even
 /// while a timer is due on every iteration (a short timeout in a loop on a
 /// slow machine), and submissions do not wait for the burst to end. When
-/// the kernel has nothing for the loop this costs no syscall.
+/// the kernel has nothing for the loop this costs no syscall. Fds and
+/// completions in the ready queue do not count: they came from a reap and
+/// run out.
 const KERNEL_TURN_EVERY: u32 = 32;
 
 /// How long an iteration may block when nothing is due.
@@ -401,9 +403,8 @@ struct State {
     epoch: Instant,
     /// The latest reading of the loop's clock taken by `next_dispatch`.
     clock_seen: u64,
-    /// Iterations in a row that ran a handler without entering the kernel
-    /// (an immediate or a due timer was always there); see
-    /// [`KERNEL_TURN_EVERY`].
+    /// Immediates and due timers (or bursts of due sleeps) run since the
+    /// last wait or kernel turn; see [`KERNEL_TURN_EVERY`].
     turns_in_user_space: u32,
     clock: Option<ManualClock>,
     wait_timeout: WaitTimeout,
@@ -614,7 +615,12 @@ impl Handle {
                 st.kernel_turn()?;
             }
             let first = st.next_counted();
-            if first.is_some() {
+            // Only immediates and timers can be due without end; fds and
+            // completions in the ready queue came from a reap and run out.
+            if matches!(
+                first,
+                Some(Dispatch::Immediate(_) | Dispatch::Timer(_) | Dispatch::SleepWakes)
+            ) {
                 st.turns_in_user_space += 1;
             }
             Ok((first, st.wait_timeout, turned))
