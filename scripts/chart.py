@@ -30,6 +30,9 @@ COLORS = {
     "ringloop-async-multi": "#5c940d",
     "epoll": "#495057",
     "epoll-edge": "#868e96",
+    "uring-raw": "#adb5bd",
+    "uring-raw-fixed": "#ced4da",
+    "uring-raw-edge": "#dee2e6",
     "tokio": "#1c7ed6",
 }
 
@@ -87,6 +90,9 @@ def reduce(groups):
             "ringloop-async-multi",
             "epoll",
             "epoll-edge",
+            "uring-raw",
+            "uring-raw-fixed",
+            "uring-raw-edge",
             "tokio",
         ]
         for v in sorted(med, key=lambda v: order.index(v) if v in order else 99):

@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
-VARIANTS=${VARIANTS:-"epoll ringloop epoll-edge ringloop-edge ringloop-ops tokio ringloop-async ringloop-async-ops ringloop-async-multi"}
+VARIANTS=${VARIANTS:-"epoll ringloop uring-raw uring-raw-fixed epoll-edge ringloop-edge uring-raw-edge ringloop-ops tokio ringloop-async ringloop-async-ops ringloop-async-multi"}
 case ${SIZE:-small} in
   small) PIPES=100 ACTIVE=1 WRITES=100 R1=${R1:-50} R2=${R2:-150} LABEL=instructions ;;
   # A round is 80 times longer: fewer rounds keep each run to seconds.

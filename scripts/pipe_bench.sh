@@ -16,7 +16,7 @@ ROUNDS=${ROUNDS:-100}
 # A round at 100 pipes takes ~0.3 ms: run 20x as many there, so that one
 # run spans more than a moment of the machine's (shared, drifting) speed.
 SMALL_ROUNDS=${SMALL_ROUNDS:-$((ROUNDS * 20))}
-VARIANTS=${VARIANTS:-"epoll ringloop epoll-edge ringloop-edge ringloop-ops tokio ringloop-async ringloop-async-ops ringloop-async-multi"}
+VARIANTS=${VARIANTS:-"epoll ringloop uring-raw uring-raw-fixed epoll-edge ringloop-edge uring-raw-edge ringloop-ops tokio ringloop-async ringloop-async-ops ringloop-async-multi"}
 cargo build --release --example pipe_bench -q
 BIN=target/release/examples/pipe_bench
 OUT=${OUT:-/dev/null}

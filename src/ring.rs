@@ -332,6 +332,27 @@ impl Ring {
         self.flush()
     }
 
+    /// The kernel's part of a loop iteration that does not wait: submits
+    /// what is queued and runs deferred task work, but only if there is
+    /// any. Unlike [`Ring::flush_unless_idle`] this makes no syscall on a
+    /// ring without `DEFER_TASKRUN` whose SQ is empty: there the kernel
+    /// posts completions by itself, and [`Ring::reap`] sees them.
+    pub fn submit_unless_idle(&mut self) -> io::Result<()> {
+        if self.pending() == 0 {
+            let sq = self.ring.submission();
+            let task_work = if self.features.taskrun_flag {
+                sq.taskrun()
+            } else {
+                // Deferred work the kernel does not flag: only an enter runs it.
+                self.features.defer_taskrun
+            };
+            if !task_work && !sq.cq_overflow() {
+                return Ok(());
+            }
+        }
+        self.flush()
+    }
+
     /// Blocks until at least one completion or the timeout.
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.enter(1, sys::ENTER_GETEVENTS, timeout)

@@ -1064,7 +1064,7 @@ impl State {
     #[cold]
     fn kernel_turn(&mut self) -> Result<()> {
         self.turns_in_user_space = 0;
-        self.ring.flush_unless_idle()?;
+        self.ring.submit_unless_idle()?;
         self.reap();
         Ok(())
     }
