@@ -323,11 +323,8 @@ impl Ring {
     /// there this always enters. ([`Ring::reap`] also enters for task work
     /// and overflow; checking here keeps this call's promise on its own.)
     pub fn flush_unless_idle(&mut self) -> io::Result<()> {
-        if self.features.taskrun_flag && self.pending() == 0 {
-            let sq = self.ring.submission();
-            if !sq.taskrun() && !sq.cq_overflow() {
-                return Ok(());
-            }
+        if self.kernel_has_work() == Some(false) {
+            return Ok(());
         }
         self.flush()
     }
@@ -338,19 +335,30 @@ impl Ring {
     /// ring without `DEFER_TASKRUN` whose SQ is empty: there the kernel
     /// posts completions by itself, and [`Ring::reap`] sees them.
     pub fn submit_unless_idle(&mut self) -> io::Result<()> {
-        if self.pending() == 0 {
-            let sq = self.ring.submission();
-            let task_work = if self.features.taskrun_flag {
-                sq.taskrun()
-            } else {
-                // Deferred work the kernel does not flag: only an enter runs it.
-                self.features.defer_taskrun
-            };
-            if !task_work && !sq.cq_overflow() {
-                return Ok(());
-            }
+        // Without the flag, only a `DEFER_TASKRUN` ring may hold work that
+        // nothing but an enter runs.
+        if !self
+            .kernel_has_work()
+            .unwrap_or(self.features.defer_taskrun)
+        {
+            return Ok(());
         }
         self.flush()
+    }
+
+    /// Whether an enter now would do anything: an SQE is queued, the CQ
+    /// overflowed, or the kernel flags deferred task work. `None` when none
+    /// of the first two holds on a ring that keeps no such flag (no
+    /// `SETUP_TASKRUN_FLAG`): then it cannot tell.
+    fn kernel_has_work(&mut self) -> Option<bool> {
+        if self.pending() > 0 {
+            return Some(true);
+        }
+        let sq = self.ring.submission();
+        if sq.cq_overflow() {
+            return Some(true);
+        }
+        self.features.taskrun_flag.then(|| sq.taskrun())
     }
 
     /// Blocks until at least one completion or the timeout.

@@ -456,3 +456,41 @@ fn no_blocking_while_work_is_due() {
     // Only the first iteration had to enter the kernel to wait.
     assert_eq!(lp.stats().unwrap().waits, 1, "{:?}", lp.stats());
 }
+
+/// §1.1 across kernel turns: a burst of immediates longer than the loop
+/// goes without looking at the ring (32) lets the loop reap an fd's
+/// readiness mid-burst, but the fd's handler still waits for the last
+/// immediate.
+#[test]
+fn fd_reaped_during_a_long_burst_of_immediates_runs_after_it() {
+    fn again(h: &ringloop::Handle, left: Rc<Cell<u32>>) {
+        if left.get() > 0 {
+            left.set(left.get() - 1);
+            h.add_immediate(move |h| again(h, left)).unwrap();
+        }
+    }
+    let lp = nonblocking_loop();
+    let (a, b) = socketpair();
+    write_fd(b.as_raw_fd(), b"x").unwrap();
+    let left = Rc::new(Cell::new(200));
+    let fd_ran_with = Rc::new(Cell::new(None));
+    let (l, ran) = (left.clone(), fd_ran_with.clone());
+    lp.add_fd(a, Interest::READ, move |lp, ev| {
+        ran.set(Some(l.get()));
+        lp.remove_fd(ev.id).unwrap();
+    })
+    .unwrap();
+    again(&lp, left.clone());
+    // The watch's poll is only queued: no iteration has entered the kernel.
+    let before = lp.stats().unwrap().completions;
+    while left.get() > 0 {
+        lp.run_once().unwrap();
+        assert_eq!(fd_ran_with.get(), None, "fd ran inside the burst");
+    }
+    assert!(
+        lp.stats().unwrap().completions > before,
+        "the poll's completion was reaped during the burst"
+    );
+    run_until(&lp, 10, || fd_ran_with.get().is_some());
+    assert_eq!(fd_ran_with.get(), Some(0));
+}
