@@ -187,3 +187,27 @@ fn pipe_bench_every_variant_completes() {
         assert!(rate > 0.0, "{v}: {out}");
     }
 }
+
+/// The kernel facts README's "a level re-check without a poll arm" rests
+/// on, as `probe_recheck` finds them on the running kernel: the in-ring
+/// SIOCINQ does not answer for Unix sockets, and a peek consumes the
+/// pending `ECONNRESET` that the application's read should have seen.
+#[test]
+fn probe_recheck_finds_no_cheaper_level_recheck() {
+    let Some(out) = run("probe_recheck", &[]) else {
+        return;
+    };
+    let text = stdout_of(&out);
+    let line = |key: &str| -> &str {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key:?} missing in:\n{text}"))
+    };
+    assert!(line("siocinq unix-stream: ").starts_with("error"), "{text}");
+    assert!(line("siocinq unix-dgram: ").starts_with("error"), "{text}");
+    assert!(
+        line("peek after reset, first: ").contains("reset"),
+        "{text}"
+    );
+    assert_eq!(line("read after the peeks: "), "0 bytes", "{text}");
+}
