@@ -13,7 +13,7 @@
 //!    that the application's own read sees EOF instead?
 //!
 //! It prints what the kernel answered; README "What the loop's speed is made
-//! of" quotes the answers of Linux 6.18.
+//! of" quotes the answers of Linux 6.18, 6.12 and 6.1.
 
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
