@@ -111,6 +111,55 @@ fn abort_of_a_finished_task_keeps_its_output() {
     });
 }
 
+/// A task that aborts itself is dropped as that poll returns: it is not
+/// polled again although it woke itself, and its handle reads finished.
+#[test]
+fn a_task_that_aborts_itself_is_dropped_as_its_poll_returns() {
+    struct DropFlag(Rc<Cell<bool>>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+    let runtime = Runtime::new().unwrap();
+    let dropped = Rc::new(Cell::new(false));
+    let polls = Rc::new(Cell::new(0));
+    let finished_at_abort = Rc::new(Cell::new(false));
+    let own: Rc<RefCell<Option<JoinHandle<()>>>> = Rc::default();
+    let (flag, p, f, o) = (
+        DropFlag(dropped.clone()),
+        polls.clone(),
+        finished_at_abort.clone(),
+        own.clone(),
+    );
+    let h = runtime.spawn(async move {
+        let _flag = flag;
+        loop {
+            p.set(p.get() + 1);
+            if p.get() == 2
+                && let Some(h) = o.borrow().as_ref()
+            {
+                h.abort();
+                f.set(h.is_finished());
+            }
+            rt::yield_now().await;
+        }
+    });
+    *own.borrow_mut() = Some(h);
+    runtime.block_on(async {
+        for _ in 0..10 {
+            rt::yield_now().await;
+        }
+    });
+    assert_eq!(polls.get(), 2, "not polled after aborting itself");
+    assert!(dropped.get(), "its future was dropped");
+    assert!(finished_at_abort.get(), "the handle read finished at once");
+    assert_eq!(runtime.task_count(), 0);
+    let h = own.borrow_mut().take().unwrap();
+    assert!(runtime.block_on(h).unwrap_err().is_cancelled());
+    assert_eq!(runtime.block_on(runtime.spawn(async { 4 })).unwrap(), 4);
+}
+
 #[test]
 fn spawn_without_runtime_errors() {
     let h = rt::spawn(async { 1 });

@@ -565,3 +565,94 @@ fn asyncfd_drives_poll_style_io() {
         writer.await.unwrap();
     });
 }
+
+/// A readiness wake through a waker that is not the runtime's (here a
+/// combinator's own, which calls into the loop when woken) is deferred until
+/// the loop's state is free: the runtime's wakers are woken as completions
+/// are reaped, every other waker only after.
+#[test]
+fn asyncfd_wakes_a_foreign_waker_outside_the_loop() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    thread_local! {
+        static HANDLE: std::cell::RefCell<Option<ringloop::Handle>> = const { std::cell::RefCell::new(None) };
+    }
+    /// Forwards to the task's waker; counts the wakes that could call into
+    /// the loop (`Handle::stats` fails with `Nested` while its state is
+    /// borrowed) and those that could not.
+    struct Forward {
+        task: Waker,
+        free: AtomicUsize,
+        nested: AtomicUsize,
+    }
+    impl Wake for Forward {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let free = HANDLE.with(|h| h.borrow().as_ref().is_some_and(|h| h.stats().is_ok()));
+            let counter = if free { &self.free } else { &self.nested };
+            counter.fetch_add(1, Ordering::SeqCst);
+            self.task.wake_by_ref();
+        }
+    }
+    struct ViaForward<F> {
+        inner: Pin<Box<F>>,
+        forward: Option<Arc<Forward>>,
+    }
+    impl<F: Future> Future for ViaForward<F> {
+        type Output = (F::Output, Arc<Forward>);
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let forward = self
+                .forward
+                .get_or_insert_with(|| {
+                    Arc::new(Forward {
+                        task: cx.waker().clone(),
+                        free: AtomicUsize::new(0),
+                        nested: AtomicUsize::new(0),
+                    })
+                })
+                .clone();
+            let waker = Waker::from(forward.clone());
+            match self.inner.as_mut().poll(&mut Context::from_waker(&waker)) {
+                Poll::Ready(v) => Poll::Ready((v, forward)),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+
+    let runtime = rt::Runtime::new().unwrap();
+    HANDLE.with(|h| *h.borrow_mut() = Some(runtime.handle()));
+    runtime.block_on(async {
+        let (a, mut b) = unix_stream_pair();
+        let fd = AsyncFd::new(a).unwrap();
+        let writer = rt::spawn(async move {
+            time::sleep(Duration::from_millis(10)).await;
+            b.write_all(b"x").unwrap();
+            b
+        });
+        let reader = ViaForward {
+            inner: Box::pin(async {
+                let mut buf = [0u8; 4];
+                read_some(&fd, &mut buf).await
+            }),
+            forward: None,
+        };
+        let (n, forward) = time::timeout(Duration::from_secs(20), reader)
+            .await
+            .expect("the foreign waker was woken");
+        assert_eq!(n.unwrap(), 1);
+        assert!(forward.free.load(Ordering::SeqCst) >= 1, "woken");
+        assert_eq!(
+            forward.nested.load(Ordering::SeqCst),
+            0,
+            "woken while the loop's state was borrowed"
+        );
+        drop(writer.await.unwrap());
+    });
+    HANDLE.with(|h| h.borrow_mut().take());
+}

@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{RawWakerVTable, Waker};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue};
@@ -46,7 +46,7 @@ pub use timer::{TimerId, TimerQueue};
 pub use trace::{EventKind, TracePoint};
 
 use fd::Watch;
-use op::{Deferred, TaskOp};
+use op::{Deferred, TaskOp, wake_or_defer};
 use remote::RemoteShared;
 use signal::Signals;
 
@@ -251,6 +251,7 @@ impl Builder {
             ready: VecDeque::new(),
             cqes: Vec::new(),
             deferred: Vec::new(),
+            inline_waker: None,
             wake_armed: None,
             wake_pending: false,
             remote: remote.clone(),
@@ -397,6 +398,10 @@ struct State {
     /// What completions asked for that runs user code (waking a task,
     /// releasing a dropped future's buffers): done once the state is free.
     deferred: Vec<Deferred>,
+    /// The vtable of wakers that only queue a task (the runtime's, see
+    /// [`Handle::set_inline_waker`]): those are woken as they are reaped,
+    /// not deferred.
+    inline_waker: Option<&'static RawWakerVTable>,
     wake_armed: Option<OpId>,
     wake_pending: bool,
     remote: Arc<RemoteShared>,
@@ -969,7 +974,9 @@ impl State {
                 TimerAction::Handler(handler) => return Some(Dispatch::Timer(handler)),
                 TimerAction::Wake(waker) => {
                     woke = true;
-                    self.deferred.extend(waker.map(Deferred::Wake));
+                    if let Some(waker) = waker {
+                        wake_or_defer(&mut self.deferred, self.inline_waker, waker);
+                    }
                 }
             }
         }

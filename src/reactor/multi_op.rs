@@ -19,7 +19,7 @@ use std::task::{Poll, Waker};
 
 use io_uring::squeue;
 
-use super::op::{Deferred, Release};
+use super::op::{Release, wake_or_defer};
 use super::{Completion, Handle, Op, OpId, State};
 use crate::error::{Error, Result};
 
@@ -148,8 +148,9 @@ impl State {
             }
         } else {
             op.queue.push_back(c);
-            self.deferred
-                .extend(op.wakers.drain(..).map(Deferred::Wake));
+            for waker in op.wakers.drain(..) {
+                wake_or_defer(&mut self.deferred, self.inline_waker, waker);
+            }
             over_limit = more && op.queue.len() >= op.limit;
         }
         if more {

@@ -15,12 +15,12 @@
 
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::task::Waker;
+use std::task::{RawWakerVTable, Waker};
 
 use io_uring::{opcode, types};
 use slotmap::Key;
 
-use super::op::Deferred;
+use super::op::{Deferred, wake_or_defer};
 use super::{Handle, Op, OpId, State};
 use crate::error::Result;
 
@@ -102,7 +102,7 @@ impl State {
         };
         if result >= 0 {
             let wake = op.sink.on_ready(result as u32);
-            defer_wakes(&mut self.deferred, wake);
+            wake_all(&mut self.deferred, self.inline_waker, wake);
         }
         if more {
             return;
@@ -127,21 +127,24 @@ impl State {
         };
         self.user_ops -= 1;
         let wake = op.sink.on_failed(errno);
-        defer_wakes(&mut self.deferred, wake);
+        wake_all(&mut self.deferred, self.inline_waker, wake);
     }
 }
 
-/// Queues a sink's wakers. Pushed one by one: `extend` over the flattened
-/// array went through the generic path (no exact size hint) and cost 82
-/// instructions per `AsyncFd` event (callgrind, pipe_bench `ringloop-async`
-/// at 100 pipes); with these pushes the event costs 54 fewer in all
-/// (scripts/instructions.sh: 1 394 -> 1 340).
-fn defer_wakes(deferred: &mut Vec<Deferred>, wake: [Option<Waker>; 2]) {
+/// Wakes (or defers, see [`wake_or_defer`]) a sink's wakers. One by one:
+/// iterating over the flattened array went through the generic path and
+/// its drop (28 more instructions per `AsyncFd` event, scripts/instructions.sh,
+/// `ringloop-async` at 100 pipes).
+fn wake_all(
+    deferred: &mut Vec<Deferred>,
+    inline: Option<&'static RawWakerVTable>,
+    wake: [Option<Waker>; 2],
+) {
     let [first, second] = wake;
-    if let Some(w) = first {
-        deferred.push(Deferred::Wake(w));
+    if let Some(waker) = first {
+        wake_or_defer(deferred, inline, waker);
     }
-    if let Some(w) = second {
-        deferred.push(Deferred::Wake(w));
+    if let Some(waker) = second {
+        wake_or_defer(deferred, inline, waker);
     }
 }

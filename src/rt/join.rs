@@ -5,8 +5,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Weak;
-use std::sync::Arc;
+use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 
 use super::task::Core;
@@ -164,10 +163,9 @@ impl<T> JoinSlot<T> for RefCell<JoinState<T>> {
     }
 }
 
-/// A handle's reference to its slot (an `Arc` because the slot is usually
-/// the task itself, whose wakers may be on other threads; the handle never
+/// A handle's reference to its slot (usually the task itself; neither ever
 /// leaves the runtime's thread).
-pub(crate) type JoinRef<T> = Arc<dyn JoinSlot<T>>;
+pub(crate) type JoinRef<T> = Rc<dyn JoinSlot<T>>;
 
 /// An owned permission to await a spawned task's output, or to abort it.
 ///
@@ -190,7 +188,7 @@ impl<T: 'static> JoinHandle<T> {
         let mut state = JoinState::new();
         state.result = Some(Err(JoinError::no_runtime()));
         JoinHandle {
-            slot: Arc::new(RefCell::new(state)),
+            slot: Rc::new(RefCell::new(state)),
             core: Weak::new(),
             key: TaskKey::default(),
         }
@@ -223,23 +221,20 @@ impl<T> JoinHandle<T> {
 }
 
 /// Detaches the task. Its outcome, if already stored, is dropped here, and
-/// a later one as the task finishes: always on the runtime's thread, never
-/// by the last of the task's wakers wherever that is (`task::TaskCell`).
+/// a later one as the task finishes, rather than kept for nobody.
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
-        let outcome = match self.slot.join_state().try_borrow_mut() {
-            Ok(mut st) => {
+        // The state is never borrowed across user code, so the borrow cannot
+        // fail; if it did, the outcome would go with the slot's last `Rc`.
+        let outcome = self
+            .slot
+            .join_state()
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut st| {
                 st.detached = true;
                 st.result.take()
-            }
-            Err(_) => {
-                // Cannot happen (the state is never borrowed across user
-                // code), but if it did the outcome's drop is not ours to
-                // make: keep the slot alive for ever instead.
-                std::mem::forget(self.slot.clone());
-                None
-            }
-        };
+            });
         drop(outcome);
     }
 }

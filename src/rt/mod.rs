@@ -45,7 +45,7 @@ use std::future::Future;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use slotmap::Key;
 
@@ -81,6 +81,7 @@ impl Runtime {
     /// Events already on the loop keep working alongside tasks.
     pub fn with_loop(lp: EventLoop) -> Result<Runtime> {
         let shared = Arc::new(Shared::new(lp.remote()?));
+        lp.handle().set_inline_waker(&waker::TASK_WAKER)?;
         let core = Core::new(lp.handle(), shared);
         task::push_current(&core);
         Ok(Runtime { core, lp: Some(lp) })
@@ -117,7 +118,7 @@ impl Runtime {
         );
         let _enter = Enter::new(&self.core);
         let main = Arc::new(Header::new(TaskKey::null(), self.core.shared.clone(), true));
-        let waker = Waker::from(main.clone());
+        let waker = main.clone().into_waker();
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
         let handle = &self.core.handle;

@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use slotmap::SlotMap;
 
@@ -18,49 +18,34 @@ use crate::reactor::Handle;
 /// A spawned task as the table sees it, type-erased.
 trait Task {
     /// Claims the task's pending wake (so that a wake during the poll
-    /// queues it again) and polls the future once with `waker` (the task's
-    /// own). `Ready` once the task has finished and its outcome is stored
-    /// for the handle.
-    fn poll_task(&self, waker: &Waker) -> Poll<()>;
+    /// queues it again) and polls the future once with the task's own
+    /// waker. `Ready` once the task is over: it finished (its outcome is
+    /// stored for the handle), or it was aborted during this poll and its
+    /// future has been dropped.
+    fn poll_task(&self) -> Poll<()>;
 
     /// Drops the future, first telling the handle that the task was
-    /// cancelled unless it had finished. Returns whether the future is
-    /// gone (it always is, unless it was being polled).
-    fn cancel(&self) -> bool;
+    /// cancelled unless it had finished. A task being polled cannot drop
+    /// its future: the poll drops it as it returns.
+    fn cancel(&self);
 }
 
-/// A spawned task in one allocation: its wake state, its future, and the
-/// outcome its [`JoinHandle`] waits for. The table, the handle and every
-/// waker share it through an `Arc`.
-///
-/// Wakers are `Send + Sync`, so they can clone, wake and drop the cell on
-/// any thread, and the last of them may free it there. The future and the
-/// output need not be `Send`; they stay on the runtime's thread because
-/// nothing but the runtime's thread ever touches them, and because both
-/// are gone before a waker can be the last owner: the table drops the
-/// future when it lets go of the task ([`OwnedTask`]'s `Drop`), and the
-/// handle drops a stored output when it is dropped, after which a late
-/// outcome is dropped as it is produced (`JoinState::detached`).
+/// A spawned task in one allocation: its waker, its future, and the outcome
+/// its [`JoinHandle`] waits for. The table and the handle share it through
+/// an `Rc`: it never leaves the runtime's thread. Its wakers share only the
+/// [`Header`], which is all that another thread can reach.
 struct TaskCell<F: Future> {
-    header: Header,
+    header: Arc<Header>,
+    /// Made once, at spawn; every poll lends it.
+    waker: Waker,
     /// The future, until it finishes or is cancelled. Structurally pinned:
     /// it is only ever dropped in place (`*future = None`), never moved out.
     future: RefCell<Option<F>>,
     join: RefCell<JoinState<F::Output>>,
+    /// Cancelled while being polled: the poll drops the future as it
+    /// returns.
+    cancel_pending: Cell<bool>,
 }
-
-// SAFETY: another thread reaches a `TaskCell` only through a `Waker` (the
-// table and the handle are `!Send`). A waker's wake touches only `header`:
-// atomics and an `Arc<Shared>`, which is `Send + Sync`. A waker's drop may
-// free the cell, running the drop of `future` and `join`; by then `future`
-// is `None` and `join` holds no output (see the type's docs: the table and
-// the handle empty them on the runtime's thread before they let go, and
-// leak the cell instead if they cannot), so no `F` or `F::Output` value is
-// touched off the runtime's thread.
-unsafe impl<F: Future> Send for TaskCell<F> {}
-// SAFETY: as for `Send`: the only code that can run on a shared reference
-// from another thread is `Header::wake`, which is thread-safe.
-unsafe impl<F: Future> Sync for TaskCell<F> {}
 
 impl<F: Future> JoinSlot<F::Output> for TaskCell<F> {
     fn join_state(&self) -> &RefCell<JoinState<F::Output>> {
@@ -68,51 +53,44 @@ impl<F: Future> JoinSlot<F::Output> for TaskCell<F> {
     }
 }
 
-impl<F: Future + 'static> Wake for TaskCell<F> {
-    fn wake(self: Arc<Self>) {
-        self.header.wake();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.header.wake();
-    }
-}
-
 impl<F: Future> Task for TaskCell<F> {
-    fn poll_task(&self, waker: &Waker) -> Poll<()> {
+    fn poll_task(&self) -> Poll<()> {
         self.header.take_wake();
-        // The table never polls a task re-entrantly (it takes the task out
-        // of its slot while polling), so the borrow cannot fail.
+        // The table never polls a task re-entrantly (a poll pass is not
+        // re-entered), so the borrow cannot fail.
         let Ok(mut held) = self.future.try_borrow_mut() else {
             return Poll::Pending;
         };
         let Some(future) = held.as_mut() else {
             return Poll::Ready(());
         };
-        // SAFETY: the cell never moves (it lives in an `Arc` from `spawn`
-        // to its drop, and nothing moves out of that `Arc`), and `future`
+        // SAFETY: the cell never moves (it lives in an `Rc` from `spawn`
+        // to its drop, and nothing moves out of that `Rc`), and `future`
         // is structurally pinned in it: it is never moved out of its
-        // `Option`, only dropped in place, in `cancel` or with the cell.
+        // `Option`, only dropped in place, here or in `cancel`.
         let future = unsafe { Pin::new_unchecked(future) };
-        let mut cx = Context::from_waker(waker);
+        let mut cx = Context::from_waker(&self.waker);
         let outcome = match catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx))) {
+            Ok(Poll::Pending) if self.cancel_pending.get() => {
+                // Aborted during its own poll: the table has let go of it.
+                *held = None;
+                return Poll::Ready(());
+            }
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(v)) => Ok(v),
             Err(payload) => Err(JoinError::panic(payload)),
         };
+        drop(held);
         JoinState::complete(&self.join, outcome);
         Poll::Ready(())
     }
 
-    fn cancel(&self) -> bool {
+    fn cancel(&self) {
         // Does nothing if the task already produced its outcome.
         JoinState::complete(&self.join, Err(JoinError::cancelled()));
         match self.future.try_borrow_mut() {
-            Ok(mut held) => {
-                *held = None;
-                true
-            }
-            Err(_) => false,
+            Ok(mut held) => *held = None,
+            Err(_) => self.cancel_pending.set(true),
         }
     }
 }
@@ -120,39 +98,22 @@ impl<F: Future> Task for TaskCell<F> {
 /// The table's reference to a task. Dropping it drops the future (and tells
 /// the handle the task was cancelled, unless it had finished), so the table
 /// drops it only outside its borrow: a future's `Drop` may spawn or abort.
-struct OwnedTask(Arc<dyn Task>);
+struct OwnedTask(Rc<dyn Task>);
 
 impl Drop for OwnedTask {
     fn drop(&mut self) {
-        if !self.0.cancel() {
-            // The future could not be dropped here, on the runtime's
-            // thread (cannot happen: the table never drops a task it is
-            // polling). Leak the cell rather than let a waker on another
-            // thread drop the future.
-            std::mem::forget(self.0.clone());
-        }
+        self.0.cancel();
     }
-}
-
-/// A task between polls: the table's reference and the waker it is polled
-/// with (made once, at spawn).
-struct Parked {
-    task: OwnedTask,
-    waker: Waker,
-}
-
-struct TaskSlot {
-    /// `None` while the task is being polled.
-    task: Option<Parked>,
-    /// Aborted while being polled: drop it once the poll returns.
-    aborted: bool,
 }
 
 /// A runtime's executor state, shared (weakly) with join handles.
 pub(crate) struct Core {
     pub(crate) handle: Handle,
     pub(crate) shared: Arc<Shared>,
-    tasks: RefCell<SlotMap<TaskKey, TaskSlot>>,
+    /// The live tasks. A task stays in its slot while it is polled (the poll
+    /// pass holds an `Rc` of its own and no borrow), so a poll that spawns,
+    /// aborts or wakes finds the table free.
+    tasks: RefCell<SlotMap<TaskKey, OwnedTask>>,
     /// Set when the runtime shuts down: spawning then fails.
     closed: Cell<bool>,
     /// Set while `block_on` runs, to refuse re-entry.
@@ -186,22 +147,18 @@ impl Core {
         };
         let mut join: Option<JoinRef<F::Output>> = None;
         let key = tasks.insert_with_key(|key| {
-            let cell = Arc::new(TaskCell {
-                header: Header::new(key, self.shared.clone(), false),
+            let header = Arc::new(Header::new(key, self.shared.clone(), false));
+            let cell = Rc::new(TaskCell {
+                waker: header.clone().into_waker(),
+                header,
                 future: RefCell::new(Some(future)),
                 join: RefCell::new(JoinState::new()),
+                cancel_pending: Cell::new(false),
             });
             // Queues the first poll; waking touches the wake queue, not the table.
             cell.header.wake();
             join = Some(cell.clone());
-            let waker = Waker::from(cell.clone());
-            TaskSlot {
-                task: Some(Parked {
-                    task: OwnedTask(cell),
-                    waker,
-                }),
-                aborted: false,
-            }
+            OwnedTask(cell)
         });
         drop(tasks);
         // `insert_with_key` always runs its closure.
@@ -239,52 +196,33 @@ impl Core {
     }
 
     fn poll_task(&self, key: TaskKey) {
-        let taken = {
-            let Ok(mut tasks) = self.tasks.try_borrow_mut() else {
-                return;
-            };
-            let Some(slot) = tasks.get_mut(key) else {
-                return;
-            };
-            slot.task.take()
+        let task = match self.tasks.try_borrow() {
+            Ok(tasks) => match tasks.get(key) {
+                Some(owned) => owned.0.clone(),
+                None => return,
+            },
+            Err(_) => return,
         };
-        let Some(task) = taken else {
+        if task.poll_task().is_pending() {
             return;
-        };
-        let done = task.task.0.poll_task(&task.waker).is_ready();
-        let leftover = {
-            let mut tasks = self.tasks.borrow_mut();
-            match tasks.get_mut(key) {
-                Some(slot) if !done && !slot.aborted => {
-                    slot.task = Some(task);
-                    None
-                }
-                Some(_) => {
-                    tasks.remove(key);
-                    Some(task)
-                }
-                None => Some(task),
-            }
-        };
+        }
+        let over = self
+            .tasks
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut t| t.remove(key));
         // Dropped outside the borrow: a future's Drop may spawn or abort.
-        drop(leftover);
+        drop(over);
     }
 
-    /// Drops a task unfinished (or marks it, if it is being polled).
+    /// Drops a task unfinished (or, if it is being polled, has the poll
+    /// drop it as it returns).
     pub(crate) fn abort(&self, key: TaskKey) {
-        let task = {
-            let Ok(mut tasks) = self.tasks.try_borrow_mut() else {
-                return;
-            };
-            match tasks.get_mut(key) {
-                Some(slot) if slot.task.is_some() => tasks.remove(key).and_then(|s| s.task),
-                Some(slot) => {
-                    slot.aborted = true;
-                    None
-                }
-                None => None,
-            }
-        };
+        let task = self
+            .tasks
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut t| t.remove(key));
         drop(task);
     }
 
@@ -294,8 +232,8 @@ impl Core {
         self.closed.set(true);
         self.shared.close();
         loop {
-            let all: Vec<TaskSlot> = match self.tasks.try_borrow_mut() {
-                Ok(mut t) => t.drain().map(|(_, s)| s).collect(),
+            let all: Vec<OwnedTask> = match self.tasks.try_borrow_mut() {
+                Ok(mut t) => t.drain().map(|(_, task)| task).collect(),
                 Err(_) => return,
             };
             if all.is_empty() {

@@ -1,8 +1,7 @@
 //! Wakers: `Send + Sync`, no allocation of their own, never queue a task
 //! twice.
 //!
-//! Each task has a [`Header`] shared by all its wakers, inside the task's
-//! own allocation. Waking sets the
+//! Each task has a [`Header`] shared by all its wakers. Waking sets the
 //! header's `queued` flag; only the wake that flips it from `false` to `true`
 //! pushes the task onto the runtime's run queue, so a task is queued at most
 //! once however many times it is woken. The executor clears the flag just
@@ -14,12 +13,18 @@
 //! loop waits. A wake from another thread also wakes the loop through the
 //! reactor's [`Remote`] (an eventfd write, skipped when one is already
 //! pending), so a loop blocked in `io_uring_enter` returns.
+//!
+//! Every waker the runtime makes uses one vtable, [`TASK_WAKER`], so the
+//! loop can tell them from wakers of other executors or combinators: waking
+//! one runs no user code (it only queues a task, and dropping it frees at
+//! most a `Header`), so the loop wakes them as it reaps instead of deferring
+//! them until its state is released (see `Handle::set_inline_waker`).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Wake;
+use std::task::{RawWaker, RawWakerVTable, Waker};
 
 use slotmap::Key;
 
@@ -104,9 +109,10 @@ fn thread_tag() -> usize {
     TAG.with(|t| t as *const Cell<u8> as usize)
 }
 
-/// Per-task wake state, shared by all of the task's wakers. A spawned
-/// task's header lives in the task's own allocation (`task::TaskCell`); the
-/// future given to `block_on` has one of its own, in an `Arc`.
+/// Per-task wake state, shared by all of the task's wakers: the only part of
+/// a task that other threads can reach, in an `Arc` of its own (the task
+/// itself stays on the runtime's thread). The future given to `block_on`
+/// has one too.
 pub(crate) struct Header {
     /// The task; the null key stands for the future given to `block_on`,
     /// which is not in the task table and is never put on the queue.
@@ -151,13 +157,54 @@ impl Header {
     }
 }
 
-/// The waker of `block_on`'s future.
-impl Wake for Header {
-    fn wake(self: Arc<Self>) {
-        Header::wake(&self);
+impl Header {
+    /// A waker for this header's task, using [`TASK_WAKER`].
+    pub(crate) fn into_waker(self: Arc<Self>) -> Waker {
+        let data = Arc::into_raw(self).cast::<()>();
+        // SAFETY: `data` comes from `Arc::into_raw` of an `Arc<Header>`, and
+        // the new waker owns that reference: it is what `TASK_WAKER`'s
+        // functions expect (see `raw_clone`).
+        unsafe { Waker::from_raw(RawWaker::new(data, &TASK_WAKER)) }
     }
+}
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        Header::wake(self);
-    }
+/// The vtable of every waker the runtime makes: the data pointer is an
+/// `Arc<Header>` turned into a raw pointer, one strong reference per waker.
+/// A `static`, not a `const`, so that it has one address to compare with.
+pub(crate) static TASK_WAKER: RawWakerVTable =
+    RawWakerVTable::new(raw_clone, raw_wake, raw_wake_by_ref, raw_drop);
+
+// The contract of the four functions below: `data` is a pointer from
+// `Arc::<Header>::into_raw` that owns one strong reference, made by
+// `Header::into_waker` or by `raw_clone`, and `Waker` calls `raw_wake` or
+// `raw_drop` exactly once per such reference. `Header` is `Send + Sync`
+// (asserted below), so any thread may make these calls.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Header>();
+};
+
+unsafe fn raw_clone(data: *const ()) -> RawWaker {
+    // SAFETY: `data` is a live `Arc<Header>` pointer (see above); the new
+    // reference is owned by the returned waker.
+    unsafe { Arc::increment_strong_count(data.cast::<Header>()) };
+    RawWaker::new(data, &TASK_WAKER)
+}
+
+unsafe fn raw_wake(data: *const ()) {
+    // SAFETY: takes back the reference this waker owned (see `raw_clone`).
+    let header = unsafe { Arc::from_raw(data.cast::<Header>()) };
+    header.wake();
+}
+
+unsafe fn raw_wake_by_ref(data: *const ()) {
+    // SAFETY: the waker still owns its reference, so the header is alive
+    // for the length of this call.
+    let header = unsafe { &*data.cast::<Header>() };
+    header.wake();
+}
+
+unsafe fn raw_drop(data: *const ()) {
+    // SAFETY: gives back the reference this waker owned (see `raw_clone`).
+    drop(unsafe { Arc::from_raw(data.cast::<Header>()) });
 }
