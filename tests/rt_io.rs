@@ -233,6 +233,39 @@ fn dropping_an_asyncfd_with_a_poll_armed_makes_the_peer_see_eof_at_once() {
     }
 }
 
+/// The same with the kernel busy: 200 other fds have just become ready, so
+/// on a `DEFER_TASKRUN` ring the cancelled poll's end waits behind more task
+/// work than one `io_uring_enter` runs. The drop still returns only once the
+/// kernel has let go of the file.
+#[test]
+fn dropping_an_asyncfd_while_many_fds_are_ready_still_releases_its_file() {
+    rt::block_on(async {
+        let (a, mut b) = unix_stream_pair();
+        b.set_nonblocking(true).unwrap();
+        let a = AsyncFd::new(a).unwrap();
+        let mut others: Vec<_> = (0..200)
+            .map(|_| {
+                let (x, y) = unix_stream_pair();
+                (AsyncFd::new(x).unwrap(), y)
+            })
+            .collect();
+        // Every poll is in the kernel.
+        rt::current_handle().unwrap().flush().unwrap();
+        for (_, y) in &mut others {
+            y.write_all(b"x").unwrap();
+        }
+        drop(a);
+        let mut buf = [0u8; 1];
+        let read = b.read(&mut buf);
+        assert_eq!(read.ok(), Some(0), "the peer sees EOF as the drop returns");
+        // The other fds' readiness was kept, not lost.
+        for (fd, _) in &others {
+            let ready = time::timeout(Duration::from_secs(20), fd.readable()).await;
+            assert!(ready.is_ok_and(|r| r.is_ok()));
+        }
+    });
+}
+
 /// Borrows a raw fd that the test closes behind the `AsyncFd`'s back.
 struct Raw(std::os::fd::RawFd);
 

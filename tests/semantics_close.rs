@@ -518,3 +518,52 @@ fn raw_watch_disarmed_then_removed_lets_go_of_the_file() {
         "the kernel still holds the file"
     );
 }
+
+/// `Handle::flush`'s documented use, with the kernel busy: after
+/// `cancel_op` of a multishot poll and a flush, closing the fd gives the
+/// peer EOF at once, although 200 other fds had just become ready (on a
+/// `DEFER_TASKRUN` ring one `io_uring_enter` runs only a batch of that work,
+/// and the cancelled poll's end may sit behind it). Found by an audit probe.
+#[test]
+fn cancel_op_then_flush_releases_the_file_behind_a_backlog() {
+    use std::io::Write;
+    let _s = serial();
+    let lp = EventLoop::builder()
+        .wait_timeout(ringloop::WaitTimeout::Never)
+        .build()
+        .unwrap();
+    let (a, b) = socketpair();
+    let entry =
+        io_uring::opcode::PollAdd::new(io_uring::types::Fd(a.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build();
+    // SAFETY: POLL_ADD points at no memory; `a` outlives the poll's hold on
+    // the file, which is what the test checks.
+    let op = unsafe { lp.submit_multishot(entry, |_, _| {}) }.unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..200 {
+        let (x, y) = std::os::unix::net::UnixStream::pair().unwrap();
+        lp.add_fd(x.into(), Interest::READ, |_, _| {}).unwrap();
+        peers.push(y);
+    }
+    let _ = lp.run_once(); // every poll is in the kernel
+    for y in &mut peers {
+        y.write_all(b"x").unwrap();
+    }
+    lp.cancel_op(op).unwrap();
+    lp.flush().unwrap();
+    drop(a);
+    assert!(
+        peer_closed(b.as_raw_fd()),
+        "the kernel still holds the file"
+    );
+    // The readiness the flush brought in is still dispatched.
+    let before = lp.stats().unwrap().handlers;
+    for _ in 0..1000 {
+        if lp.stats().unwrap().handlers - before >= 200 {
+            break;
+        }
+        let _ = lp.run_once();
+    }
+    assert!(lp.stats().unwrap().handlers - before >= 200);
+}

@@ -77,18 +77,19 @@ impl Handle {
     }
 
     /// Stops a readiness poll: its sink hears nothing more. The cancel is
-    /// handed to the kernel at once, so that closing the fd right after
-    /// this ends the kernel's hold on the file (SEMANTICS.md §3).
+    /// handed to the kernel, and the poll's end awaited, at once, so that
+    /// closing the fd right after this ends the kernel's hold on the file
+    /// (SEMANTICS.md §3), however much other work the kernel had queued.
     pub(crate) fn stop_readiness(&self, id: OpId) -> Result<()> {
         self.with(|st| {
             if !matches!(st.ops.get(id), Some(Op::Readiness(_))) {
-                return Ok(());
+                return;
             }
             st.user_ops -= 1;
             // The entry becomes an orphan whose completions are dropped.
             st.cancel_poll(id);
-            st.ring.flush().map_err(crate::error::Error::Io)
-        })?
+            st.settle_cancels(&[id]);
+        })
     }
 }
 
