@@ -77,8 +77,12 @@ impl File {
     }
 
     /// Reads at `offset` into `buf`'s spare capacity (`len..capacity`),
-    /// extending its length; `Ok(0)` means end of file.
+    /// extending its length; `Ok(0)` means end of file. An offset above
+    /// `i64::MAX` is `EINVAL`, as for `pread`.
     pub async fn read_at(&self, mut buf: Vec<u8>, offset: u64) -> (io::Result<usize>, Vec<u8>) {
+        if let Err(e) = check_offset(offset) {
+            return (Err(e), buf);
+        }
         let spare = buf.capacity() - buf.len();
         if spare == 0 {
             return (Err(no_spare_capacity()), buf);
@@ -97,7 +101,8 @@ impl File {
         (r.map(|n| extend(&mut buf, n)), buf)
     }
 
-    /// Writes `buf[..len]` at `offset` once; returns how many bytes were written.
+    /// Writes `buf[..len]` at `offset` once; returns how many bytes were
+    /// written. An offset above `i64::MAX` is `EINVAL`, as for `pwrite`.
     pub async fn write_at(&self, buf: Vec<u8>, offset: u64) -> (io::Result<usize>, Vec<u8>) {
         self.write_from(buf, 0, offset).await
     }
@@ -109,6 +114,9 @@ impl File {
         from: usize,
         offset: u64,
     ) -> (io::Result<usize>, Vec<u8>) {
+        if let Err(e) = check_offset(offset) {
+            return (Err(e), buf);
+        }
         let rest = &buf[from.min(buf.len())..];
         let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
         let entry = opcode::Write::new(types::Fd(self.fd.as_raw_fd()), rest.as_ptr(), len)
@@ -121,11 +129,13 @@ impl File {
         (r.map(|n| n as usize), buf)
     }
 
-    /// Writes all of `buf[..len]` starting at `offset`.
+    /// Writes all of `buf[..len]` starting at `offset`. An offset above
+    /// `i64::MAX` is `EINVAL`, as for `pwrite`.
     pub async fn write_all_at(&self, mut buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
         let mut done = 0usize;
         while done < buf.len() {
-            let (r, b) = self.write_from(buf, done, offset + done as u64).await;
+            let at = offset.saturating_add(done as u64);
+            let (r, b) = self.write_from(buf, done, at).await;
             buf = b;
             match r {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
@@ -171,4 +181,14 @@ impl fmt::Debug for File {
             .field("fd", &self.fd.as_raw_fd())
             .finish()
     }
+}
+
+/// io_uring reads an offset of -1 (`u64::MAX`) as "at the file position,
+/// and move it" and any other negative one as an error or worse; `pread` and
+/// `pwrite` refuse every offset that is negative as an `off_t`.
+fn check_offset(offset: u64) -> io::Result<()> {
+    if offset > i64::MAX as u64 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(())
 }

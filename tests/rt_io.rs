@@ -181,6 +181,45 @@ fn files_read_write_fsync_at_offsets() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// Offsets that are negative as an `off_t` are `EINVAL`, as for `pread`
+/// and `pwrite`: io_uring alone would read `u64::MAX` (-1) as "at the file
+/// position, and move it", and write in the wrong place. Found by an audit
+/// probe.
+#[test]
+fn files_refuse_offsets_past_i64_max() {
+    let path = std::env::temp_dir().join(format!("ringloop-rt-io-off-{}", std::process::id()));
+    rt::block_on(async {
+        let f = fs::File::create(&path).await.unwrap();
+        f.write_all_at(b"0123456789".to_vec(), 0).await.0.unwrap();
+        for offset in [u64::MAX, i64::MAX as u64 + 1] {
+            let (r, _) = f.write_at(b"XY".to_vec(), offset).await;
+            assert_eq!(
+                r.unwrap_err().raw_os_error(),
+                Some(libc::EINVAL),
+                "{offset}"
+            );
+            let (r, _) = f.write_all_at(b"XY".to_vec(), offset).await;
+            assert_eq!(
+                r.unwrap_err().raw_os_error(),
+                Some(libc::EINVAL),
+                "{offset}"
+            );
+        }
+        let f = fs::File::open(&path).await.unwrap();
+        let (r, buf) = f.read_at(Vec::with_capacity(3), u64::MAX).await;
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        assert!(buf.is_empty());
+        let (r, _) = f.read_at(Vec::with_capacity(16), 0).await;
+        assert_eq!(r.unwrap(), 10);
+    });
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"0123456789",
+        "nothing written"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
 #[test]
 fn raw_op_submit_from_a_library() {
     use io_uring::opcode;
