@@ -220,6 +220,47 @@ fn take_fd_returns_the_fd_without_kernel_reference() {
     assert!(peer_closed(d.as_raw_fd()));
 }
 
+/// take_fd runs a close hook too, once (SEMANTICS.md §3: a close hook runs
+/// exactly once): for a raw watch the hook is what closes the fd, and
+/// dropping it unrun leaked the fd and kept the peer from EOF. Found by an
+/// audit probe.
+#[test]
+fn take_fd_runs_the_close_hook_once() {
+    let _s = serial();
+    let lp = nonblocking_loop();
+    let (a, b) = socketpair();
+    let raw = a.into_raw_fd();
+    // SAFETY: `raw` stays open until the close hook closes it.
+    let id = unsafe { lp.add_raw_fd(raw, Interest::READ, |_, _| {}) }.unwrap();
+    let runs = Rc::new(Cell::new(0));
+    let r = runs.clone();
+    lp.set_close_hook(id, move |fd| {
+        assert_eq!(fd, raw);
+        r.set(r.get() + 1);
+        // SAFETY: the fd was handed to the loop with add_raw_fd; nobody else closes it.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    })
+    .unwrap();
+    let _ = lp.run_once();
+    assert!(lp.take_fd(id).unwrap().is_none());
+    assert_eq!(runs.get(), 1);
+    assert!(peer_closed(b.as_raw_fd()), "the hook closed the fd");
+
+    // An owned watch's hook runs as well, and the fd still comes back.
+    let (c, d) = socketpair();
+    let id = lp.add_fd(c, Interest::READ, |_, _| {}).unwrap();
+    let r = runs.clone();
+    lp.set_close_hook(id, move |_| r.set(r.get() + 1)).unwrap();
+    let _ = lp.run_once();
+    let fd = lp.take_fd(id).unwrap().expect("owned watch returns its fd");
+    assert_eq!(runs.get(), 2);
+    assert!(!peer_closed(d.as_raw_fd()));
+    drop(fd);
+    assert!(peer_closed(d.as_raw_fd()));
+    drop(lp);
+    assert_eq!(runs.get(), 2, "no hook runs twice");
+}
+
 /// A removed watch's completion never reaches the new watch on the reused fd
 /// number (the kernel's completion is injected after reuse).
 #[test]

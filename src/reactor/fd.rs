@@ -377,6 +377,10 @@ impl Handle {
     /// Removes a watch and hands its fd back instead of closing it. The poll
     /// is cancelled first, so the kernel holds no reference to the file.
     /// Returns `None` for a watch added with [`Handle::add_raw_fd`].
+    ///
+    /// A close hook (see [`Handle::set_close_hook`]) still runs, once, before
+    /// this returns: the hook was promised to run when the watch goes, and
+    /// for a raw watch it is often what closes the fd.
     pub fn take_fd(&self, id: FdId) -> Result<Option<OwnedFd>> {
         let mut w = self.try_with(|st| {
             let w = st.watches.get_mut(id).ok_or(Error::NotFound)?;
@@ -390,6 +394,9 @@ impl Handle {
         })?;
         self.trace(TracePoint::Detach(EventKind::Fd));
         drop(w.handler.take());
+        if let Some(hook) = w.close_hook.take() {
+            hook(w.fd);
+        }
         Ok(w.owned.take())
     }
 }
