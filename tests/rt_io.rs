@@ -728,3 +728,37 @@ fn asyncfd_wakes_a_foreign_waker_outside_the_loop() {
     });
     HANDLE.with(|h| h.borrow_mut().take());
 }
+
+/// Any number of tasks may await the same `AsyncFd` at once, in both modes:
+/// each is woken when the fd becomes ready (a single waker slot lost all
+/// but the last, which left the others waiting for ever; SEMANTICS.md §8).
+/// Found by an audit probe.
+#[test]
+fn asyncfd_wakes_every_task_waiting_on_it() {
+    use std::rc::Rc;
+    for multishot in [true, false] {
+        let runtime = rt::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let (a, mut b) = unix_stream_pair();
+            let fd = Rc::new(AsyncFd::with_mode(a, multishot).unwrap());
+            let waiters: Vec<_> = (0..3)
+                .map(|_| {
+                    let fd = fd.clone();
+                    rt::spawn(async move { fd.readable().await.map(|g| g.ready().is_readable()) })
+                })
+                .collect();
+            // Every waiter has registered before the data arrives.
+            for _ in 0..5 {
+                rt::yield_now().await;
+            }
+            b.write_all(b"x").unwrap();
+            for (i, w) in waiters.into_iter().enumerate() {
+                let woke = time::timeout(Duration::from_secs(20), w).await;
+                assert!(
+                    matches!(woke, Ok(Ok(Ok(true)))),
+                    "waiter {i} (multishot={multishot}) was not woken"
+                );
+            }
+        });
+    }
+}

@@ -15,22 +15,23 @@
 
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::task::{RawWakerVTable, Waker};
+use std::task::Waker;
 
 use io_uring::{opcode, types};
 use slotmap::Key;
 
-use super::op::{Deferred, wake_or_defer};
+use super::op::wake_or_defer;
 use super::{Handle, Op, OpId, State};
 use crate::error::Result;
 
 /// The owner of a readiness poll: told about each completion while the
 /// loop's state is borrowed, so it must not call into the loop.
 pub(crate) trait ReadinessSink {
-    /// The poll reported `revents`. Returns the wakers to wake.
-    fn on_ready(&self, revents: u32) -> [Option<Waker>; 2];
-    /// The poll ended for good with `errno`. Returns the wakers to wake.
-    fn on_failed(&self, errno: i32) -> [Option<Waker>; 2];
+    /// The poll reported `revents`. Hands each waker to wake to `wake`.
+    fn on_ready(&self, revents: u32, wake: &mut dyn FnMut(Waker));
+    /// The poll ended for good with `errno`. Hands each waker to wake to
+    /// `wake`.
+    fn on_failed(&self, errno: i32, wake: &mut dyn FnMut(Waker));
 }
 
 /// A readiness poll's entry in the loop's table.
@@ -102,8 +103,9 @@ impl State {
             return;
         };
         if result >= 0 {
-            let wake = op.sink.on_ready(result as u32);
-            wake_all(&mut self.deferred, self.inline_waker, wake);
+            let (deferred, inline) = (&mut self.deferred, self.inline_waker);
+            op.sink
+                .on_ready(result as u32, &mut |w| wake_or_defer(deferred, inline, w));
         }
         if more {
             return;
@@ -127,25 +129,8 @@ impl State {
             return;
         };
         self.user_ops -= 1;
-        let wake = op.sink.on_failed(errno);
-        wake_all(&mut self.deferred, self.inline_waker, wake);
-    }
-}
-
-/// Wakes (or defers, see [`wake_or_defer`]) a sink's wakers. One by one:
-/// iterating over the flattened array went through the generic path and
-/// its drop (28 more instructions per `AsyncFd` event, scripts/instructions.sh,
-/// `ringloop-async` at 100 pipes).
-fn wake_all(
-    deferred: &mut Vec<Deferred>,
-    inline: Option<&'static RawWakerVTable>,
-    wake: [Option<Waker>; 2],
-) {
-    let [first, second] = wake;
-    if let Some(waker) = first {
-        wake_or_defer(deferred, inline, waker);
-    }
-    if let Some(waker) = second {
-        wake_or_defer(deferred, inline, waker);
+        let (deferred, inline) = (&mut self.deferred, self.inline_waker);
+        op.sink
+            .on_failed(errno, &mut |w| wake_or_defer(deferred, inline, w));
     }
 }
