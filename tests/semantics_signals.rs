@@ -355,3 +355,35 @@ fn signal_doorbell_ended_by_the_kernel_is_rearmed_and_a_spurious_wake_runs_nothi
     t.join().unwrap();
     lp.remove_signal(id).unwrap();
 }
+
+/// With nesting allowed, a signal delivered while its own handler runs a
+/// nested iteration is not lost: the handler runs again for it once it has
+/// returned (the nested pick used to clear the count of a watch whose
+/// handler was out). Found by an audit probe.
+#[test]
+fn a_delivery_during_its_own_nested_handler_is_kept() {
+    let _s = serial();
+    let lp = EventLoop::builder()
+        .allow_nesting(true)
+        .wait_timeout(WaitTimeout::Never)
+        .build()
+        .unwrap();
+    let sig = rt(5);
+    let seen = log::<u32>();
+    let s = seen.clone();
+    lp.add_signal(sig, move |h, ev| {
+        s.borrow_mut().push(ev.count);
+        if s.borrow().len() == 1 {
+            signal_this_thread(sig);
+            for _ in 0..5 {
+                let _ = h.run_once();
+            }
+        }
+    })
+    .unwrap();
+    signal_this_thread(sig);
+    for _ in 0..5 {
+        let _ = lp.run_once();
+    }
+    assert_eq!(*seen.borrow(), vec![1, 1], "one call per delivery");
+}

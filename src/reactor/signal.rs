@@ -43,7 +43,11 @@ const NSIG: usize = 65;
 
 struct SignalWatch {
     signo: i32,
+    /// `None` while the handler runs.
     handler: Option<SignalHandler>,
+    /// Deliveries that came while the handler ran (it ran a nested
+    /// iteration): dispatched once it is back.
+    missed: u32,
 }
 
 /// Deliveries of each signal since the process started, counted by the handler.
@@ -236,24 +240,27 @@ impl Signals {
     fn take_pending_slow(&mut self) -> Option<Vec<(SignalId, SignalHandler, SignalEvent)>> {
         self.pending = false;
         let counts = std::mem::replace(&mut self.counts, [0; NSIG]);
-        let list: Vec<_> = self
-            .watches
-            .iter_mut()
-            .filter(|(_, w)| counts[w.signo as usize] > 0)
-            .filter_map(|(id, w)| {
-                let count = counts[w.signo as usize];
-                let handler = w.handler.take()?;
-                Some((
-                    id,
-                    handler,
-                    SignalEvent {
+        let mut list = Vec::new();
+        for (id, w) in self.watches.iter_mut() {
+            let count = counts[w.signo as usize].saturating_add(w.missed);
+            if count == 0 {
+                continue;
+            }
+            match w.handler.take() {
+                Some(handler) => {
+                    w.missed = 0;
+                    let event = SignalEvent {
                         id,
                         signo: w.signo,
                         count,
-                    },
-                ))
-            })
-            .collect();
+                    };
+                    list.push((id, handler, event));
+                }
+                // Its handler is running a nested iteration: the deliveries
+                // wait for it to return (`restore`).
+                None => w.missed = count,
+            }
+        }
         (!list.is_empty()).then_some(list)
     }
 
@@ -261,6 +268,9 @@ impl Signals {
         match self.watches.get_mut(id) {
             Some(w) => {
                 w.handler = Some(handler);
+                if w.missed > 0 {
+                    self.pending = true;
+                }
                 None
             }
             None => Some(handler),
@@ -302,6 +312,7 @@ impl Handle {
             let id = s.watches.insert(SignalWatch {
                 signo,
                 handler: Some(Box::new(handler)),
+                missed: 0,
             });
             st.arm_signal();
             Ok(id)
