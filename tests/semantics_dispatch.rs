@@ -284,6 +284,80 @@ fn nested_iteration_does_not_recurse_into_running_fd_handler() {
     assert_eq!(calls.get(), 3);
 }
 
+/// §1.5 with nesting, for operations: while a multishot operation's
+/// callback runs nested iterations, its own next completion waits for it to
+/// return, and the events behind that completion still run (it used to block
+/// every one of them). Found by an audit probe.
+#[test]
+fn nested_iteration_runs_what_waits_behind_a_running_op_callback() {
+    let lp = EventLoop::builder()
+        .wait_timeout(WaitTimeout::Never)
+        .allow_nesting(true)
+        .build()
+        .unwrap();
+    // SAFETY: plain syscall; the fd is owned right away.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+    assert!(efd >= 0);
+    // SAFETY: `efd` is a fresh fd nobody else owns.
+    let efd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) };
+    let raw = efd.as_raw_fd();
+    let poke = move || {
+        // SAFETY: writes 8 bytes from a local to an eventfd.
+        let n = unsafe { libc::write(raw, 1u64.to_ne_bytes().as_ptr().cast(), 8) };
+        assert_eq!(n, 8);
+    };
+    let (a, b) = socketpair();
+    let fd_ran = Rc::new(Cell::new(false));
+    let f = fd_ran.clone();
+    lp.add_fd(a, Interest::READ, move |_, _| f.set(true))
+        .unwrap();
+    let calls = Rc::new(Cell::new(0));
+    let seen_in_nested = Rc::new(Cell::new(None));
+    let (c, f, seen) = (calls.clone(), fd_ran.clone(), seen_in_nested.clone());
+    let entry = io_uring::opcode::PollAdd::new(io_uring::types::Fd(raw), libc::POLLIN as u32)
+        .multi(true)
+        .build();
+    // SAFETY: POLL_ADD points at no memory; `efd` outlives the loop's use.
+    let op = unsafe {
+        lp.submit_multishot(entry, move |h, _| {
+            c.set(c.get() + 1);
+            if c.get() > 1 {
+                return;
+            }
+            // A second completion of this operation, then a ready fd behind it.
+            poke();
+            write_fd(b.as_raw_fd(), b"x").unwrap();
+            for _ in 0..200 {
+                if f.get() {
+                    break;
+                }
+                let _ = h.run_once();
+            }
+            seen.set(Some((f.get(), c.get())));
+        })
+    }
+    .unwrap();
+    poke();
+    for _ in 0..200 {
+        if calls.get() >= 2 {
+            break;
+        }
+        let _ = lp.run_once();
+    }
+    assert_eq!(
+        seen_in_nested.get(),
+        Some((true, 1)),
+        "the fd ran in a nested iteration, the callback was not re-entered"
+    );
+    assert_eq!(
+        calls.get(),
+        2,
+        "the waiting completion ran after it returned"
+    );
+    lp.cancel_op(op).unwrap();
+    drop(efd);
+}
+
 /// §1.6: `run` returns when nothing is left; an empty-interest watch does not
 /// keep it running.
 #[test]

@@ -249,6 +249,7 @@ impl Builder {
             immediates: ImmediateQueue::default(),
             signals: Signals::default(),
             ready: VecDeque::new(),
+            parked: Vec::new(),
             cqes: Vec::new(),
             deferred: Vec::new(),
             inline_waker: None,
@@ -394,6 +395,9 @@ struct State {
     immediates: ImmediateQueue<OnceHandler>,
     signals: Signals,
     ready: VecDeque<Ready>,
+    /// Completions of operations whose callback was running (in an outer,
+    /// nested iteration) when they came up: back in `ready` when it returns.
+    parked: Vec<(OpId, Completion)>,
     cqes: Vec<cqueue::Entry>,
     /// What completions asked for that runs user code (waking a task,
     /// releasing a dropped future's buffers): done once the state is free.
@@ -947,12 +951,31 @@ impl State {
     }
 
     fn restore_op(&mut self, id: OpId, callback: OpCallback) -> Option<OpCallback> {
+        if !self.parked.is_empty() {
+            self.unpark(id);
+        }
         match self.ops.get_mut(id) {
             Some(Op::User { callback: slot, .. }) => {
                 *slot = Some(callback);
                 None
             }
             _ => Some(callback),
+        }
+    }
+
+    /// Puts the completions of `id` that waited while its callback ran back
+    /// at the front of the ready queue, in their order: they were first.
+    #[cold]
+    fn unpark(&mut self, id: OpId) {
+        let mine: Vec<Ready> = self
+            .parked
+            .iter()
+            .filter(|(op, _)| *op == id)
+            .map(|&(op, c)| Ready::Op(op, c))
+            .collect();
+        self.parked.retain(|(op, _)| *op != id);
+        for ready in mine.into_iter().rev() {
+            self.ready.push_front(ready);
         }
     }
 
@@ -1028,9 +1051,11 @@ impl State {
                         continue;
                     };
                     let Some(cb) = callback.take() else {
-                        // Its callback is running in an outer (nested) iteration.
-                        self.ready.push_front(Ready::Op(id, completion));
-                        return None;
+                        // Its callback is running in an outer (nested)
+                        // iteration: the completion waits for it to return,
+                        // and the events behind it run meanwhile.
+                        self.parked.push((id, completion));
+                        continue;
                     };
                     if last {
                         self.remove_op(id);
