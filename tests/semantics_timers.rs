@@ -283,6 +283,35 @@ fn manual_clock_drives_timers() {
     assert_eq!(lp.timer_deadline(t).unwrap(), now + Duration::from_secs(1));
 }
 
+/// §4 "a deadline in the past fires on the next iteration", also at a
+/// manual clock's start (it reads zero): a zero delay or a past instant is
+/// due at once, and a 1 ns timer is not early. Found by an audit probe.
+#[test]
+fn manual_clock_at_zero_fires_due_timers_and_no_early_ones() {
+    let clock = ManualClock::new();
+    let lp = EventLoop::builder()
+        .manual_clock(clock.clone())
+        .wait_timeout(WaitTimeout::Never)
+        .build()
+        .unwrap();
+    let fired = log::<&str>();
+    let (a, b, c) = (fired.clone(), fired.clone(), fired.clone());
+    lp.add_timer(Duration::ZERO, move |_| a.borrow_mut().push("zero"))
+        .unwrap();
+    let now = lp.now().unwrap();
+    lp.add_timer_at(now, move |_| b.borrow_mut().push("now"))
+        .unwrap();
+    lp.add_timer(Duration::from_nanos(1), move |_| c.borrow_mut().push("1ns"))
+        .unwrap();
+    for _ in 0..5 {
+        let _ = lp.run_once();
+    }
+    assert_eq!(*fired.borrow(), ["zero", "now"]);
+    clock.advance(Duration::from_nanos(1));
+    lp.run_once().unwrap();
+    assert_eq!(*fired.borrow(), ["zero", "now", "1ns"]);
+}
+
 /// A timer due while an fd is always ready still runs (timers come before fds).
 #[test]
 fn timer_not_starved_by_busy_fd() {

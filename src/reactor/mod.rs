@@ -579,7 +579,7 @@ impl Handle {
 
     /// The current time on the loop's clock.
     pub fn now(&self) -> Result<Instant> {
-        self.with(|st| st.epoch + Duration::from_nanos(st.now_ns()))
+        self.with(|st| st.instant_of(st.now_ns()))
     }
 
     /// How long an idle iteration may block.
@@ -889,12 +889,18 @@ impl Handle {
 }
 
 impl State {
+    /// The loop's clock: nanoseconds since its epoch (or on its manual
+    /// clock), plus one. Deadline 0 means "as soon as possible"; starting
+    /// at 1 keeps every reading after it, so that a deadline of "now" is
+    /// due at once even at a manual clock's start, when it reads zero.
     fn now_ns(&self) -> u64 {
         let elapsed = match &self.clock {
             Some(manual) => manual.elapsed(),
             None => self.epoch.elapsed(),
         };
-        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(elapsed.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 
     fn has_events(&self) -> bool {

@@ -8,21 +8,22 @@ use super::{EventKind, Handle, ImmediateId, State, TimerAction, TimerId, TracePo
 use crate::error::{Error, Result};
 
 impl State {
-    /// A deadline on the loop's clock, in nanoseconds since its epoch;
-    /// deadlines in the past become 1 ns (due, after "as soon as possible").
+    /// A deadline on the loop's clock (see [`State::now_ns`]); a deadline
+    /// in the past becomes 1 ns, due at once (after "as soon as possible").
     fn deadline_at(&self, at: Instant) -> Result<u64> {
         let since = at.saturating_duration_since(self.epoch);
         let ns = u64::try_from(since.as_nanos()).map_err(|_| Error::DeadlineOverflow)?;
-        Ok(ns.max(1))
+        ns.checked_add(1).ok_or(Error::DeadlineOverflow)
     }
 
     fn deadline_after(&self, after: Duration) -> Result<u64> {
         let ns = u64::try_from(after.as_nanos()).map_err(|_| Error::DeadlineOverflow)?;
-        let at = self
-            .now_ns()
-            .checked_add(ns)
-            .ok_or(Error::DeadlineOverflow)?;
-        Ok(at.max(1))
+        self.now_ns().checked_add(ns).ok_or(Error::DeadlineOverflow)
+    }
+
+    /// The instant a reading of the loop's clock stands for.
+    pub(super) fn instant_of(&self, ns: u64) -> Instant {
+        self.epoch + Duration::from_nanos(ns.saturating_sub(1))
     }
 }
 
@@ -153,7 +154,7 @@ impl Handle {
     pub fn timer_deadline(&self, id: TimerId) -> Result<Instant> {
         self.with(|st| {
             let ns = st.timers.deadline(id).ok_or(Error::NotFound)?;
-            Ok(st.epoch + Duration::from_nanos(ns))
+            Ok(st.instant_of(ns))
         })?
     }
 
