@@ -104,6 +104,9 @@ impl Features {
 pub(crate) struct RingConfig {
     pub sq_entries: u32,
     pub cq_entries: u32,
+    /// The sizes are the defaults, not the user's: on `ENOMEM` (the ring
+    /// charged to a small `RLIMIT_MEMLOCK`) setup halves them and retries.
+    pub shrink_on_enomem: bool,
     /// Test hook: pretend the probe did not find this feature.
     pub simulate_missing: Option<&'static str>,
     /// Use plain setup flags (no SINGLE_ISSUER/DEFER_TASKRUN), as a kernel
@@ -135,53 +138,26 @@ pub(crate) struct Ring {
 
 impl Ring {
     pub fn new(cfg: &RingConfig) -> Result<Ring> {
-        let cq = cfg.cq_entries.max(cfg.sq_entries);
-        let attempts: &[(bool, bool, bool, bool)] = if cfg.plain_setup {
-            &[(false, false, false, false)]
-        } else {
-            // (single_issuer, defer_taskrun, submit_all, taskrun_flag), best
-            // first. Setup flags cannot be probed any other way than by
-            // asking for them.
-            &[
-                (true, true, true, true),
-                (true, true, true, false),
-                (true, false, true, false),
-                (false, false, true, false),
-                (false, false, false, false),
-            ]
-        };
-        let mut last_err = None;
-        let mut built = None;
-        for &(single, defer, all, taskrun_flag) in attempts {
-            let mut b = IoUring::builder();
-            b.setup_cqsize(cq).setup_clamp();
-            if single {
-                b.setup_single_issuer();
-            }
-            if defer {
-                b.setup_defer_taskrun();
-            }
-            if all {
-                b.setup_submit_all();
-            }
-            if taskrun_flag {
-                b.setup_taskrun_flag();
-            }
-            match b.build(cfg.sq_entries) {
-                Ok(ring) => {
-                    built = Some((ring, single, defer, all, taskrun_flag));
-                    break;
+        let (mut sq, mut cq) = (cfg.sq_entries, cfg.cq_entries.max(cfg.sq_entries));
+        let (ring, single_issuer, defer_taskrun, submit_all, taskrun_flag) = loop {
+            match setup(sq, cq, cfg.plain_setup) {
+                Ok(built) => break built,
+                // Unprivileged users are charged the ring's memory against
+                // RLIMIT_MEMLOCK (measured on 6.18: the default sizes need
+                // about 96 KiB; 64 KiB limits are common in containers).
+                // Smaller rings lose nothing: a full CQ only costs extra
+                // enters.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOMEM)
+                        && cfg.shrink_on_enomem
+                        && cq > MIN_SHRUNK_CQ =>
+                {
+                    cq /= 2;
+                    sq = sq.min(cq);
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
                 Err(e) => return Err(unavailable(e)),
             }
-        }
-        let Some((ring, single_issuer, defer_taskrun, submit_all, taskrun_flag)) = built else {
-            return Err(unavailable(
-                last_err.unwrap_or_else(|| io::Error::other("setup failed")),
-            ));
         };
-
         let mut probe = Probe::new();
         let mut opcodes = Vec::new();
         if ring.submitter().register_probe(&mut probe).is_ok() {
@@ -402,6 +378,52 @@ impl Ring {
     }
 }
 
+/// The smallest CQ that [`Ring::new`] shrinks the default sizes to.
+const MIN_SHRUNK_CQ: u32 = 64;
+
+/// Sets up a ring of `sq` and `cq` entries with the best setup flags the
+/// kernel accepts: (ring, single_issuer, defer_taskrun, submit_all,
+/// taskrun_flag). Setup flags cannot be probed any other way than by asking
+/// for them, so an `EINVAL` moves on to the next combination and any other
+/// error ends the attempt.
+fn setup(sq: u32, cq: u32, plain: bool) -> io::Result<(IoUring, bool, bool, bool, bool)> {
+    let attempts: &[(bool, bool, bool, bool)] = if plain {
+        &[(false, false, false, false)]
+    } else {
+        // (single_issuer, defer_taskrun, submit_all, taskrun_flag), best first.
+        &[
+            (true, true, true, true),
+            (true, true, true, false),
+            (true, false, true, false),
+            (false, false, true, false),
+            (false, false, false, false),
+        ]
+    };
+    let mut last_err = None;
+    for &(single, defer, all, taskrun_flag) in attempts {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq).setup_clamp();
+        if single {
+            b.setup_single_issuer();
+        }
+        if defer {
+            b.setup_defer_taskrun();
+        }
+        if all {
+            b.setup_submit_all();
+        }
+        if taskrun_flag {
+            b.setup_taskrun_flag();
+        }
+        match b.build(sq) {
+            Ok(ring) => return Ok((ring, single, defer, all, taskrun_flag)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::other("setup failed")))
+}
+
 /// A bound on drain enters per reap, so that completions arriving without
 /// end (from other threads, say) cannot keep the loop from dispatching.
 const MAX_DRAINS: u32 = 64;
@@ -450,8 +472,9 @@ fn unavailable(e: io::Error) -> Error {
              io_uring_register"
         }
         Some(libc::ENOMEM) => {
-            "not enough locked memory for the ring (RLIMIT_MEMLOCK on kernels before 5.12); \
-             raise `ulimit -l` or build the loop with fewer entries"
+            "not enough locked memory for the ring (RLIMIT_MEMLOCK, which the kernel \
+             charges for the ring's memory unless the user has CAP_IPC_LOCK); raise \
+             `ulimit -l` or build the loop with fewer entries"
         }
         Some(libc::EMFILE | libc::ENFILE) => {
             "out of file descriptors; close some or raise `ulimit -n`"

@@ -160,6 +160,7 @@ impl Default for Builder {
             ring: RingConfig {
                 sq_entries: 256,
                 cq_entries: 4096,
+                shrink_on_enomem: true,
                 simulate_missing: None,
                 // Lets CI run a whole test suite on the fallback ring.
                 plain_setup: std::env::var_os("RINGLOOP_PLAIN_SETUP").is_some_and(|v| v == "1"),
@@ -174,15 +175,23 @@ impl Default for Builder {
 
 impl Builder {
     /// Submission queue size (rounded up to a power of two by the kernel).
+    ///
+    /// With the default sizes (256 and 4096), a loop whose ring does not fit
+    /// in the user's `RLIMIT_MEMLOCK` is built with smaller queues instead
+    /// (see [`Features`]); sizes set here are used as they are, or fail.
     pub fn sq_entries(mut self, n: u32) -> Self {
         self.ring.sq_entries = n.max(1);
+        self.ring.shrink_on_enomem = false;
         self
     }
 
     /// Completion queue size; at least the SQ size. Overflow beyond it loses
-    /// nothing but costs extra `io_uring_enter` calls.
+    /// nothing but costs extra `io_uring_enter` calls. As for
+    /// [`Builder::sq_entries`], a size set here is not shrunk to fit
+    /// `RLIMIT_MEMLOCK`.
     pub fn cq_entries(mut self, n: u32) -> Self {
         self.ring.cq_entries = n.max(1);
+        self.ring.shrink_on_enomem = false;
         self
     }
 
