@@ -160,6 +160,33 @@ fn a_task_that_aborts_itself_is_dropped_as_its_poll_returns() {
     assert_eq!(runtime.block_on(runtime.spawn(async { 4 })).unwrap(), 4);
 }
 
+/// A second runtime that is alive but not running (made inside a task)
+/// does not become the current one: spawns, sleeps and timeouts keep going
+/// to the runtime whose `block_on` runs (they went to the idle one and hung,
+/// timeouts included). Found by an audit probe.
+#[test]
+fn an_idle_second_runtime_does_not_take_the_running_ones_work() {
+    let outer = Runtime::new().unwrap();
+    let out = outer.block_on(async {
+        let idle = Runtime::new().unwrap();
+        let h = rt::spawn(async { 42 });
+        assert_eq!(idle.task_count(), 0, "spawned on the idle runtime");
+        let slept = time::timeout(Duration::from_secs(20), async {
+            time::sleep(Duration::from_millis(1)).await;
+            h.await.unwrap()
+        })
+        .await;
+        drop(idle);
+        slept.expect("the sleep and the task ran on the running runtime")
+    });
+    assert_eq!(out, 42);
+    // With no runtime running, the newest live one is still current.
+    let newer = Runtime::new().unwrap();
+    let h = rt::spawn(async { 1 });
+    assert_eq!((newer.task_count(), outer.task_count()), (1, 0));
+    assert_eq!(newer.block_on(h).unwrap(), 1);
+}
+
 #[test]
 fn spawn_without_runtime_errors() {
     let h = rt::spawn(async { 1 });

@@ -249,10 +249,23 @@ thread_local! {
     static CURRENT: RefCell<Vec<Weak<Core>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The innermost live runtime of this thread.
+/// The thread's current runtime: the innermost one running `block_on`, or
+/// else the newest live one. A runtime that is merely alive (made inside a
+/// task, say) must not take tasks, timers and sockets from the one that
+/// runs: nothing would drive them.
 pub(crate) fn current() -> Option<Rc<Core>> {
     CURRENT
-        .try_with(|c| c.borrow().iter().rev().find_map(Weak::upgrade))
+        .try_with(|c| {
+            let stack = c.borrow();
+            let mut newest = None;
+            for core in stack.iter().rev().filter_map(Weak::upgrade) {
+                if core.running.get() {
+                    return Some(core);
+                }
+                newest.get_or_insert(core);
+            }
+            newest
+        })
         .ok()
         .flatten()
 }
