@@ -143,15 +143,20 @@ impl Future for Sleep {
         {
             self.arm(deadline);
         }
-        if let Some((h, id)) = &self.armed
-            // Err: the loop is gone, so the timer never fires.
-            && let Ok(Poll::Ready(())) = h.poll_sleep_timer(*id, cx.waker())
-        {
-            self.elapsed = true;
-            self.armed = None;
-            return Poll::Ready(());
+        let Some((h, id)) = &self.armed else {
+            // Too far away to represent: never fires.
+            return Poll::Pending;
+        };
+        match h.poll_sleep_timer(*id, cx.waker()) {
+            Ok(Poll::Ready(())) => {
+                self.elapsed = true;
+                self.armed = None;
+                Poll::Ready(())
+            }
+            Ok(Poll::Pending) => Poll::Pending,
+            // The timer can never fire: waiting would hang for ever.
+            Err(e) => panic!("ringloop::time::Sleep polled after its runtime was dropped: {e}"),
         }
-        Poll::Pending
     }
 }
 

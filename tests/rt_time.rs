@@ -283,3 +283,23 @@ fn sleeps_that_are_always_due_do_not_starve_io() {
         writer.await.unwrap();
     });
 }
+
+/// A sleep polled again after the runtime it first ran on was dropped
+/// panics, as documented, instead of staying pending for ever (its timer
+/// went with that loop). Found by an audit probe.
+#[test]
+fn a_sleep_outliving_its_runtime_panics_when_polled() {
+    let first = rt::Runtime::new().unwrap();
+    let mut sleep = Box::pin(time::sleep(Duration::from_millis(20)));
+    let polled = first.block_on(std::future::poll_fn(|cx| {
+        Poll::Ready(sleep.as_mut().poll(cx).is_pending())
+    }));
+    assert!(polled, "pending on its own runtime");
+    drop(first);
+    let second = rt::Runtime::new().unwrap();
+    let task = second.spawn(sleep);
+    let joined = second.block_on(time::timeout(Duration::from_secs(20), task));
+    let err = joined.expect("the sleep hung").unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert!(err.to_string().contains("runtime was dropped"), "{err}");
+}
