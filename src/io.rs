@@ -262,7 +262,12 @@ pub struct AsyncFd<T: AsFd> {
 impl<T: AsFd> AsyncFd<T> {
     /// Registers `inner`'s fd with the current runtime.
     ///
-    /// Fails with no runtime on the thread.
+    /// Fails with no runtime on the thread, with `EBADF` for a closed fd,
+    /// and with `EPERM` for a regular file or a directory, which cannot be
+    /// waited for (as `epoll_ctl` refuses them). Another fd the kernel
+    /// cannot poll (`/dev/null`, say) is registered, and its waits fail
+    /// with `EPERM` once the loop has seen the kernel end its poll at once,
+    /// again and again.
     pub fn new(inner: T) -> io::Result<AsyncFd<T>> {
         Self::with_mode(inner, true)
     }
@@ -274,6 +279,7 @@ impl<T: AsFd> AsyncFd<T> {
     pub fn with_mode(inner: T, multishot: bool) -> io::Result<AsyncFd<T>> {
         let handle = rt::current_handle().ok_or_else(crate::op::no_runtime)?;
         let fd = inner.as_fd().as_raw_fd();
+        refuse_unpollable(fd)?;
         let state = Rc::new(RefCell::new(State {
             ready: Ready::EMPTY,
             readers: Waiters::default(),
@@ -413,6 +419,23 @@ impl<T: AsFd> AsyncFd<T> {
                 let _ = self.handle.remove_fd(id);
             }
         }
+    }
+}
+
+/// Regular files and directories are always "ready" and cannot be waited
+/// for: `EPERM`, as `epoll_ctl` gives. (A multishot poll of one ends as
+/// soon as it is armed, over and over; other fds the kernel cannot poll
+/// are caught by the loop, which ends such a poll with the same error.)
+fn refuse_unpollable(fd: RawFd) -> io::Result<()> {
+    // SAFETY: `stat` is plain data that `fstat` fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; a bad fd is an error, not UB.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFDIR => Err(io::Error::from_raw_os_error(libc::EPERM)),
+        _ => Ok(()),
     }
 }
 

@@ -131,6 +131,38 @@ fn asyncfd_not_pollable_or_without_runtime_errors() {
     });
 }
 
+/// An fd the kernel cannot poll must not spin the loop: a multishot poll
+/// of one ends as soon as it is armed, and re-arming it for ever made about
+/// a million completions a second with nothing waiting. Regular files and
+/// directories are refused up front (`EPERM`, as `epoll_ctl`); a device
+/// without a poll method (`/dev/null`) ends up failing its waits with
+/// `EPERM`, and the loop goes quiet. Found by an audit probe.
+#[test]
+fn asyncfd_on_an_unpollable_fd_does_not_spin_the_loop() {
+    rt::block_on(async {
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let err = AsyncFd::new(file).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        let dir = std::fs::File::open("/").unwrap();
+        assert_eq!(
+            AsyncFd::new(dir).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+
+        let h = rt::current_handle().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let fd = AsyncFd::new(null).unwrap();
+        time::sleep(Duration::from_millis(50)).await;
+        let before = h.stats().unwrap().completions;
+        time::sleep(Duration::from_millis(200)).await;
+        let spun = h.stats().unwrap().completions - before;
+        assert!(spun < 50, "{spun} completions in 200 ms with nothing to do");
+        let waited = time::timeout(Duration::from_secs(10), fd.readable()).await;
+        let err = waited.expect("no hang").expect_err("the wait fails");
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    });
+}
+
 #[test]
 fn signals_arrive_as_a_stream() {
     rt::block_on(async {

@@ -41,7 +41,20 @@ pub(super) struct ReadinessOp {
     sink: Rc<dyn ReadinessSink>,
     /// The loop asked the kernel to cancel it (teardown): not re-armed.
     pub(super) cancel_sent: bool,
+    /// Times in a row the kernel ended the poll with no completion that
+    /// kept it armed (see [`MAX_BARE_ENDS`]).
+    bare_ends: u8,
 }
+
+/// A poll the kernel ends this many times in a row, each time without one
+/// completion that kept it armed, is on an fd that cannot be polled (a
+/// character device without a poll method, such as `/dev/null`: the kernel
+/// answers every arm at once and ends it). Re-arming it would spin the
+/// loop (about a million completions a second), so it ends for good with
+/// `EPERM`, as `epoll_ctl` refuses such an fd. A CQ overflow also ends a
+/// poll, but a poll re-armed on a pollable fd posts its next readiness as a
+/// completion that keeps it armed, which resets the count.
+const MAX_BARE_ENDS: u8 = 16;
 
 /// The multishot poll of `fd` for `mask` (its `user_data` is set by whoever
 /// submits it).
@@ -72,6 +85,7 @@ impl Handle {
             mask,
             sink,
             cancel_sent: false,
+            bare_ends: 0,
         }));
         // SAFETY: POLL_ADD points at no memory.
         unsafe { self.submit_op(poll_entry(fd, mask), op) }
@@ -108,12 +122,16 @@ impl State {
                 .on_ready(result as u32, &mut |w| wake_or_defer(deferred, inline, w));
         }
         if more {
+            op.bare_ends = 0;
             return;
         }
         // Ended without an error (CQ overflow), or cancelled by the kernel
-        // rather than by the loop: arm it again.
+        // rather than by the loop: arm it again, unless it keeps ending.
+        op.bare_ends = op.bare_ends.saturating_add(1);
         let rearm = !op.cancel_sent && (result >= 0 || result == -libc::ECANCELED);
-        let errno = if rearm {
+        let errno = if rearm && op.bare_ends >= MAX_BARE_ENDS {
+            libc::EPERM
+        } else if rearm {
             let entry = poll_entry(op.fd, op.mask).user_data(id.data().as_ffi());
             // SAFETY: POLL_ADD points at no memory.
             match unsafe { self.ring.push(&entry) } {
