@@ -70,6 +70,21 @@ fn run_as(test: &str, uid: libc::uid_t) -> Option<std::process::Output> {
     }
 }
 
+/// Runs `test` unprivileged (see [`run_unprivileged`]) and asserts that it
+/// ran and passed.
+fn expect_child(test: &str, uid: libc::uid_t) {
+    let Some(out) = run_unprivileged(test, uid) else {
+        return;
+    };
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{log}");
+    assert!(
+        log.contains("child: "),
+        "the child test did not run:\n{log}"
+    );
+}
+
 fn in_child() -> bool {
     std::env::var_os(CHILD).is_some()
 }
@@ -79,16 +94,7 @@ fn default_loop_fits_a_64k_memlock_limit() {
     if in_child() {
         return;
     }
-    let Some(out) = run_unprivileged("child_builds_a_default_loop_and_runs_a_timer", 65534) else {
-        return;
-    };
-    let log =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{log}");
-    assert!(
-        log.contains("child: built"),
-        "the child test did not run:\n{log}"
-    );
+    expect_child("child_builds_a_default_loop_and_runs_a_timer", 65534);
 }
 
 #[test]
@@ -118,16 +124,7 @@ fn chosen_sizes_are_not_shrunk() {
     if in_child() {
         return;
     }
-    let Some(out) = run_unprivileged("child_builds_a_loop_with_chosen_sizes", 65533) else {
-        return;
-    };
-    let log =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{log}");
-    assert!(
-        log.contains("child: "),
-        "the child test did not run:\n{log}"
-    );
+    expect_child("child_builds_a_loop_with_chosen_sizes", 65533);
 }
 
 #[test]

@@ -75,14 +75,17 @@ fn panics_surface_through_the_handle() {
     });
 }
 
+/// Sets its flag when dropped.
+struct DropFlag(Rc<Cell<bool>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
 #[test]
 fn abort_cancels_and_drops_the_task() {
-    struct DropFlag(Rc<Cell<bool>>);
-    impl Drop for DropFlag {
-        fn drop(&mut self) {
-            self.0.set(true);
-        }
-    }
     rt::block_on(async {
         let dropped = Rc::new(Cell::new(false));
         let flag = DropFlag(dropped.clone());
@@ -115,12 +118,6 @@ fn abort_of_a_finished_task_keeps_its_output() {
 /// polled again although it woke itself, and its handle reads finished.
 #[test]
 fn a_task_that_aborts_itself_is_dropped_as_its_poll_returns() {
-    struct DropFlag(Rc<Cell<bool>>);
-    impl Drop for DropFlag {
-        fn drop(&mut self) {
-            self.0.set(true);
-        }
-    }
     let runtime = Runtime::new().unwrap();
     let dropped = Rc::new(Cell::new(false));
     let polls = Rc::new(Cell::new(0));

@@ -137,12 +137,9 @@ fn dropping_the_loop_closes_owned_fds() {
     }
 }
 
-/// A close hook runs exactly once, after the poll is cancelled: closing the fd
-/// in it makes the peer see EOF when remove_fd returns.
-#[test]
-fn close_hook_runs_once_after_cancel() {
-    let _s = serial();
-    let lp = nonblocking_loop();
+/// A raw watch of one end of a socket pair whose close hook closes the fd
+/// and counts its runs: (watch, the other end, the count).
+fn raw_watch_closed_by_its_hook(lp: &EventLoop) -> (ringloop::FdId, OwnedFd, Rc<Cell<u32>>) {
     let (a, b) = socketpair();
     let raw = a.into_raw_fd();
     // SAFETY: `raw` stays open until the close hook closes it.
@@ -156,6 +153,16 @@ fn close_hook_runs_once_after_cancel() {
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
     })
     .unwrap();
+    (id, b, runs)
+}
+
+/// A close hook runs exactly once, after the poll is cancelled: closing the fd
+/// in it makes the peer see EOF when remove_fd returns.
+#[test]
+fn close_hook_runs_once_after_cancel() {
+    let _s = serial();
+    let lp = nonblocking_loop();
+    let (id, b, runs) = raw_watch_closed_by_its_hook(&lp);
     let _ = lp.run_once();
     lp.remove_fd(id).unwrap();
     assert_eq!(runs.get(), 1);
@@ -228,19 +235,7 @@ fn take_fd_returns_the_fd_without_kernel_reference() {
 fn take_fd_runs_the_close_hook_once() {
     let _s = serial();
     let lp = nonblocking_loop();
-    let (a, b) = socketpair();
-    let raw = a.into_raw_fd();
-    // SAFETY: `raw` stays open until the close hook closes it.
-    let id = unsafe { lp.add_raw_fd(raw, Interest::READ, |_, _| {}) }.unwrap();
-    let runs = Rc::new(Cell::new(0));
-    let r = runs.clone();
-    lp.set_close_hook(id, move |fd| {
-        assert_eq!(fd, raw);
-        r.set(r.get() + 1);
-        // SAFETY: the fd was handed to the loop with add_raw_fd; nobody else closes it.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    })
-    .unwrap();
+    let (id, b, runs) = raw_watch_closed_by_its_hook(&lp);
     let _ = lp.run_once();
     assert!(lp.take_fd(id).unwrap().is_none());
     assert_eq!(runs.get(), 1);
@@ -569,10 +564,7 @@ fn raw_watch_disarmed_then_removed_lets_go_of_the_file() {
 fn cancel_op_then_flush_releases_the_file_behind_a_backlog() {
     use std::io::Write;
     let _s = serial();
-    let lp = EventLoop::builder()
-        .wait_timeout(ringloop::WaitTimeout::Never)
-        .build()
-        .unwrap();
+    let lp = nonblocking_loop();
     let (a, b) = socketpair();
     let entry =
         io_uring::opcode::PollAdd::new(io_uring::types::Fd(a.as_raw_fd()), libc::POLLIN as u32)
