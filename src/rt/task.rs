@@ -30,10 +30,11 @@ trait Task {
     fn cancel(&self);
 }
 
-/// A spawned task in one allocation: its waker, its future, and the outcome
-/// its [`JoinHandle`] waits for. The table and the handle share it through
-/// an `Rc`: it never leaves the runtime's thread. Its wakers share only the
-/// [`Header`], which is all that another thread can reach.
+/// A spawned task: its future, the outcome its [`JoinHandle`] waits for and
+/// its waker, in one allocation that the table and the handle share through
+/// an `Rc`; it never leaves the runtime's thread. The wakers share only the
+/// [`Header`], a second, `Arc`-counted allocation: all that another thread
+/// can reach.
 struct TaskCell<F: Future> {
     header: Arc<Header>,
     /// Made once, at spawn; every poll lends it.
