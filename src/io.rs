@@ -264,7 +264,7 @@ impl<T: AsFd> AsyncFd<T> {
     ///
     /// Fails with no runtime on the thread, with `EBADF` for a closed fd,
     /// and with `EPERM` for a regular file or a directory, which cannot be
-    /// waited for (as `epoll_ctl` refuses them). Another fd the kernel
+    /// waited for (epoll refuses them the same way). Another fd the kernel
     /// cannot poll (`/dev/null`, say) is registered, and its waits fail
     /// with `EPERM` once the loop has seen the kernel end its poll at once,
     /// again and again.
@@ -423,7 +423,7 @@ impl<T: AsFd> AsyncFd<T> {
 }
 
 /// Regular files and directories are always "ready" and cannot be waited
-/// for: `EPERM`, as `epoll_ctl` gives. (A multishot poll of one ends as
+/// for: `EPERM`, the error epoll gives. (A multishot poll of one ends as
 /// soon as it is armed, over and over; other fds the kernel cannot poll
 /// are caught by the loop, which ends such a poll with the same error.)
 fn refuse_unpollable(fd: RawFd) -> io::Result<()> {

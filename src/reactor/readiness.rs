@@ -51,7 +51,7 @@ pub(super) struct ReadinessOp {
 /// character device without a poll method, such as `/dev/null`: the kernel
 /// answers every arm at once and ends it). Re-arming it would spin the
 /// loop (about a million completions a second), so it ends for good with
-/// `EPERM`, as `epoll_ctl` refuses such an fd. A CQ overflow also ends a
+/// `EPERM`, the error epoll gives for such an fd. A CQ overflow also ends a
 /// poll, but a poll re-armed on a pollable fd posts its next readiness as a
 /// completion that keeps it armed, which resets the count.
 const MAX_BARE_ENDS: u8 = 16;

@@ -204,21 +204,20 @@ impl Core {
             },
             Err(_) => return,
         };
-        if task.poll_task().is_pending() {
-            return;
+        if task.poll_task().is_ready() {
+            self.remove(key);
         }
-        let over = self
-            .tasks
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut t| t.remove(key));
-        // Dropped outside the borrow: a future's Drop may spawn or abort.
-        drop(over);
     }
 
     /// Drops a task unfinished (or, if it is being polled, has the poll
     /// drop it as it returns).
     pub(crate) fn abort(&self, key: TaskKey) {
+        self.remove(key);
+    }
+
+    /// Takes a task out of the table and drops the table's reference
+    /// outside the borrow: a future's `Drop` may spawn or abort.
+    fn remove(&self, key: TaskKey) {
         let task = self
             .tasks
             .try_borrow_mut()
