@@ -48,7 +48,8 @@ pub(crate) enum Orphan {
 
 impl Orphan {
     fn clean_up(self, c: &Completion) {
-        if self == Orphan::CloseFd && c.result >= 0 {
+        // A zero-copy send's notification carries no fd.
+        if self == Orphan::CloseFd && c.result >= 0 && !io_uring::cqueue::notif(c.flags) {
             // SAFETY: the kernel just created this fd for an operation whose
             // future is gone: nobody else knows its number.
             drop(unsafe { OwnedFd::from_raw_fd(c.result) });
@@ -134,7 +135,12 @@ impl<T: 'static> Op<T> {
         };
         // SAFETY: forwarded from the caller; the resources stay in this
         // future, or go to the loop if it is dropped, until the completion.
-        match unsafe { handle.submit_task_op(entry) } {
+        // The later results of an operation that posts several are nobody's.
+        let surplus: Option<fn(&Completion)> = match orphan {
+            Orphan::Drop => None,
+            Orphan::CloseFd => Some(|c| Orphan::CloseFd.clean_up(c)),
+        };
+        match unsafe { handle.submit_task_op(entry, surplus) } {
             Ok(id) => Op {
                 state: State::InFlight {
                     handle,

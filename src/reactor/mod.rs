@@ -25,6 +25,7 @@ mod trace;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Deref;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{RawWakerVTable, Waker};
@@ -351,6 +352,10 @@ enum Op {
         /// The final completion has been reaped (its callback may not have run yet).
         done: bool,
         cancel_sent: bool,
+        /// Submitted with [`Handle::submit`], whose callback takes one
+        /// result: if the kernel says that more completions follow (a
+        /// multishot operation), the operation is cancelled so that it ends.
+        once: bool,
     },
     /// Awaited by a future ([`crate::op::Op`]): the completion waits here.
     Task(TaskOp),
@@ -466,6 +471,28 @@ impl Drop for EventLoop {
 }
 
 /// Decrements the nesting depth even if a handler panics.
+/// Calls a handler taken out of its slot, then `restore`s it there even if
+/// it panicked: a handler's panic reaches the caller of `run_once`, and the
+/// loop stays whole (its watch still fires, its operation still ends).
+fn call_then_restore<H>(
+    mut handler: H,
+    call: impl FnOnce(&mut H),
+    restore: impl FnOnce(H),
+) -> std::thread::Result<()> {
+    let ran = catch_unwind(AssertUnwindSafe(|| call(&mut handler)));
+    restore(handler);
+    ran
+}
+
+/// Runs user code during teardown, keeping its panic in `panicked` for the
+/// end: the rest of the teardown must still run, for it keeps the kernel
+/// from writing into freed buffers.
+fn teardown_step(panicked: &mut Option<Box<dyn std::any::Any + Send>>, step: impl FnOnce()) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(step)) {
+        panicked.get_or_insert(panic);
+    }
+}
+
 struct DepthGuard<'a>(&'a Cell<u32>);
 
 impl Drop for DepthGuard<'_> {
@@ -501,9 +528,19 @@ impl Handle {
         else {
             return;
         };
-        for w in work.drain(..) {
-            w.run();
+        let mut items = work.drain(..);
+        while let Some(item) = items.next() {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| item.run())) {
+                // A foreign waker panicked: the wakes and releases after it
+                // still run, at the next iteration, ahead of newer ones.
+                let rest: Vec<Deferred> = items.collect();
+                let _ = self.with(|st| {
+                    st.deferred.splice(0..0, rest);
+                });
+                resume_unwind(panic);
+            }
         }
+        drop(items);
         // Hand the allocation back for the next reap.
         let _ = self.with(|st| {
             if st.deferred.is_empty() {
@@ -622,6 +659,19 @@ impl Handle {
     /// allowed, and [`Error::WouldBlock`] in [`WaitTimeout::Never`] mode when
     /// nothing ran.
     pub fn run_once(&self) -> Result<()> {
+        self.iterate(false)
+    }
+
+    /// [`Handle::run_once`] as if in [`WaitTimeout::Never`] mode, leaving the
+    /// loop's wait timeout alone: the executor's turn while tasks are
+    /// queued. A handler may change the timeout meanwhile, and a panic
+    /// cannot leave the loop stuck in `Never`.
+    pub(crate) fn run_once_without_blocking(&self) -> Result<()> {
+        self.iterate(true)
+    }
+
+    #[inline]
+    fn iterate(&self, never_block: bool) -> Result<()> {
         if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
             return Err(Error::Nested);
         }
@@ -641,7 +691,12 @@ impl Handle {
             ) {
                 st.turns_in_user_space += 1;
             }
-            Ok((first, st.wait_timeout, turned))
+            let mode = if never_block {
+                WaitTimeout::Never
+            } else {
+                st.wait_timeout
+            };
+            Ok((first, mode, turned))
         })?;
         self.inner.depth.set(self.inner.depth.get() + 1);
         let _depth = DepthGuard(&self.inner.depth);
@@ -658,7 +713,7 @@ impl Handle {
         self.trace(TracePoint::BeforeWait);
         let tracing = self.inner.has_trace.get();
         let (waited, picked) = self.with(|st| {
-            let waited = st.wait();
+            let waited = st.wait(mode);
             // With no trace hook and no deferred work, no user code runs
             // between the wait and the pick: pick in the same borrow.
             let picked =
@@ -711,28 +766,48 @@ impl Handle {
         match d {
             Dispatch::SleepWakes => {}
             Dispatch::Signals(list) => {
-                for (id, mut handler, event) in list {
+                let mut list = list.into_iter();
+                while let Some((id, handler, event)) = list.next() {
                     // An earlier handler of this batch may have removed this watch.
                     if !self.with(|st| st.signals.contains(id)).unwrap_or(false) {
                         drop(handler);
                         continue;
                     }
-                    handler(self, event);
-                    let leftover = self.with(|st| st.signals.restore(id, handler));
-                    drop(leftover);
+                    let ran = call_then_restore(
+                        handler,
+                        |h| h(self, event),
+                        |h| drop(self.with(|st| st.signals.restore(id, h))),
+                    );
+                    if let Err(panic) = ran {
+                        // The rest of the batch has not run: its deliveries
+                        // stay pending, for the next iteration.
+                        for (id, handler, event) in list {
+                            drop(self.with(|st| st.signals.put_back(id, handler, event.count)));
+                        }
+                        resume_unwind(panic);
+                    }
                 }
             }
             Dispatch::Immediate(handler) | Dispatch::Timer(handler) => handler(self),
-            Dispatch::Fd(id, mut handler, event) => {
-                handler(self, event);
-                let leftover = self.with(|st| st.restore_fd(id, handler));
-                drop(leftover);
+            Dispatch::Fd(id, handler, event) => {
+                let ran = call_then_restore(
+                    handler,
+                    |h| h(self, event),
+                    |h| drop(self.with(|st| st.restore_fd(id, h))),
+                );
+                if let Err(panic) = ran {
+                    resume_unwind(panic);
+                }
             }
-            Dispatch::Op(id, mut callback, completion, last) => {
-                callback(self, completion);
-                if !last {
-                    let leftover = self.with(|st| st.restore_op(id, callback));
-                    drop(leftover);
+            Dispatch::Op(_, mut callback, completion, true) => callback(self, completion),
+            Dispatch::Op(id, callback, completion, false) => {
+                let ran = call_then_restore(
+                    callback,
+                    |c| c(self, completion),
+                    |c| drop(self.with(|st| st.restore_op(id, c))),
+                );
+                if let Err(panic) = ran {
+                    resume_unwind(panic);
                 }
             }
         }
@@ -811,12 +886,16 @@ impl Handle {
             st.cancel_user_op(id);
         }
         st.settle_cancels(&polls);
+        // User code runs from here on (handlers' drops, close hooks,
+        // callbacks, wakers); a panic in it waits for the end.
+        let mut panicked = None;
         for w in watches {
-            drop(w.handler);
-            if let Some(hook) = w.close_hook {
-                hook(w.fd);
+            let (fd, handler, hook, owned) = (w.fd, w.handler, w.close_hook, w.owned);
+            teardown_step(&mut panicked, || drop(handler));
+            if let Some(hook) = hook {
+                teardown_step(&mut panicked, || hook(fd));
             }
-            drop(w.owned);
+            teardown_step(&mut panicked, || drop(owned));
         }
         // Wait for the cancelled operations so that no buffer is freed while
         // the kernel may still write into it, and run their callbacks (which
@@ -839,7 +918,7 @@ impl Handle {
                     st.remove_op(id);
                 }
                 if let Some(mut cb) = cb {
-                    cb(self, c);
+                    teardown_step(&mut panicked, || cb(self, c));
                     if !last && let Some(Op::User { callback, .. }) = st.ops.get_mut(id) {
                         *callback = Some(cb);
                     }
@@ -891,9 +970,14 @@ impl Handle {
         // Wake the futures whose operations ended and release the buffers of
         // dropped ones; the state is out of the RefCell, so this is safe.
         for work in st.deferred.drain(..) {
-            work.run();
+            teardown_step(&mut panicked, || work.run());
         }
         drop(st);
+        if let Some(panic) = panicked
+            && !std::thread::panicking()
+        {
+            resume_unwind(panic);
+        }
     }
 }
 
@@ -1084,13 +1168,14 @@ impl State {
 
     /// Blocks in `io_uring_enter` until a completion, the next timer or the
     /// wait timeout, then reaps.
-    fn wait(&mut self) -> Result<()> {
+    fn wait(&mut self, mode: WaitTimeout) -> Result<()> {
         self.stats.waits += 1;
         self.turns_in_user_space = 0;
-        let mut timeout = match self.wait_timeout {
-            // Completions kept aside by a removal are already here: reap
-            // them (and whatever else is ready) without blocking.
-            _ if !self.cqes.is_empty() => {
+        let mut timeout = match mode {
+            // Completions kept aside by a removal are already here, or
+            // wakes a panicking waker left undone: reap (and whatever else
+            // is ready) without blocking, and get on with them.
+            _ if !self.cqes.is_empty() || !self.deferred.is_empty() => {
                 self.ring.flush_unless_idle()?;
                 self.reap();
                 return Ok(());
@@ -1196,15 +1281,19 @@ impl State {
             Op::Task(_) => self.route_task_op(id, Completion { result, flags }, more),
             Op::MultiTask(_) => self.route_multi_task_op(id, Completion { result, flags }, more),
             Op::Readiness(_) => self.route_readiness(id, result, more),
-            Op::User { done, .. } => {
+            Op::User { done, once, .. } => {
                 if *done {
                     return;
                 }
                 if !more {
                     *done = true;
                 }
+                let end_it = more && *once;
                 self.ready
                     .push_back(Ready::Op(id, Completion { result, flags }));
+                if end_it {
+                    self.cancel_user_op(id);
+                }
             }
         }
     }

@@ -58,9 +58,13 @@ pub(super) struct TaskOp {
     waker: Option<Waker>,
     /// The dropped future's resources, freed at the final completion.
     release: Option<Release>,
+    /// Cleans up a completion nobody reads, other than the final one of a
+    /// dropped future (which `release` gets): the later results of an
+    /// operation that posts several (an fd a multishot accept made, say).
+    surplus: Option<fn(&Completion)>,
     /// The kernel posted the final completion.
     done: bool,
-    /// The future took its completion or was dropped.
+    /// The future was dropped.
     detached: bool,
     cancel_sent: bool,
 }
@@ -148,6 +152,13 @@ impl Handle {
     ///
     /// The entry's `user_data` is replaced by the loop's own.
     ///
+    /// The result is the operation's first completion. If the kernel says
+    /// more follow (`IORING_CQE_F_MORE`), the callback waits for the last
+    /// one, so that what it owns stays alive while the kernel still uses it
+    /// (a zero-copy send reads its buffer until its notification), and a
+    /// multishot operation is cancelled, its later results dropped: use
+    /// [`Handle::submit_multishot`] to see them.
+    ///
     /// # Safety
     /// Every buffer or struct the entry points to must stay valid (and not be
     /// moved) until the callback runs: the usual way is to move its owner
@@ -168,13 +179,22 @@ impl Handle {
         on_complete: impl FnOnce(&Handle, Completion) + 'static,
     ) -> Result<OpId> {
         let mut once = Some(on_complete);
+        let mut first = None;
         let callback: OpCallback = Box::new(move |h, c| {
+            if c.has_more() {
+                // More completions follow (a zero-copy send's notification,
+                // or a multishot operation, which the loop cancels): the
+                // result is this first one, given at the last, so that what
+                // the callback owns outlives the kernel's use of it.
+                first.get_or_insert(c);
+                return;
+            }
             if let Some(f) = once.take() {
-                f(h, c)
+                f(h, first.unwrap_or(c))
             }
         });
         // SAFETY: forwarded from the caller.
-        unsafe { self.submit_boxed(entry, callback) }
+        unsafe { self.submit_boxed(entry, callback, true) }
     }
 
     /// Like [`Handle::submit`] for multishot operations: the callback runs
@@ -188,10 +208,15 @@ impl Handle {
         on_complete: impl FnMut(&Handle, Completion) + 'static,
     ) -> Result<OpId> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.submit_boxed(entry, Box::new(on_complete)) }
+        unsafe { self.submit_boxed(entry, Box::new(on_complete), false) }
     }
 
-    unsafe fn submit_boxed(&self, entry: squeue::Entry, callback: OpCallback) -> Result<OpId> {
+    unsafe fn submit_boxed(
+        &self,
+        entry: squeue::Entry,
+        callback: OpCallback,
+        once: bool,
+    ) -> Result<OpId> {
         // SAFETY: forwarded from the caller.
         unsafe {
             self.submit_op(
@@ -200,6 +225,7 @@ impl Handle {
                     callback: Some(callback),
                     done: false,
                     cancel_sent: false,
+                    once,
                 },
             )
         }
@@ -210,9 +236,23 @@ impl Handle {
     /// # Safety
     /// As for [`Handle::submit`]: what the entry points to is owned by the
     /// future, which hands it to [`Handle::detach_task_op`] if dropped early.
-    pub(crate) unsafe fn submit_task_op(&self, entry: squeue::Entry) -> Result<OpId> {
+    ///
+    /// The future's result is the first completion, and it is ready once
+    /// the kernel is done: if the kernel says more completions follow, the
+    /// loop cancels the operation (ending a multishot one; a zero-copy send
+    /// only waits for its notification), hands each later result to
+    /// `surplus`, and the future resolves at the last completion.
+    pub(crate) unsafe fn submit_task_op(
+        &self,
+        entry: squeue::Entry,
+        surplus: Option<fn(&Completion)>,
+    ) -> Result<OpId> {
+        let op = TaskOp {
+            surplus,
+            ..TaskOp::default()
+        };
         // SAFETY: forwarded from the caller.
-        unsafe { self.submit_op(entry, Op::Task(TaskOp::default())) }
+        unsafe { self.submit_op(entry, Op::Task(op)) }
     }
 
     pub(super) unsafe fn submit_op(&self, entry: squeue::Entry, op: Op) -> Result<OpId> {
@@ -362,9 +402,11 @@ impl State {
         self.cancel_user_op(id);
     }
 
-    /// Routes a completion of a future's operation: stores the first one and
-    /// wakes the future (after the state is released), and at the final one
-    /// frees the entry if the future no longer needs it.
+    /// Routes a completion of a future's operation: stores the first one,
+    /// and at the final one wakes the future, or frees the entry if the
+    /// future is gone. Completions in between go to the entry's `surplus`
+    /// clean-up, and the first of them ends the operation (see
+    /// [`Handle::submit_task_op`]).
     pub(super) fn route_task_op(&mut self, id: OpId, c: Completion, more: bool) {
         let Some(Op::Task(task)) = self.ops.get_mut(id) else {
             return;
@@ -372,13 +414,17 @@ impl State {
         if task.done {
             return;
         }
-        if !task.detached && task.completion.is_none() {
+        let first = !task.detached && task.completion.is_none();
+        if first {
             task.completion = Some(c);
-            if let Some(waker) = task.waker.take() {
-                wake_or_defer(&mut self.deferred, self.inline_waker, waker);
-            }
         }
         if more {
+            if !first && let Some(surplus) = task.surplus {
+                surplus(&c);
+            }
+            if first {
+                self.cancel_user_op(id);
+            }
             return;
         }
         task.done = true;
@@ -386,6 +432,13 @@ impl State {
         if task.detached {
             let release = task.release.take();
             self.forget_detached_op(id, release, c);
+            return;
+        }
+        if !first && let Some(surplus) = task.surplus {
+            surplus(&c);
+        }
+        if let Some(waker) = task.waker.take() {
+            wake_or_defer(&mut self.deferred, self.inline_waker, waker);
         }
     }
 
@@ -404,11 +457,10 @@ impl State {
             // happen; never resolving is the safe answer if it did.
             return Poll::Pending;
         };
-        if let Some(c) = task.completion.take() {
-            task.detached = true;
-            if task.done {
-                self.ops.remove(id);
-            }
+        if task.done
+            && let Some(c) = task.completion.take()
+        {
+            self.ops.remove(id);
             return Poll::Ready(c);
         }
         match &task.waker {
@@ -440,6 +492,12 @@ impl State {
             let c = task.completion.take().unwrap_or(cancelled);
             self.ops.remove(id);
             return Some((release, waker, c));
+        }
+        if let Some(c) = task.completion.take()
+            && let Some(surplus) = task.surplus
+        {
+            // The first of several completions, which nobody will read.
+            surplus(&c);
         }
         task.release = release;
         self.cancel_user_op(id);

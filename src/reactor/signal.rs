@@ -264,6 +264,21 @@ impl Signals {
         (!list.is_empty()).then_some(list)
     }
 
+    /// Puts back a handler taken for a dispatch that did not reach it (an
+    /// earlier handler of the batch panicked): its `count` deliveries are
+    /// pending again.
+    pub fn put_back(
+        &mut self,
+        id: SignalId,
+        handler: SignalHandler,
+        count: u32,
+    ) -> Option<SignalHandler> {
+        if let Some(w) = self.watches.get_mut(id) {
+            w.missed = w.missed.saturating_add(count);
+        }
+        self.restore(id, handler)
+    }
+
     pub fn restore(&mut self, id: SignalId, handler: SignalHandler) -> Option<SignalHandler> {
         match self.watches.get_mut(id) {
             Some(w) => {

@@ -50,7 +50,7 @@ use std::task::{Context, Poll};
 use slotmap::Key;
 
 use crate::error::{Error, Result};
-use crate::reactor::{EventLoop, Handle, WaitTimeout};
+use crate::reactor::{EventLoop, Handle};
 
 pub use join::{JoinError, JoinHandle};
 use task::Core;
@@ -122,7 +122,6 @@ impl Runtime {
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
         let handle = &self.core.handle;
-        let base = handle.wait_timeout().unwrap_or(WaitTimeout::Forever);
         loop {
             if main.take_wake()
                 && let Poll::Ready(v) = future.as_mut().poll(&mut cx)
@@ -132,12 +131,9 @@ impl Runtime {
             self.core.run_ready();
             let busy = main.queued.load(std::sync::atomic::Ordering::Acquire)
                 || self.core.shared.has_queued();
-            let turn = if busy && base != WaitTimeout::Never {
+            let turn = if busy {
                 // Let completions in without blocking, then poll again.
-                let _ = handle.set_wait_timeout(WaitTimeout::Never);
-                let r = handle.run_once();
-                let _ = handle.set_wait_timeout(base);
-                r
+                handle.run_once_without_blocking()
             } else {
                 handle.run_once()
             };
