@@ -141,6 +141,19 @@ fn unix_stream_connect_and_std_interop() {
 }
 
 #[test]
+fn unix_stream_connect_to_the_empty_path_is_invalid_input() {
+    // With its NUL terminator, "" would name the abstract socket "", which
+    // a listener here makes reachable.
+    use std::os::linux::net::SocketAddrExt;
+    let name = std::os::unix::net::SocketAddr::from_abstract_name(b"").unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&name).unwrap();
+    rt::block_on(async {
+        let err = UnixStream::connect("").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    });
+}
+
+#[test]
 fn udp_send_to_and_recv_from() {
     rt::block_on(async {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();

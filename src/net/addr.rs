@@ -63,10 +63,11 @@ impl SockAddr {
         };
         un.sun_family = libc::AF_UNIX as libc::sa_family_t;
         let bytes = path.as_os_str().as_bytes();
-        if bytes.len() >= un.sun_path.len() || bytes.contains(&0) {
+        if bytes.is_empty() || bytes.len() >= un.sun_path.len() || bytes.contains(&0) {
+            // An empty path with its NUL would read as the abstract name "".
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "unix socket path too long or contains a NUL byte",
+                "unix socket path empty, too long, or containing a NUL byte",
             ));
         }
         for (d, s) in un.sun_path.iter_mut().zip(bytes) {
