@@ -357,25 +357,50 @@ impl Ring {
     /// re-armed watch that completed inline had already run twice
     /// (SEMANTICS.md §1.7; found by the `ops_vs_model` fuzz target).
     pub fn reap(&mut self, out: &mut Vec<cqueue::Entry>) -> io::Result<u64> {
-        let mut overflow_flushes = 0;
-        let mut drains = 0;
-        loop {
-            out.extend(self.ring.completion());
-            let (overflow, taskrun) = {
-                let sq = self.ring.submission();
-                (sq.cq_overflow(), sq.taskrun())
-            };
-            if overflow {
-                overflow_flushes += 1;
-            } else if self.features.taskrun_flag && taskrun && drains < MAX_DRAINS {
-                drains += 1;
-                self.drains += 1;
-            } else {
-                return Ok(overflow_flushes);
-            }
-            self.enter(0, sys::ENTER_GETEVENTS, None)?;
+        let mut pass = ReapPasses::default();
+        while self.reap_visible(out, &mut pass) {
+            self.bring_more()?;
         }
+        Ok(pass.overflow_flushes)
     }
+
+    /// One pass of [`Ring::reap`], for a caller that routes each batch
+    /// before the next: moves the visible CQEs into `out` and says whether
+    /// the kernel holds more (an overflow list, or deferred task work while
+    /// `pass` is under the drain bound), which [`Ring::bring_more`] fetches.
+    /// Routing in between lets what a batch calls for (a multishot
+    /// receive's cancel at its limit) go in with that enter, not after the
+    /// kernel has posted up to 64 more batches.
+    pub fn reap_visible(&mut self, out: &mut Vec<cqueue::Entry>, pass: &mut ReapPasses) -> bool {
+        out.extend(self.ring.completion());
+        let (overflow, taskrun) = {
+            let sq = self.ring.submission();
+            (sq.cq_overflow(), sq.taskrun())
+        };
+        if overflow {
+            pass.overflow_flushes += 1;
+        } else if self.features.taskrun_flag && taskrun && pass.drains < MAX_DRAINS {
+            pass.drains += 1;
+            self.drains += 1;
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// Submits what is queued and lets the kernel post what it holds,
+    /// without blocking (after [`Ring::reap_visible`] said there is more).
+    pub fn bring_more(&mut self) -> io::Result<()> {
+        self.enter(0, sys::ENTER_GETEVENTS, None)
+    }
+}
+
+/// What the passes of one reap have counted so far.
+#[derive(Debug, Default)]
+pub struct ReapPasses {
+    /// Overflow-list flushes.
+    pub overflow_flushes: u64,
+    drains: u32,
 }
 
 /// The smallest CQ that [`Ring::new`] shrinks the default sizes to.

@@ -125,6 +125,55 @@ fn pool_in_use() -> u16 {
     POOL - available
 }
 
+/// The same limit against a writer as fast as the kernel: the loop cancels
+/// the receive while the kernel is still posting (it used to send the
+/// cancel only after a reap's up to 64 drains, and one stream then held the
+/// whole pool 1 time in 4), and counts what the stream took at its last
+/// read (it used to count only what waits in the loop: 109–126 held after a
+/// one-byte read).
+#[test]
+fn a_stream_written_at_full_speed_holds_a_bounded_share_of_the_pool() {
+    const LEN: usize = 4 << 20;
+    for (run, read_first) in [(0, true), (1, false), (2, false), (3, false)] {
+        rt::block_on(async {
+            let (a, mut b) = pair();
+            arm(&a).await;
+            let mut head = 0;
+            if read_first {
+                b.write_all(&[9; 4096]).unwrap();
+                time::sleep(Duration::from_millis(20)).await;
+                let (r, _) = a.read(Vec::with_capacity(1)).await;
+                assert_eq!(r.unwrap(), 1);
+                head = 4095;
+            }
+            let data = pattern(run, LEN);
+            let writer = std::thread::spawn(move || {
+                b.write_all(&data).unwrap();
+                b
+            });
+            time::sleep(Duration::from_millis(100)).await;
+            let held = pool_in_use();
+            // A ring without DEFER_TASKRUN posts completions whenever the
+            // kernel runs the receive, and one stream may still take the
+            // pool before the cancel stops it (then ENOBUFS: reads go on
+            // with plain receives, as the rest of this test checks).
+            let deferred = rt::current_handle()
+                .unwrap()
+                .features()
+                .unwrap()
+                .defer_taskrun;
+            assert!(
+                held <= 64 || !deferred,
+                "run {run}: one unread stream holds {held} buffers"
+            );
+            assert_eq!(read_n(&a, head, 4096).await, vec![9; head]);
+            assert_eq!(read_n(&a, LEN, 64 * 1024).await, pattern(run, LEN));
+            drop(writer.join().unwrap());
+            assert_eq!(pool_in_use(), 0);
+        });
+    }
+}
+
 /// The per-stream limit: a stream written 1 MiB that nobody reads holds
 /// the limit (16 buffers) plus what the kernel received before the cancel
 /// reached it (33 in all on Linux 6.18), not the whole pool; every buffer

@@ -13,10 +13,14 @@
 //! serves every stream that received data. A read takes what is queued.
 //!
 //! Limits, so one stream cannot take the pool: once [`HIGH_WATER`]
-//! completions wait unread in the loop, it cancels the receive, which is
-//! armed again only once reads have used up everything received. The
-//! kernel may fill a few more buffers before the cancel reaches it (a
-//! stream written 1 MiB and never read holds 33 on Linux 6.18). When the
+//! completions wait unread (in the loop, or taken by the stream at its last
+//! read), the loop cancels the receive, which is armed again only once
+//! reads have used up everything received. The kernel may fill a few more
+//! buffers before the cancel reaches it (a stream written at full speed and
+//! never read holds 33 on Linux 6.18, 48 after a read that left data
+//! behind). A ring without `DEFER_TASKRUN` (`plain_setup`, or an older
+//! kernel) gets the cancel at once but the kernel may still fill many more,
+//! up to the whole pool (54 in 7 runs of 10, 256 in one). When the
 //! pool runs dry the kernel ends the receive with `ENOBUFS`; reads then
 //! fall back to one plain `RECV` into the caller's buffer until buffers
 //! are back. A kernel without multishot receives (`EINVAL`) gets plain

@@ -35,7 +35,7 @@ use io_uring::{cqueue, opcode, squeue};
 use slotmap::{Key, KeyData, SlotMap};
 
 use crate::error::{Error, Result};
-use crate::ring::{Features, Ring, RingConfig};
+use crate::ring::{Features, ReapPasses, Ring, RingConfig};
 use crate::sys;
 
 pub use fd::{Decision, FdEvent, FdId, Interest, decide};
@@ -1215,9 +1215,22 @@ impl State {
     /// into the loop's queues.
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        if let Ok(flushes) = self.ring.reap(&mut cqes) {
-            self.stats.overflow_flushes += flushes;
+        let mut pass = ReapPasses::default();
+        let mut scanned = cqes.len();
+        while self.ring.reap_visible(&mut cqes, &mut pass) {
+            // The kernel holds more. A multishot receive that this batch
+            // takes to its limit is cancelled with the enter that brings
+            // the rest, not after up to 64 more batches; the completions
+            // are still routed in order, once all are in.
+            for cqe in &cqes[scanned..] {
+                self.note_unrouted(cqe.user_data(), cqe.flags());
+            }
+            scanned = cqes.len();
+            if self.ring.bring_more().is_err() {
+                break;
+            }
         }
+        self.stats.overflow_flushes += pass.overflow_flushes;
         self.stats.completions += cqes.len() as u64;
         REAPED_SINGLY.set(cqes.len() <= 1);
         for cqe in cqes.drain(..) {

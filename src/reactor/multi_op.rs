@@ -17,10 +17,11 @@
 use std::collections::VecDeque;
 use std::task::{Poll, Waker};
 
-use io_uring::squeue;
+use io_uring::{cqueue, squeue};
+use slotmap::KeyData;
 
 use super::op::{Release, wake_or_defer};
-use super::{Completion, Handle, Op, OpId, State};
+use super::{Completion, Handle, IGNORE, Op, OpId, State};
 use crate::error::{Error, Result};
 
 /// A multishot operation awaited by a future; its completions wait here.
@@ -29,8 +30,15 @@ pub(super) struct MultiTaskOp {
     queue: VecDeque<Completion>,
     /// Tasks waiting for a completion (several tasks may read one stream).
     wakers: Vec<Waker>,
-    /// Queued completions at which the operation is cancelled.
+    /// Unread completions at which the operation is cancelled.
     limit: usize,
+    /// Completions the owner took at its last poll. An owner polls only
+    /// once it has read what it took before, so it holds at most these
+    /// unread; they count against `limit` with the queue.
+    handed: usize,
+    /// Completions reaped but not routed yet, in a reap that drains the
+    /// kernel in several passes (see `State::note_unrouted`).
+    unrouted: usize,
     /// The owner's resources, once it is dropped, freed at the final
     /// completion.
     release: Option<Release>,
@@ -56,7 +64,8 @@ impl MultiTaskOp {
 impl Handle {
     /// Submits a multishot operation that a future awaits with
     /// [`Handle::poll_multi_task_op`]: its completions queue in the loop,
-    /// and once `limit` of them wait unread the loop cancels it.
+    /// and once `limit` of them wait unread (queued, or taken at the
+    /// owner's last poll) the loop cancels it.
     ///
     /// # Safety
     /// As for [`Handle::submit`]: what the entry points to is owned by the
@@ -71,6 +80,8 @@ impl Handle {
             queue: VecDeque::new(),
             wakers: Vec::new(),
             limit: limit.max(1),
+            handed: 0,
+            unrouted: 0,
             release: None,
             done: false,
             detached: false,
@@ -127,6 +138,27 @@ impl Handle {
 }
 
 impl State {
+    /// Counts a reaped completion that will be routed once the reap is
+    /// over, and cancels its multishot operation if it takes the operation
+    /// to its limit: the cancel then goes in with the reap's next enter.
+    pub(super) fn note_unrouted(&mut self, user_data: u64, flags: u32) {
+        let key = KeyData::from_ffi(user_data);
+        if user_data == IGNORE || key.as_ffi() != user_data || !cqueue::more(flags) {
+            return;
+        }
+        let id = OpId::from(key);
+        let Some(Op::MultiTask(op)) = self.ops.get_mut(id) else {
+            return;
+        };
+        if op.done || op.detached || op.cancel_sent {
+            return;
+        }
+        op.unrouted += 1;
+        if op.queue.len() + op.handed + op.unrouted >= op.limit {
+            self.cancel_user_op(id);
+        }
+    }
+
     /// Routes a completion of a future's multishot operation: queues it and
     /// wakes the readers, or hands its buffer back if the owner is gone.
     pub(super) fn route_multi_task_op(&mut self, id: OpId, c: Completion, more: bool) {
@@ -136,6 +168,7 @@ impl State {
         if op.done {
             return;
         }
+        op.unrouted = 0;
         // The buffer leaves the pool now, whoever reads it.
         let bid = match &self.buf_pool {
             Some(Some(pool)) => pool.take(c.flags),
@@ -151,11 +184,16 @@ impl State {
             for waker in op.wakers.drain(..) {
                 wake_or_defer(&mut self.deferred, self.inline_waker, waker);
             }
-            over_limit = more && op.queue.len() >= op.limit;
+            over_limit = more && op.queue.len() + op.handed >= op.limit;
         }
         if more {
-            if over_limit {
+            if over_limit && !op.cancel_sent {
                 self.cancel_user_op(id);
+                if !self.ring.features.defer_taskrun {
+                    // A plain ring posts completions without waiting for
+                    // an enter: send the cancel now, not at the next wait.
+                    let _ = self.ring.flush();
+                }
             }
             return;
         }
@@ -177,6 +215,7 @@ impl State {
             return Poll::Ready(());
         };
         if !op.queue.is_empty() {
+            op.handed = op.queue.len();
             if out.is_empty() {
                 // The usual case: trade queues (each keeps an allocation)
                 // rather than move the completions one by one.
@@ -189,6 +228,7 @@ impl State {
             }
             return Poll::Ready(());
         }
+        op.handed = 0;
         if !op.wakers.iter().any(|w| w.will_wake(waker)) {
             op.wakers.push(waker.clone());
         }
