@@ -217,6 +217,20 @@ impl MultiRecv {
                 });
             }
             let Some((id, _)) = rx.armed else {
+                // Nothing of the stream's is in the loop it was enabled
+                // on: read on the current runtime's loop, as a plain
+                // receive would (the first loop may be gone or idle).
+                match crate::rt::current_handle() {
+                    Some(current) if !current.same_loop(&rx.handle) => {
+                        let Some(pool) = current.buf_pool() else {
+                            return Poll::Ready(Fill::Plain);
+                        };
+                        rx.handle = current;
+                        rx.pool = pool;
+                        rx.starved = false;
+                    }
+                    _ => {}
+                }
                 if rx.unsupported || (rx.starved && rx.pool.available() == 0) {
                     return Poll::Ready(Fill::Plain);
                 }
@@ -227,6 +241,17 @@ impl MultiRecv {
                 just_armed = true;
                 continue;
             };
+            if rx.handle.is_alive()
+                && crate::rt::current_handle().is_some_and(|current| !current.same_loop(&rx.handle))
+            {
+                // Its completions come to that loop, which is not running
+                // this read: waiting here would hang. They stay there for
+                // a read on that runtime.
+                return Poll::Ready(Fill::Failed(io::Error::other(
+                    "the stream's multishot receive is armed on another runtime's loop; \
+                     read it there, or once that receive has ended",
+                )));
+            }
             let mut taken = std::mem::take(&mut rx.taken);
             if rx
                 .handle

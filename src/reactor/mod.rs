@@ -309,6 +309,21 @@ pub struct Handle {
     inner: Rc<Inner>,
 }
 
+impl Handle {
+    /// Whether `self` and `other` are handles of the same loop.
+    pub(crate) fn same_loop(&self, other: &Handle) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Whether the loop has not been torn down yet.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.inner
+            .state
+            .try_borrow()
+            .map_or(true, |state| state.is_some())
+    }
+}
+
 struct Inner {
     /// `None` once the loop is torn down.
     state: RefCell<Option<State>>,
