@@ -16,7 +16,9 @@ use common::*;
 use io_uring::{opcode, types};
 use ringloop::{op, rt, time};
 
-/// The tests count this process's open fds: one at a time.
+/// Two tests count this process's open fds: every test opens and closes
+/// fds, so they run one at a time (`cargo test` runs a file's tests on
+/// several threads of one process).
 static FD_COUNTING: Mutex<()> = Mutex::new(());
 
 fn set_sockopt(fd: i32, option: i32, value: i32) {
@@ -132,6 +134,7 @@ fn a_dropped_multishot_accept_closes_every_fd_it_made() {
 
 #[test]
 fn a_multishot_operation_given_to_submit_runs_its_callback_once_and_ends() {
+    let _one = FD_COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let lp = loop_with_timeout(Duration::from_millis(20));
     let (a, b) = socketpair();
     write_fd(b.as_raw_fd(), b"x").unwrap();
