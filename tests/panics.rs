@@ -266,3 +266,40 @@ fn a_panic_while_the_loop_is_dropped_still_settles_everything() {
         assert!(peer_closed(peer.as_raw_fd()));
     }
 }
+
+#[test]
+fn a_waker_that_panicked_in_a_kernel_turn_does_not_drop_the_next_handler() {
+    let rt = Runtime::new().unwrap();
+    let handle = rt.handle();
+    handle.set_wait_timeout(WaitTimeout::Never).unwrap();
+    let (a, b) = socketpair();
+    write_fd(b.as_raw_fd(), b"x").unwrap();
+    // 32 immediates that do not wait: the 33rd iteration takes a kernel
+    // turn, which reaps the NOP and runs its panicking waker.
+    for _ in 0..32 {
+        handle.add_immediate(|_| {}).unwrap();
+    }
+    let calls = Rc::new(Cell::new(0));
+    let seen = calls.clone();
+    handle
+        .add_fd(a, Interest::READ, move |_, _| seen.set(seen.get() + 1))
+        .unwrap();
+    // SAFETY: a NOP points at no memory.
+    let mut nop = unsafe { ringloop::op::submit(opcode::Nop::new().build(), ()) };
+    let panicking = Waker::from(Arc::new(PanickingWaker));
+    assert!(
+        std::pin::Pin::new(&mut nop)
+            .poll(&mut Context::from_waker(&panicking))
+            .is_pending()
+    );
+    let mut panicked = false;
+    for _ in 0..100 {
+        panicked |= catch_unwind(AssertUnwindSafe(|| {
+            let _ = handle.run_once();
+        }))
+        .is_err();
+    }
+    assert!(panicked);
+    // Level-triggered, the byte unread: the watch keeps firing.
+    assert!(calls.get() > 10, "the fd handler ran {} times", calls.get());
+}

@@ -691,21 +691,15 @@ impl Handle {
             return Err(Error::Nested);
         }
         // One borrow of the state per step: this is the hot path.
-        let (first, mode, turned) = self.try_with(|st| {
+        let (mut first, mode, turned) = self.try_with(|st| {
             st.stats.iterations += 1;
             let turned = st.turns_in_user_space >= KERNEL_TURN_EVERY;
-            if turned {
+            let first = if turned {
                 st.kernel_turn()?;
-            }
-            let first = st.next_counted();
-            // Only immediates and timers can be due without end; fds and
-            // completions in the ready queue came from a reap and run out.
-            if matches!(
-                first,
-                Some(Dispatch::Immediate(_) | Dispatch::Timer(_) | Dispatch::SleepWakes)
-            ) {
-                st.turns_in_user_space += 1;
-            }
+                None
+            } else {
+                st.pick_in_user_space()
+            };
             let mode = if never_block {
                 WaitTimeout::Never
             } else {
@@ -718,8 +712,10 @@ impl Handle {
 
         if turned {
             // Tasks whose operations the turn completed are woken now,
-            // not at the next wait, which may be as far off.
+            // not at the next wait, which may be as far off. Before the
+            // pick: a waker that panics must not drop a picked handler.
             self.run_deferred();
+            first = self.with(|st| st.pick_in_user_space())?;
         }
         if let Some(d) = first {
             self.dispatch(d);
@@ -1259,6 +1255,22 @@ impl State {
         if self.signals.needs_read() {
             self.read_signals();
         }
+    }
+
+    /// [`State::next_counted`], counting a pick that did not come from a
+    /// reap towards the next kernel turn: only immediates and timers can be
+    /// due without end; fds and completions in the ready queue came from a
+    /// reap and run out.
+    #[inline]
+    fn pick_in_user_space(&mut self) -> Option<Dispatch> {
+        let first = self.next_counted();
+        if matches!(
+            first,
+            Some(Dispatch::Immediate(_) | Dispatch::Timer(_) | Dispatch::SleepWakes)
+        ) {
+            self.turns_in_user_space += 1;
+        }
+        first
     }
 
     /// Routes one completion by its `user_data`. Unknown, stale or malformed
