@@ -521,24 +521,31 @@ fn bad_pool_sizes_are_rejected_when_the_loop_is_built() {
 
 /// A stream is not tied to the runtime it enabled multishot receives in:
 /// once nothing of it is in that runtime's loop (or the loop is gone), a
-/// read in another runtime receives there. While its receive is armed in
-/// a live loop that is not running the read, the read fails at once
-/// instead of hanging, and the data waits for a read in that runtime.
+/// read in another runtime receives there, and what the gone loop had
+/// received comes first. While its receive is armed in a live loop that is
+/// not running the read, the read fails at once instead of hanging, and
+/// the data waits for a read in that runtime.
 #[test]
 fn a_multishot_stream_moves_between_runtimes() {
     let first = rt::Runtime::new().unwrap();
     let (a, mut b) = first.block_on(async { pair() });
-    drop(first);
     b.write_all(b"one").unwrap();
+    first.block_on(async {
+        assert_eq!(read_n(&a, 3, 16).await, b"one");
+        // Received into the first loop while the receive stays armed.
+        b.write_all(b"two").unwrap();
+        time::sleep(Duration::from_millis(50)).await;
+    });
+    drop(first);
+    b.write_all(b"three").unwrap();
     let second = rt::Runtime::new().unwrap();
-    // The read arms the receive in the second runtime's loop.
-    second.block_on(async { assert_eq!(read_n(&a, 3, 16).await, b"one") });
+    second.block_on(async { assert_eq!(read_n(&a, 8, 16).await, b"twothree") });
     let third = rt::Runtime::new().unwrap();
-    b.write_all(b"two").unwrap();
+    b.write_all(b"four").unwrap();
     third.block_on(async {
         let read = time::timeout(Duration::from_secs(5), a.read(Vec::with_capacity(16)));
         let (r, _) = read.await.expect("a read on another runtime hung");
         assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::Other);
     });
-    second.block_on(async { assert_eq!(read_n(&a, 3, 16).await, b"two") });
+    second.block_on(async { assert_eq!(read_n(&a, 4, 16).await, b"four") });
 }

@@ -205,7 +205,15 @@ impl MultiRecv {
         let mut just_armed = false;
         loop {
             if !rx.chunks.is_empty() {
-                return Poll::Ready(Fill::Read(rx.copy_into(buf)));
+                let n = rx.copy_into(buf);
+                if rx.chunks.is_empty()
+                    && let Some((id, _)) = rx.armed
+                {
+                    // Nothing taken is held any more: it no longer counts
+                    // against the receive's limit.
+                    rx.handle.multi_task_op_all_read(id);
+                }
+                return Poll::Ready(Fill::Read(n));
             }
             if let Some(end) = rx.end {
                 if end != 0 {

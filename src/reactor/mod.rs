@@ -284,6 +284,7 @@ impl Builder {
             trace: RefCell::new(None),
             has_trace: Cell::new(false),
             settled_at_teardown: RefCell::new(HashMap::new()),
+            unread_at_teardown: RefCell::new(HashMap::new()),
         };
         Ok(EventLoop {
             handle: Handle {
@@ -338,6 +339,10 @@ struct Inner {
     /// Completions of futures' operations that were still unread when the
     /// loop was torn down, by `user_data`: their futures can still resolve.
     settled_at_teardown: RefCell<HashMap<u64, Completion>>,
+    /// The same for futures' multishot operations: the completions their
+    /// owners had not taken (the data of a stream's receive, whose buffers
+    /// the owner's pool keeps), so that nothing received is lost.
+    unread_at_teardown: RefCell<HashMap<u64, VecDeque<Completion>>>,
 }
 
 thread_local! {
@@ -966,7 +971,13 @@ impl Handle {
                     }
                     task.leak_if_in_flight();
                 }
-                Op::MultiTask(op) => {
+                Op::MultiTask(mut op) => {
+                    if let Some(unread) = op.take_unread() {
+                        self.inner
+                            .unread_at_teardown
+                            .borrow_mut()
+                            .insert(id.data().as_ffi(), unread);
+                    }
                     if op.leak_if_in_flight()
                         && let Some(Some(pool)) = &st.buf_pool
                     {

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::task::{Poll, Waker};
 
 use io_uring::{cqueue, squeue};
-use slotmap::KeyData;
+use slotmap::{Key, KeyData};
 
 use super::op::{Release, wake_or_defer};
 use super::{Completion, Handle, IGNORE, Op, OpId, State};
@@ -32,9 +32,10 @@ pub(super) struct MultiTaskOp {
     wakers: Vec<Waker>,
     /// Unread completions at which the operation is cancelled.
     limit: usize,
-    /// Completions the owner took at its last poll. An owner polls only
-    /// once it has read what it took before, so it holds at most these
-    /// unread; they count against `limit` with the queue.
+    /// Completions the owner took at its last poll and may still hold
+    /// unread (it polls only once it has read what it took before, and
+    /// says so when it has: `multi_task_op_all_read`); they count against
+    /// `limit` with the queue.
     handed: usize,
     /// Completions reaped but not routed yet, in a reap that drains the
     /// kernel in several passes (see `State::note_unrouted`).
@@ -50,6 +51,11 @@ pub(super) struct MultiTaskOp {
 }
 
 impl MultiTaskOp {
+    /// At teardown: the completions a live owner has not taken yet.
+    pub(super) fn take_unread(&mut self) -> Option<VecDeque<Completion>> {
+        (!self.detached && !self.queue.is_empty()).then(|| std::mem::take(&mut self.queue))
+    }
+
     /// At teardown: a dropped owner's resources that the kernel may still
     /// use are leaked rather than freed under it. Returns whether the
     /// operation is still in flight (its buffers then need leaking too).
@@ -94,16 +100,36 @@ impl Handle {
     /// Moves every queued completion of the operation to the end of `out`
     /// and returns `Ready`, or registers `waker` if none is queued. `Ready`
     /// with nothing moved means the operation is unknown (it ended and its
-    /// final completion was taken); once the loop is gone, it is always
-    /// that (what it had queued is lost with it).
+    /// final completion was taken). Once the loop is gone, the first poll
+    /// moves what teardown found queued, its final completion included.
     pub(crate) fn poll_multi_task_op(
         &self,
         id: OpId,
         waker: &Waker,
         out: &mut VecDeque<Completion>,
     ) -> Poll<()> {
-        self.with(|st| st.poll_multi_task_op(id, waker, out))
-            .unwrap_or(Poll::Ready(()))
+        match self.with(|st| st.poll_multi_task_op(id, waker, out)) {
+            Ok(poll) => poll,
+            Err(_) => {
+                let unread = self
+                    .inner
+                    .unread_at_teardown
+                    .borrow_mut()
+                    .remove(&id.data().as_ffi());
+                out.extend(unread.into_iter().flatten());
+                Poll::Ready(())
+            }
+        }
+    }
+
+    /// The owner has read everything it took at its last poll: none of it
+    /// counts against the operation's limit any more.
+    pub(crate) fn multi_task_op_all_read(&self, id: OpId) {
+        let _ = self.with(|st| {
+            if let Some(Op::MultiTask(op)) = st.ops.get_mut(id) {
+                op.handed = 0;
+            }
+        });
     }
 
     /// The owner of a multishot operation is dropped: the operation is
@@ -116,6 +142,11 @@ impl Handle {
             Ok(Some(wakers)) => drop(wakers),
             Ok(None) => {}
             Err(Error::LoopGone) => {
+                // What the owner never took goes with it.
+                self.inner
+                    .unread_at_teardown
+                    .borrow_mut()
+                    .remove(&id.data().as_ffi());
                 // Teardown waited for the final completion, or gave up and
                 // leaked the pool the receive may still fill. Releasing
                 // (closing the fd) is safe either way: the kernel holds its
