@@ -156,8 +156,10 @@ impl Handle {
     /// more follow (`IORING_CQE_F_MORE`), the callback waits for the last
     /// one, so that what it owns stays alive while the kernel still uses it
     /// (a zero-copy send reads its buffer until its notification), and a
-    /// multishot operation is cancelled, its later results dropped: use
-    /// [`Handle::submit_multishot`] to see them.
+    /// multishot operation is cancelled and its later results are not
+    /// delivered: use [`Handle::submit_multishot`] to see them (the loop
+    /// does not know what a result means, so an fd one carries, from a
+    /// multishot accept, stays open unseen; `op::submit_fd` closes them).
     ///
     /// # Safety
     /// Every buffer or struct the entry points to must stay valid (and not be
