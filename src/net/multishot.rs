@@ -18,9 +18,11 @@
 //! reads have used up everything received. The kernel may fill a few more
 //! buffers before the cancel reaches it (a stream written at full speed and
 //! never read holds 33 on Linux 6.18, 48 after a read that left data
-//! behind). A ring without `DEFER_TASKRUN` (`plain_setup`, or an older
-//! kernel) gets the cancel at once but the kernel may still fill many more,
-//! up to the whole pool (54 in 7 runs of 10, 256 in one). When the
+//! behind; the same on 6.12). A ring without `DEFER_TASKRUN`
+//! (`plain_setup`) gets the cancel at once but the kernel may still fill
+//! many more, up to the whole pool (54 in 7 runs of 10, 256 in one), and so
+//! may Linux 6.1, which runs the whole backlog of the receive in the enter
+//! that carries the cancel (82–189 held in three runs). When the
 //! pool runs dry the kernel ends the receive with `ENOBUFS`; reads then
 //! fall back to one plain `RECV` into the caller's buffer until buffers
 //! are back. A kernel without multishot receives (`EINVAL`) gets plain
