@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -42,15 +42,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let [src_path, dst_path] = args.as_slice() else {
         return Err("usage: file_copy SRC DST".into());
     };
-    let src = File::open(src_path).map_err(|e| format!("cannot open {src_path}: {e}"))?;
+    // Non-blocking, so that a FIFO does not block the open waiting for a
+    // writer before the check below can refuse it; regular files ignore it.
+    let src = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(src_path)
+        .map_err(|e| format!("cannot open {src_path}: {e}"))?;
     let meta = src.metadata()?;
     if !meta.is_file() {
         return Err(format!("{src_path} is not a regular file").into());
     }
-    if let (Ok(a), Ok(b)) = (
-        std::fs::canonicalize(src_path),
-        std::fs::canonicalize(dst_path),
-    ) && a == b
+    // The same inode under any name (a symlink, a hard link, a bind mount):
+    // truncating DST would empty SRC.
+    if let Ok(dst_meta) = std::fs::metadata(dst_path)
+        && (dst_meta.dev(), dst_meta.ino()) == (meta.dev(), meta.ino())
     {
         return Err("SRC and DST are the same file".into());
     }
@@ -67,7 +73,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let job = Rc::new(RefCell::new(Job {
         src,
         dst,
-        size: meta.len(),
+        // A size of 0 may be a file whose size the kernel does not know
+        // (`/proc`, `/sys`): read until end of file instead.
+        size: if meta.len() == 0 {
+            u64::MAX
+        } else {
+            meta.len()
+        },
         next_offset: 0,
         active: 0,
         copied: 0,
@@ -99,7 +111,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 struct Job {
     src: File,
     dst: File,
-    /// Bytes to copy (SRC's size when opened; less if it shrinks meanwhile).
+    /// Bytes to copy (SRC's size when opened, or unknown: `u64::MAX`; less
+    /// once a read finds the end of the file).
     size: u64,
     /// The first byte no chunk has claimed yet.
     next_offset: u64,

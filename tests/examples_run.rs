@@ -127,14 +127,41 @@ fn file_copy_copies_exactly() {
         stdout_of(&run("file_copy", &[s, d]).unwrap());
         assert_eq!(std::fs::read(&dst).unwrap().len(), 0);
 
-        // Bad input gives an error message and a failing status, not a panic.
-        for args in [&[s][..], &[s, s], &["/nonexistent/ringloop", d], &["/", d]] {
+        // A file whose size reads as 0 but has content is read to its end.
+        let out = run("file_copy", &["/proc/self/status", d]).unwrap();
+        stdout_of(&out);
+        let copied = std::fs::read_to_string(&dst).unwrap();
+        assert!(copied.starts_with("Name:"), "{copied:?}");
+
+        // A hard link to SRC is SRC: copying onto it must not empty it.
+        std::fs::write(&src, &data).unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&src, &link).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+        let (l, f) = (link.to_str().unwrap(), fifo.to_str().unwrap());
+
+        // Bad input gives an error message and a failing status, not a panic
+        // (and a FIFO as SRC does not hang the open).
+        for args in [
+            &[s][..],
+            &[s, s],
+            &[s, l],
+            &[f, d],
+            &["/nonexistent/ringloop", d],
+            &["/", d],
+        ] {
             let out = run("file_copy", args).unwrap();
             assert!(!out.status.success(), "{args:?} succeeded");
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(err.starts_with("file_copy: "), "{args:?}: {err}");
             assert!(!err.contains("panicked"), "{args:?}: {err}");
         }
+        assert!(std::fs::read(&src).unwrap() == data, "SRC was changed");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
