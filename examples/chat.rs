@@ -172,7 +172,10 @@ async fn client(room: Rc<Room>, stream: TcpStream) {
         }
         for piece in buf.split_inclusive(|&b| b == b'\n') {
             line.extend_from_slice(piece);
-            while line.len() > MAX_LINE {
+            // A longer line goes out in pieces of MAX_LINE bytes; its
+            // newline does not count (else a line of exactly MAX_LINE
+            // would leave it behind as an empty message).
+            while line.len() - usize::from(line.ends_with(b"\n")) > MAX_LINE {
                 said(&room, id, &me, &line[..MAX_LINE]);
                 line.drain(..MAX_LINE);
             }

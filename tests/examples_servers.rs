@@ -489,3 +489,25 @@ fn chat_broadcast_and_vanishing_clients() {
     assert_eq!(seen, want);
     server.assert_alive();
 }
+
+/// Lines longer than the chat's 4096-byte limit go out in pieces; a line of
+/// exactly 4096 bytes is one message (its newline used to be left behind
+/// and sent as an empty one).
+#[test]
+fn chat_splits_long_lines_at_the_limit() {
+    let Some(mut server) = Server::start("chat") else {
+        return;
+    };
+    let mut a = ChatClient::join(&server);
+    let mut b = ChatClient::join(&server);
+    a.expect(&format!("* {} joined", b.name));
+    let exact = "x".repeat(4096);
+    a.say(&exact);
+    a.say(&format!("{exact}yz"));
+    a.say("next");
+    b.expect(&format!("{}: {exact}", a.name));
+    b.expect(&format!("{}: {exact}", a.name));
+    b.expect(&format!("{}: yz", a.name));
+    b.expect(&format!("{}: next", a.name));
+    server.assert_alive();
+}
