@@ -179,6 +179,8 @@ impl Conn {
                     break;
                 }
             }
+            // Empty lines before a request line are ignored (RFC 9112 §2.2).
+            at += blank_lines(&self.input[at..self.filled]);
             let rest = &self.input[at..self.filled];
             let Some(head_len) = find_head_end(rest) else {
                 if rest.len() > MAX_HEAD {
@@ -189,7 +191,7 @@ impl Conn {
             match parse_head(&rest[..head_len]) {
                 Ok(req) => {
                     self.body_left = req.content_length;
-                    self.reply_hello(req.keep_alive);
+                    self.reply_hello(req.keep_alive, req.http_1_0);
                 }
                 Err(status) => self.reply_error(status),
             }
@@ -199,12 +201,15 @@ impl Conn {
         self.filled -= at;
     }
 
-    fn reply_hello(&mut self, keep_alive: bool) {
+    fn reply_hello(&mut self, keep_alive: bool, http_1_0: bool) {
         self.output
             .extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n");
         if !keep_alive {
             self.output.extend_from_slice(b"Connection: close\r\n");
             self.closing = true;
+        } else if http_1_0 {
+            // An HTTP/1.0 client closes unless told the connection persists.
+            self.output.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         self.output.extend_from_slice(b"Content-Length: 5\r\n\r\n");
         self.output.extend_from_slice(BODY);
@@ -257,8 +262,23 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// The length of the empty lines (`\r\n` or bare `\n`) at the start of
+/// `buf`.
+fn blank_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\n', ..] => at += 1,
+            [b'\r', b'\n', ..] => at += 2,
+            _ => return at,
+        }
+    }
+}
+
 struct Request {
     keep_alive: bool,
+    /// An HTTP/1.0 request, whose client needs to be told of keep-alive.
+    http_1_0: bool,
     content_length: usize,
 }
 
@@ -303,6 +323,7 @@ fn parse_head(head: &[u8]) -> Result<Request, &'static str> {
     }
     Ok(Request {
         keep_alive,
+        http_1_0: version == "HTTP/1.0",
         content_length,
     })
 }

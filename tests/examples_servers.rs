@@ -200,8 +200,23 @@ fn http_1_0_and_bad_requests() {
     for _ in 0..2 {
         w.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             .unwrap();
-        assert_eq!(read_response(&mut r).status, 200);
+        let response = read_response(&mut r);
+        assert_eq!(response.status, 200);
+        // ... and says so, or the client would wait for the close.
+        assert!(
+            response
+                .headers
+                .contains(&("connection".into(), "keep-alive".into())),
+            "{:?}",
+            response.headers
+        );
     }
+
+    // Empty lines before a request line are ignored (RFC 9112 §2.2).
+    let mut w = server.connect();
+    let mut r = BufReader::new(w.try_clone().unwrap());
+    w.write_all(b"\r\n\nGET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r).body, b"hello");
 
     // Garbage gets a 400 and a close; the server goes on.
     for garbage in [
