@@ -4,27 +4,39 @@
 //! cargo run --example echo_async -- 127.0.0.1:7000
 //! ```
 //!
-//! Takes the listen address as its only argument and prints exactly one line,
+//! Takes the listen address as its argument and prints exactly one line,
 //! `listening on ADDR`, once it accepts connections. Each connection is a
 //! task that reads into a buffer and writes it back until the peer closes.
+//!
+//! A connection whose read or write makes no progress for 60 s (or the
+//! optional second argument, in seconds) is closed: an idle client, or one
+//! that never reads its echo, would otherwise keep its fd for ever, and a
+//! few hundred of them would use up the server's fds.
 
 use std::io::Write;
+use std::time::Duration;
 
 use ringloop::net::{TcpListener, TcpStream};
-use ringloop::rt;
+use ringloop::{rt, time};
 
-async fn serve(stream: TcpStream) {
+async fn serve(stream: TcpStream, idle: Duration) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(16 * 1024);
     loop {
         buf.clear();
-        let (r, b) = stream.read(buf).await;
+        // A timed-out read loses nothing (it is cancelled, and the socket
+        // keeps any bytes it brought), but the connection ends anyway.
+        let Ok((r, b)) = time::timeout(idle, stream.read(buf)).await else {
+            return;
+        };
         buf = b;
         match r {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let (r, b) = stream.write_all(buf).await;
+        let Ok((r, b)) = time::timeout(idle, stream.write_all(buf)).await else {
+            return;
+        };
         buf = b;
         if r.is_err() {
             return;
@@ -34,9 +46,17 @@ async fn serve(stream: TcpStream) {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (Some(addr), None) = (args.next(), args.next()) else {
-        eprintln!("usage: echo_async LISTEN_ADDR   (for example 127.0.0.1:7000)");
+    let (Some(addr), idle, None) = (args.next(), args.next(), args.next()) else {
+        eprintln!("usage: echo_async LISTEN_ADDR [IDLE_SECS]   (for example 127.0.0.1:7000)");
         std::process::exit(2);
+    };
+    let idle = match idle.as_deref().map(str::parse::<f64>) {
+        None => Duration::from_secs(60),
+        Some(Ok(secs)) if secs > 0.0 && secs < 1e9 => Duration::from_secs_f64(secs),
+        Some(_) => {
+            eprintln!("echo_async: IDLE_SECS must be a number of seconds above 0");
+            std::process::exit(2);
+        }
     };
     let runtime = match rt::Runtime::new() {
         Ok(r) => r,
@@ -51,11 +71,11 @@ fn main() {
         std::io::stdout().flush()?;
         loop {
             match listener.accept().await {
-                Ok((stream, _peer)) => drop(rt::spawn(serve(stream))),
+                Ok((stream, _peer)) => drop(rt::spawn(serve(stream, idle))),
                 // Out of fds and the like: keep serving the others.
                 Err(e) => {
                     eprintln!("echo_async: accept: {e}");
-                    ringloop::time::sleep(std::time::Duration::from_millis(10)).await;
+                    time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }

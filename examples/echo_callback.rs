@@ -26,8 +26,12 @@
 //!   bounded by the kernel's receive buffer) and the watch waits for WRITE
 //!   alone; a sweep removes such watches if the client vanishes meanwhile.
 //! - **Errors** (reset, broken pipe) close that connection and nothing else.
+//! - **Idle clients**: a connection that moves no byte for 60 s (or the
+//!   optional second argument, in seconds) is closed, or a few hundred
+//!   clients that connect and go quiet would use up the server's fds. One
+//!   timer per connection checks a flag the handler sets: nothing per event.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
@@ -49,9 +53,11 @@ fn main() {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .ok_or("usage: echo_callback ADDR (for example 127.0.0.1:7000)")?;
+    let mut args = std::env::args().skip(1);
+    let (Some(addr), idle, None) = (args.next(), args.next(), args.next()) else {
+        return Err("usage: echo_callback ADDR [IDLE_SECS] (for example 127.0.0.1:7000)".into());
+    };
+    let idle = parse_idle(idle.as_deref())?;
     let listener = TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -60,7 +66,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let sweep = Sweep::new();
     let accepter = listener.try_clone()?;
     lp.add_fd(listener.into(), Interest::READ, move |lp, ev| {
-        accept_some(lp, ev, &accepter, &sweep)
+        accept_some(lp, ev, &accepter, &sweep, idle)
     })?;
 
     println!("listening on {local}");
@@ -70,11 +76,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Accepts up to [`ACCEPT_BATCH`] waiting connections.
-fn accept_some(lp: &Handle, ev: FdEvent, listener: &TcpListener, sweep: &Sweep) {
+fn accept_some(lp: &Handle, ev: FdEvent, listener: &TcpListener, sweep: &Sweep, idle: Duration) {
     for _ in 0..ACCEPT_BATCH {
         match listener.accept() {
             Ok((stream, _peer)) => {
-                if let Err(e) = serve(lp, stream, sweep.clone()) {
+                if let Err(e) = serve(lp, stream, sweep.clone(), idle) {
                     eprintln!("echo_callback: dropping a connection: {e}");
                 }
             }
@@ -107,17 +113,21 @@ struct Conn {
     /// The client will send nothing more.
     read_closed: bool,
     buf: Box<[u8]>,
+    /// Set whenever bytes move; the idle check clears it.
+    active: Rc<Cell<bool>>,
 }
 
-fn serve(lp: &Handle, stream: TcpStream, sweep: Sweep) -> io::Result<()> {
+fn serve(lp: &Handle, stream: TcpStream, sweep: Sweep, idle: Duration) -> io::Result<()> {
     stream.set_nonblocking(true)?;
+    let active = Rc::new(Cell::new(false));
     let mut conn = Conn {
         stream: stream.try_clone()?,
         pending: Vec::new(),
         read_closed: false,
         buf: vec![0; READ_CHUNK].into_boxed_slice(),
+        active: active.clone(),
     };
-    lp.add_fd(stream.into(), Interest::READ, move |lp, ev| {
+    let id = lp.add_fd(stream.into(), Interest::READ, move |lp, ev| {
         match conn.on_event(ev.ready) {
             Ok(Next::Watch(interest)) => {
                 let _ = lp.set_interest(ev.id, interest);
@@ -132,7 +142,30 @@ fn serve(lp: &Handle, stream: TcpStream, sweep: Sweep) -> io::Result<()> {
             }
         }
     })?;
+    close_when_idle(lp, id, active, idle);
     Ok(())
+}
+
+/// Closes connection `id` at the first check, every `idle`, that finds its
+/// `active` flag clear (and clears it). A connection closed meanwhile ends
+/// the checks: its id is stale, so `remove_fd` finds nothing.
+fn close_when_idle(lp: &Handle, id: FdId, active: Rc<Cell<bool>>, idle: Duration) {
+    let _ = lp.add_timer(idle, move |lp| {
+        if active.replace(false) {
+            close_when_idle(lp, id, active, idle);
+        } else {
+            let _ = lp.remove_fd(id);
+        }
+    });
+}
+
+/// The optional IDLE_SECS argument; 60 s without it.
+fn parse_idle(arg: Option<&str>) -> Result<Duration, String> {
+    match arg.map(str::parse::<f64>) {
+        None => Ok(Duration::from_secs(60)),
+        Some(Ok(secs)) if secs > 0.0 && secs < 1e9 => Ok(Duration::from_secs_f64(secs)),
+        Some(_) => Err("IDLE_SECS must be a number of seconds above 0".into()),
+    }
 }
 
 /// What a connection wants after an event.
@@ -166,7 +199,10 @@ impl Conn {
     fn read_once(&mut self) -> io::Result<()> {
         match self.stream.read(&mut self.buf) {
             Ok(0) => self.read_closed = true,
-            Ok(n) => self.pending.extend_from_slice(&self.buf[..n]),
+            Ok(n) => {
+                self.pending.extend_from_slice(&self.buf[..n]);
+                self.active.set(true);
+            }
             Err(e) if is_transient(&e) => {}
             Err(e) => return Err(e),
         }
@@ -199,7 +235,10 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        self.pending.drain(..written);
+        if written > 0 {
+            self.pending.drain(..written);
+            self.active.set(true);
+        }
         Ok(())
     }
 }

@@ -25,9 +25,17 @@
 //! full, the watch waits for WRITE|ERROR and stops reading, so a client that
 //! pipelines without reading cannot make the server buffer without bound.
 //! A client that half-closes while its answers are stuck is dropped.
+//!
+//! A connection that gets no request answered, no body byte read and no
+//! answer byte written for 60 s (or the optional second argument, in
+//! seconds) is closed: idle keep-alive clients, and slowloris clients that
+//! trickle a request head, would otherwise hold their fds for ever. One
+//! timer per connection checks a flag the handler sets.
 
+use std::cell::Cell;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::rc::Rc;
 use std::time::Duration;
 
 use ringloop::{EventLoop, FdEvent, FdId, Handle, Interest};
@@ -48,9 +56,11 @@ fn main() {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .ok_or("usage: http_hello ADDR (for example 127.0.0.1:8080)")?;
+    let mut args = std::env::args().skip(1);
+    let (Some(addr), idle, None) = (args.next(), args.next(), args.next()) else {
+        return Err("usage: http_hello ADDR [IDLE_SECS] (for example 127.0.0.1:8080)".into());
+    };
+    let idle = parse_idle(idle.as_deref())?;
     let listener = TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -58,7 +68,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let lp = EventLoop::new()?;
     let accepter = listener.try_clone()?;
     lp.add_fd(listener.into(), Interest::READ, move |lp, ev| {
-        accept_some(lp, ev, &accepter)
+        accept_some(lp, ev, &accepter, idle)
     })?;
 
     println!("listening on {local}");
@@ -67,11 +77,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn accept_some(lp: &Handle, ev: FdEvent, listener: &TcpListener) {
+fn accept_some(lp: &Handle, ev: FdEvent, listener: &TcpListener, idle: Duration) {
     for _ in 0..ACCEPT_BATCH {
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(e) = serve(lp, stream) {
+                if let Err(e) = serve(lp, stream, idle) {
                     eprintln!("http_hello: dropping a connection: {e}");
                 }
             }
@@ -96,9 +106,10 @@ fn pause_listener(lp: &Handle, id: FdId) {
     }
 }
 
-fn serve(lp: &Handle, stream: TcpStream) -> io::Result<()> {
+fn serve(lp: &Handle, stream: TcpStream, idle: Duration) -> io::Result<()> {
     stream.set_nonblocking(true)?;
     stream.set_nodelay(true)?;
+    let active = Rc::new(Cell::new(false));
     let mut conn = Conn {
         stream: stream.try_clone()?,
         input: vec![0; READ_CHUNK],
@@ -106,8 +117,9 @@ fn serve(lp: &Handle, stream: TcpStream) -> io::Result<()> {
         output: Vec::new(),
         body_left: 0,
         closing: false,
+        active: active.clone(),
     };
-    lp.add_fd(stream.into(), Interest::READ, move |lp, ev| {
+    let id = lp.add_fd(stream.into(), Interest::READ, move |lp, ev| {
         match conn.on_event(ev.ready) {
             Ok(Some(interest)) => {
                 let _ = lp.set_interest(ev.id, interest);
@@ -118,7 +130,30 @@ fn serve(lp: &Handle, stream: TcpStream) -> io::Result<()> {
             }
         }
     })?;
+    close_when_idle(lp, id, active, idle);
     Ok(())
+}
+
+/// Closes connection `id` at the first check, every `idle`, that finds its
+/// `active` flag clear (and clears it). A connection closed meanwhile ends
+/// the checks: its id is stale, so `remove_fd` finds nothing.
+fn close_when_idle(lp: &Handle, id: FdId, active: Rc<Cell<bool>>, idle: Duration) {
+    let _ = lp.add_timer(idle, move |lp| {
+        if active.replace(false) {
+            close_when_idle(lp, id, active, idle);
+        } else {
+            let _ = lp.remove_fd(id);
+        }
+    });
+}
+
+/// The optional IDLE_SECS argument; 60 s without it.
+fn parse_idle(arg: Option<&str>) -> Result<Duration, String> {
+    match arg.map(str::parse::<f64>) {
+        None => Ok(Duration::from_secs(60)),
+        Some(Ok(secs)) if secs > 0.0 && secs < 1e9 => Ok(Duration::from_secs_f64(secs)),
+        Some(_) => Err("IDLE_SECS must be a number of seconds above 0".into()),
+    }
 }
 
 struct Conn {
@@ -133,6 +168,9 @@ struct Conn {
     body_left: usize,
     /// Close once `output` is written: no more requests are read.
     closing: bool,
+    /// Set whenever a request is answered or body or answer bytes move;
+    /// the idle check clears it.
+    active: Rc<Cell<bool>>,
 }
 
 impl Conn {
@@ -174,6 +212,9 @@ impl Conn {
             if self.body_left > 0 {
                 let skip = self.body_left.min(self.filled - at);
                 self.body_left -= skip;
+                if skip > 0 {
+                    self.active.set(true);
+                }
                 at += skip;
                 if self.body_left > 0 {
                     break;
@@ -188,6 +229,7 @@ impl Conn {
                 }
                 break;
             };
+            self.active.set(true);
             match parse_head(&rest[..head_len]) {
                 Ok(req) => {
                     self.body_left = req.content_length;
@@ -232,7 +274,10 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        self.output.drain(..written);
+        if written > 0 {
+            self.output.drain(..written);
+            self.active.set(true);
+        }
         if self.output.is_empty() && !self.closing && self.filled > 0 {
             // Requests held back while the socket was full.
             self.answer_requests();

@@ -28,9 +28,15 @@ struct Server {
 impl Server {
     /// Starts `name` on `127.0.0.1:0` and waits for its `listening on ADDR` line.
     fn start(name: &str) -> Option<Server> {
+        Server::start_with(name, &[])
+    }
+
+    /// [`Server::start`] with more arguments after the address.
+    fn start_with(name: &str, more: &[&str]) -> Option<Server> {
         let path = example_path(name)?;
         let mut child = Command::new(&path)
             .arg("127.0.0.1:0")
+            .args(more)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -525,4 +531,62 @@ fn chat_splits_long_lines_at_the_limit() {
     b.expect(&format!("{}: yz", a.name));
     b.expect(&format!("{}: next", a.name));
     server.assert_alive();
+}
+
+// ---- Idle connections ----
+
+/// Reads until EOF or a reset; panics if the connection stays open.
+fn wait_for_close(s: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the idle connection was not closed: {e}"),
+        }
+    }
+}
+
+/// Every server but chat (whose listeners are idle by design) closes a
+/// connection that moves nothing for its idle timeout (1 s here), and keeps
+/// one that talks every 100 ms; http_hello also closes a client that
+/// trickles a request head without ever finishing it.
+#[test]
+fn idle_connections_are_closed_and_busy_ones_are_not() {
+    for name in ["echo_async", "echo_callback", "http_hello"] {
+        let Some(mut server) = Server::start_with(name, &["1"]) else {
+            return;
+        };
+        let mut idle = server.connect();
+        let mut slow = server.connect();
+        let mut busy = server.connect();
+        let mut busy_reader = BufReader::new(busy.try_clone().unwrap());
+        let slow_writer = thread::spawn(move || {
+            // A request head, one byte every 100 ms, never finished.
+            for b in b"GET / HTTP/1.1\r\nX-Slow: ".iter().cycle().take(30) {
+                if slow.write_all(&[*b]).is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            slow
+        });
+        for i in 0..30 {
+            if name == "http_hello" {
+                busy.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+                assert_eq!(read_response(&mut busy_reader).body, b"hello", "{name}");
+            } else {
+                busy.write_all(format!("{i}\n").as_bytes()).unwrap();
+                assert_eq!(read_line(&mut busy_reader), i.to_string(), "{name}");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        wait_for_close(&mut idle);
+        let mut slow = slow_writer.join().unwrap();
+        if name == "http_hello" {
+            wait_for_close(&mut slow);
+        }
+        server.assert_alive();
+    }
 }
