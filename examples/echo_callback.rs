@@ -39,6 +39,10 @@ use std::time::Duration;
 
 use ringloop::{EventLoop, FdEvent, FdId, Handle, Interest};
 
+#[path = "shared/idle.rs"]
+mod idle;
+use idle::{close_when_idle, parse_idle};
+
 /// How much one handler call reads at most, so that one busy client cannot
 /// hold the loop for long.
 const READ_CHUNK: usize = 64 * 1024;
@@ -144,28 +148,6 @@ fn serve(lp: &Handle, stream: TcpStream, sweep: Sweep, idle: Duration) -> io::Re
     })?;
     close_when_idle(lp, id, active, idle);
     Ok(())
-}
-
-/// Closes connection `id` at the first check, every `idle`, that finds its
-/// `active` flag clear (and clears it). A connection closed meanwhile ends
-/// the checks: its id is stale, so `remove_fd` finds nothing.
-fn close_when_idle(lp: &Handle, id: FdId, active: Rc<Cell<bool>>, idle: Duration) {
-    let _ = lp.add_timer(idle, move |lp| {
-        if active.replace(false) {
-            close_when_idle(lp, id, active, idle);
-        } else {
-            let _ = lp.remove_fd(id);
-        }
-    });
-}
-
-/// The optional IDLE_SECS argument; 60 s without it.
-fn parse_idle(arg: Option<&str>) -> Result<Duration, String> {
-    match arg.map(str::parse::<f64>) {
-        None => Ok(Duration::from_secs(60)),
-        Some(Ok(secs)) if secs > 0.0 && secs < 1e9 => Ok(Duration::from_secs_f64(secs)),
-        Some(_) => Err("IDLE_SECS must be a number of seconds above 0".into()),
-    }
 }
 
 /// What a connection wants after an event.
