@@ -371,6 +371,7 @@ impl Ring {
     /// Routing in between lets what a batch calls for (a multishot
     /// receive's cancel at its limit) go in with that enter, not after the
     /// kernel has posted up to 64 more batches.
+    #[inline]
     pub fn reap_visible(&mut self, out: &mut Vec<cqueue::Entry>, pass: &mut ReapPasses) -> bool {
         out.extend(self.ring.completion());
         let (overflow, taskrun) = {
