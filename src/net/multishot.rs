@@ -32,13 +32,13 @@
 //! stream cancels it, the loop hands the buffers of anything still arriving
 //! back to the pool, and the fd is closed when the final completion is in.
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use io_uring::opcode;
 
@@ -152,6 +152,11 @@ struct Rx {
     pool: Rc<BufPool>,
     /// The receive in flight, if armed, and the socket it keeps open.
     armed: Option<(OpId, Socket)>,
+    /// The waker of the last task found reading on `handle`'s runtime.
+    polled_by: Option<Waker>,
+    /// `chunks.len()`, shared with the loop, which counts these against
+    /// the receive's limit.
+    held: Rc<Cell<usize>>,
     /// Filled buffers not yet read, in order: (buffer id, length, bytes read).
     chunks: VecDeque<(u16, usize, usize)>,
     /// Completions just taken from the loop (kept for its allocation).
@@ -185,6 +190,8 @@ impl MultiRecv {
             handle,
             pool,
             armed: None,
+            polled_by: None,
+            held: Rc::new(Cell::new(0)),
             chunks: VecDeque::new(),
             taken: VecDeque::new(),
             end: None,
@@ -207,15 +214,7 @@ impl MultiRecv {
         let mut just_armed = false;
         loop {
             if !rx.chunks.is_empty() {
-                let n = rx.copy_into(buf);
-                if rx.chunks.is_empty()
-                    && let Some((id, _)) = rx.armed
-                {
-                    // Nothing taken is held any more: it no longer counts
-                    // against the receive's limit.
-                    rx.handle.multi_task_op_all_read(id);
-                }
-                return Poll::Ready(Fill::Read(n));
+                return Poll::Ready(Fill::Read(rx.copy_into(buf)));
             }
             if let Some(end) = rx.end {
                 if end != 0 {
@@ -230,16 +229,16 @@ impl MultiRecv {
                 // Nothing of the stream's is in the loop it was enabled
                 // on: read on the current runtime's loop, as a plain
                 // receive would (the first loop may be gone or idle).
-                match crate::rt::current_handle() {
-                    Some(current) if !current.same_loop(&rx.handle) => {
-                        let Some(pool) = current.buf_pool() else {
-                            return Poll::Ready(Fill::Plain);
-                        };
-                        rx.handle = current;
-                        rx.pool = pool;
-                        rx.starved = false;
-                    }
-                    _ => {}
+                if crate::rt::current_loop_is(&rx.handle) == Some(false)
+                    && let Some(current) = crate::rt::current_handle()
+                {
+                    let Some(pool) = current.buf_pool() else {
+                        return Poll::Ready(Fill::Plain);
+                    };
+                    rx.handle = current;
+                    rx.polled_by = None;
+                    rx.pool = pool;
+                    rx.starved = false;
                 }
                 if rx.unsupported || (rx.starved && rx.pool.available() == 0) {
                     return Poll::Ready(Fill::Plain);
@@ -251,9 +250,20 @@ impl MultiRecv {
                 just_armed = true;
                 continue;
             };
-            if rx.handle.is_alive()
-                && crate::rt::current_handle().is_some_and(|current| !current.same_loop(&rx.handle))
+            // Checked once per task (a task never leaves its runtime), not
+            // per read: finding the current runtime costs ~60 instructions.
+            let checked = rx
+                .polled_by
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()));
+            if !checked {
+                rx.polled_by = Some(cx.waker().clone());
+            }
+            if !checked
+                && crate::rt::current_loop_is(&rx.handle) == Some(false)
+                && rx.handle.is_alive()
             {
+                rx.polled_by = None;
                 // Its completions come to that loop, which is not running
                 // this read: waiting here would hang. They stay there for
                 // a read on that runtime.
@@ -295,8 +305,11 @@ impl Rx {
         // buffers from the pool, which the loop keeps alive. `armed` keeps
         // the socket's fd open, and so does the release if the stream is
         // dropped first.
-        let id = unsafe { self.handle.submit_multi_task_op(entry, HIGH_WATER) }
-            .map_err(io::Error::other)?;
+        let id = unsafe {
+            self.handle
+                .submit_multi_task_op(entry, HIGH_WATER, self.held.clone())
+        }
+        .map_err(io::Error::other)?;
         self.armed = Some((id, sock.clone()));
         Ok(())
     }
@@ -311,6 +324,7 @@ impl Rx {
                     .push_back((bid, len.min(self.pool.buf_len()), 0)),
                 _ => self.pool.recycle(bid),
             }
+            self.held.set(self.chunks.len());
         }
         if c.has_more() {
             return;
@@ -346,6 +360,7 @@ impl Rx {
                 self.pool.recycle(bid);
             }
         }
+        self.held.set(self.chunks.len());
         copied
     }
 }

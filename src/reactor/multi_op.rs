@@ -14,7 +14,9 @@
 //! owner was dropped). It also applies the owner's limit on unread
 //! completions: it cancels the operation when the queue reaches it.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use io_uring::{cqueue, squeue};
@@ -32,11 +34,9 @@ pub(super) struct MultiTaskOp {
     wakers: Vec<Waker>,
     /// Unread completions at which the operation is cancelled.
     limit: usize,
-    /// Completions the owner took at its last poll and may still hold
-    /// unread (it polls only once it has read what it took before, and
-    /// says so when it has: `multi_task_op_all_read`); they count against
-    /// `limit` with the queue.
-    handed: usize,
+    /// Completions the owner took and holds unread, as it counts them:
+    /// they count against `limit` with the queue.
+    held: Rc<Cell<usize>>,
     /// Completions reaped but not routed yet, in a reap that drains the
     /// kernel in several passes (see `State::note_unrouted`).
     unrouted: usize,
@@ -70,8 +70,8 @@ impl MultiTaskOp {
 impl Handle {
     /// Submits a multishot operation that a future awaits with
     /// [`Handle::poll_multi_task_op`]: its completions queue in the loop,
-    /// and once `limit` of them wait unread (queued, or taken at the
-    /// owner's last poll) the loop cancels it.
+    /// and once `limit` of them wait unread (queued, or taken and not yet
+    /// read: the owner keeps `held` up to date) the loop cancels it.
     ///
     /// # Safety
     /// As for [`Handle::submit`]: what the entry points to is owned by the
@@ -81,12 +81,13 @@ impl Handle {
         &self,
         entry: squeue::Entry,
         limit: usize,
+        held: Rc<Cell<usize>>,
     ) -> Result<OpId> {
         let op = Op::MultiTask(MultiTaskOp {
             queue: VecDeque::new(),
             wakers: Vec::new(),
             limit: limit.max(1),
-            handed: 0,
+            held,
             unrouted: 0,
             release: None,
             done: false,
@@ -120,16 +121,6 @@ impl Handle {
                 Poll::Ready(())
             }
         }
-    }
-
-    /// The owner has read everything it took at its last poll: none of it
-    /// counts against the operation's limit any more.
-    pub(crate) fn multi_task_op_all_read(&self, id: OpId) {
-        let _ = self.with(|st| {
-            if let Some(Op::MultiTask(op)) = st.ops.get_mut(id) {
-                op.handed = 0;
-            }
-        });
     }
 
     /// The owner of a multishot operation is dropped: the operation is
@@ -185,7 +176,7 @@ impl State {
             return;
         }
         op.unrouted += 1;
-        if op.queue.len() + op.handed + op.unrouted >= op.limit {
+        if op.queue.len() + op.held.get() + op.unrouted >= op.limit {
             self.cancel_user_op(id);
         }
     }
@@ -215,7 +206,7 @@ impl State {
             for waker in op.wakers.drain(..) {
                 wake_or_defer(&mut self.deferred, self.inline_waker, waker);
             }
-            over_limit = more && op.queue.len() + op.handed >= op.limit;
+            over_limit = more && op.queue.len() + op.held.get() >= op.limit;
         }
         if more {
             if over_limit && !op.cancel_sent {
@@ -246,7 +237,6 @@ impl State {
             return Poll::Ready(());
         };
         if !op.queue.is_empty() {
-            op.handed = op.queue.len();
             if out.is_empty() {
                 // The usual case: trade queues (each keeps an allocation)
                 // rather than move the completions one by one.
@@ -259,7 +249,6 @@ impl State {
             }
             return Poll::Ready(());
         }
-        op.handed = 0;
         if !op.wakers.iter().any(|w| w.will_wake(waker)) {
             op.wakers.push(waker.clone());
         }

@@ -225,6 +225,11 @@ pub fn current_handle() -> Option<Handle> {
     task::current().map(|c| c.handle.clone())
 }
 
+/// Whether `handle` is the current runtime's loop; `None` without one.
+pub(crate) fn current_loop_is(handle: &Handle) -> Option<bool> {
+    task::current_loop_is(handle)
+}
+
 /// Whether a runtime is current on this thread.
 pub(crate) fn in_runtime() -> bool {
     task::in_runtime()

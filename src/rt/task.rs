@@ -270,6 +270,26 @@ pub(crate) fn current() -> Option<Rc<Core>> {
         .flatten()
 }
 
+/// Whether `handle` is the loop of the runtime [`current`] would return
+/// (`None` without a runtime), without cloning either: a check on a hot
+/// path (a multishot stream's read).
+pub(crate) fn current_loop_is(handle: &Handle) -> Option<bool> {
+    CURRENT
+        .try_with(|c| {
+            let stack = c.borrow();
+            let mut newest = None;
+            for core in stack.iter().rev().filter_map(Weak::upgrade) {
+                if core.running.get() {
+                    return Some(core.handle.same_loop(handle));
+                }
+                newest.get_or_insert_with(|| core.handle.same_loop(handle));
+            }
+            newest
+        })
+        .ok()
+        .flatten()
+}
+
 /// Whether a runtime is current on this thread (cheaper than [`current`]).
 pub(crate) fn in_runtime() -> bool {
     CURRENT
