@@ -379,8 +379,11 @@ enum Op {
     },
     /// Awaited by a future ([`crate::op::Op`]): the completion waits here.
     Task(TaskOp),
-    /// A multishot operation awaited by a future: its completions queue here.
-    MultiTask(multi_op::MultiTaskOp),
+    /// A multishot operation awaited by a future: its completions queue
+    /// here. Boxed, as `Readiness` is: inline, it made the enum large enough
+    /// that every operation's way into the table took a `memcpy` call
+    /// (`ringloop-ops` +66 instructions per event).
+    MultiTask(Box<multi_op::MultiTaskOp>),
     /// A multishot readiness poll awaited by futures ([`crate::io::AsyncFd`]).
     Readiness(Box<readiness::ReadinessOp>),
     /// Its owner is gone; the completion is dropped.

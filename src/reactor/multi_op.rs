@@ -83,7 +83,7 @@ impl Handle {
         limit: usize,
         held: Rc<Cell<usize>>,
     ) -> Result<OpId> {
-        let op = Op::MultiTask(MultiTaskOp {
+        let op = Op::MultiTask(Box::new(MultiTaskOp {
             queue: VecDeque::new(),
             wakers: Vec::new(),
             limit: limit.max(1),
@@ -93,7 +93,7 @@ impl Handle {
             done: false,
             detached: false,
             cancel_sent: false,
-        });
+        }));
         // SAFETY: forwarded from the caller.
         unsafe { self.submit_op(entry, op) }
     }
