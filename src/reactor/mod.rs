@@ -253,6 +253,7 @@ impl Builder {
             ring,
             ops: SlotMap::with_key(),
             user_ops: 0,
+            multi_task_ops: 0,
             watches: SlotMap::with_key(),
             active_watches: 0,
             timers: TimerQueue::default(),
@@ -425,6 +426,10 @@ struct State {
     /// `Op::User`, `Op::Task` and `Op::MultiTask` entries the kernel has
     /// not finished: they keep `run` going.
     user_ops: usize,
+    /// Futures' multishot operations not ended yet: while there are none,
+    /// a reap that drains the kernel in several passes skips their limit
+    /// checks (`note_unrouted`) between the passes.
+    multi_task_ops: usize,
     watches: SlotMap<FdId, Watch>,
     /// Watches with a non-empty interest: they keep `run` going.
     active_watches: usize,
@@ -1247,8 +1252,10 @@ impl State {
             // takes to its limit is cancelled with the enter that brings
             // the rest, not after up to 64 more batches; the completions
             // are still routed in order, once all are in.
-            for cqe in &cqes[scanned..] {
-                self.note_unrouted(cqe.user_data(), cqe.flags());
+            if self.multi_task_ops > 0 {
+                for cqe in &cqes[scanned..] {
+                    self.note_unrouted(cqe.user_data(), cqe.flags());
+                }
             }
             scanned = cqes.len();
             if self.ring.bring_more().is_err() {

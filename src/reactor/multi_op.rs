@@ -95,7 +95,9 @@ impl Handle {
             cancel_sent: false,
         }));
         // SAFETY: forwarded from the caller.
-        unsafe { self.submit_op(entry, op) }
+        let id = unsafe { self.submit_op(entry, op) }?;
+        let _ = self.with(|st| st.multi_task_ops += 1);
+        Ok(id)
     }
 
     /// Moves every queued completion of the operation to the end of `out`
@@ -164,8 +166,11 @@ impl State {
     /// over, and cancels its multishot operation if it takes the operation
     /// to its limit: the cancel then goes in with the reap's next enter.
     pub(super) fn note_unrouted(&mut self, user_data: u64, flags: u32) {
+        if !cqueue::more(flags) || user_data == IGNORE {
+            return;
+        }
         let key = KeyData::from_ffi(user_data);
-        if user_data == IGNORE || key.as_ffi() != user_data || !cqueue::more(flags) {
+        if key.as_ffi() != user_data {
             return;
         }
         let id = OpId::from(key);
@@ -220,6 +225,7 @@ impl State {
             return;
         }
         op.done = true;
+        self.multi_task_ops = self.multi_task_ops.saturating_sub(1);
         self.user_ops -= 1;
         if op.detached {
             let release = op.release.take();
