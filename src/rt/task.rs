@@ -254,35 +254,28 @@ thread_local! {
 /// task, say) must not take tasks, timers and sockets from the one that
 /// runs: nothing would drive them.
 pub(crate) fn current() -> Option<Rc<Core>> {
-    CURRENT
-        .try_with(|c| {
-            let stack = c.borrow();
-            let mut newest = None;
-            for core in stack.iter().rev().filter_map(Weak::upgrade) {
-                if core.running.get() {
-                    return Some(core);
-                }
-                newest.get_or_insert(core);
-            }
-            newest
-        })
-        .ok()
-        .flatten()
+    with_current(Rc::clone)
 }
 
 /// Whether `handle` is the loop of the runtime [`current`] would return
 /// (`None` without a runtime), without cloning either: a check on a hot
 /// path (a multishot stream's read).
 pub(crate) fn current_loop_is(handle: &Handle) -> Option<bool> {
+    with_current(|core| core.handle.same_loop(handle))
+}
+
+/// `f` of the runtime [`current`] picks: the innermost running one, else
+/// the newest live one.
+fn with_current<R>(f: impl Fn(&Rc<Core>) -> R) -> Option<R> {
     CURRENT
         .try_with(|c| {
             let stack = c.borrow();
             let mut newest = None;
             for core in stack.iter().rev().filter_map(Weak::upgrade) {
                 if core.running.get() {
-                    return Some(core.handle.same_loop(handle));
+                    return Some(f(&core));
                 }
-                newest.get_or_insert_with(|| core.handle.same_loop(handle));
+                newest.get_or_insert_with(|| f(&core));
             }
             newest
         })
