@@ -406,9 +406,9 @@ impl State {
 
     /// Routes a completion of a future's operation: stores the first one,
     /// and at the final one wakes the future, or frees the entry if the
-    /// future is gone. Completions in between go to the entry's `surplus`
-    /// clean-up, and the first of them ends the operation (see
-    /// [`Handle::submit_task_op`]).
+    /// future is gone. A first completion that says more follow cancels
+    /// the operation, and the ones after it go to the entry's `surplus`
+    /// clean-up (see [`Handle::submit_task_op`]).
     pub(super) fn route_task_op(&mut self, id: OpId, c: Completion, more: bool) {
         let Some(Op::Task(task)) = self.ops.get_mut(id) else {
             return;
