@@ -359,18 +359,18 @@ impl Ring {
     pub fn reap(&mut self, out: &mut Vec<cqueue::Entry>) -> io::Result<u64> {
         let mut pass = ReapPasses::default();
         while self.reap_visible(out, &mut pass) {
-            self.bring_more()?;
+            self.flush()?;
         }
         Ok(pass.overflow_flushes)
     }
 
-    /// One pass of [`Ring::reap`], for a caller that routes each batch
+    /// One pass of [`Ring::reap`], for a caller that looks at each batch
     /// before the next: moves the visible CQEs into `out` and says whether
     /// the kernel holds more (an overflow list, or deferred task work while
-    /// `pass` is under the drain bound), which [`Ring::bring_more`] fetches.
-    /// Routing in between lets what a batch calls for (a multishot
-    /// receive's cancel at its limit) go in with that enter, not after the
-    /// kernel has posted up to 64 more batches.
+    /// `pass` is under the drain bound), which [`Ring::flush`] fetches.
+    /// What the caller queues in between (a multishot receive's cancel at
+    /// its limit) goes in with that enter, not after the kernel has posted
+    /// up to 64 more batches.
     #[inline]
     pub fn reap_visible(&mut self, out: &mut Vec<cqueue::Entry>, pass: &mut ReapPasses) -> bool {
         out.extend(self.ring.completion());
@@ -387,12 +387,6 @@ impl Ring {
             return false;
         }
         true
-    }
-
-    /// Submits what is queued and lets the kernel post what it holds,
-    /// without blocking (after [`Ring::reap_visible`] said there is more).
-    pub fn bring_more(&mut self) -> io::Result<()> {
-        self.enter(0, sys::ENTER_GETEVENTS, None)
     }
 }
 

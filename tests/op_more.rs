@@ -75,6 +75,14 @@ fn a_zero_copy_send_keeps_its_buffer_until_the_kernel_is_done() {
     );
 }
 
+/// A multishot accept on `listener`, awaited as one result.
+fn multishot_accept(listener: &TcpListener) -> op::Op<()> {
+    let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd())).build();
+    // SAFETY: an accept's non-negative result is a new fd; the listener
+    // outlives the operation in every test.
+    unsafe { op::submit_fd(entry, ()) }
+}
+
 /// Connects `n` clients to `addr`.
 fn connect(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect()
@@ -88,9 +96,7 @@ fn a_multishot_accept_awaited_as_one_result_is_ended_and_leaks_no_fd() {
         let addr = listener.local_addr().unwrap();
         let in_flight = rt::current_handle().unwrap().stats().unwrap().in_flight;
         let before = open_fd_count();
-        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd())).build();
-        // SAFETY: an accept's non-negative result is a new fd.
-        let accept = unsafe { op::submit_fd(entry, ()) };
+        let accept = multishot_accept(&listener);
         let clients = connect(addr, 3);
         let (c, ()) = accept.await;
         assert!(c.result >= 0, "accept: {}", c.result);
@@ -115,9 +121,7 @@ fn a_dropped_multishot_accept_closes_every_fd_it_made() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let before = open_fd_count();
-        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd())).build();
-        // SAFETY: an accept's non-negative result is a new fd.
-        let mut accept = Box::pin(unsafe { op::submit_fd(entry, ()) });
+        let mut accept = Box::pin(multishot_accept(&listener));
         let first = std::future::poll_fn(|cx| {
             std::task::Poll::Ready(std::future::Future::poll(accept.as_mut(), cx))
         })

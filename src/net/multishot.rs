@@ -13,7 +13,7 @@
 //! serves every stream that received data. A read takes what is queued.
 //!
 //! Limits, so one stream cannot take the pool: once [`HIGH_WATER`]
-//! completions wait unread (in the loop, or taken by the stream at its last
+//! completions wait unread (in the loop, or taken by the stream and not yet
 //! read), the loop cancels the receive, which is armed again only once
 //! reads have used up everything received. The kernel may fill a few more
 //! buffers before the cancel reaches it (a stream written at full speed and
@@ -229,8 +229,8 @@ impl MultiRecv {
                 // Nothing of the stream's is in the loop it was enabled
                 // on: read on the current runtime's loop, as a plain
                 // receive would (the first loop may be gone or idle).
-                if crate::rt::current_loop_is(&rx.handle) == Some(false)
-                    && let Some(current) = crate::rt::current_handle()
+                if let Some(current) = crate::rt::current_handle()
+                    && !current.same_loop(&rx.handle)
                 {
                     let Some(pool) = current.buf_pool() else {
                         return Poll::Ready(Fill::Plain);
@@ -252,25 +252,21 @@ impl MultiRecv {
             };
             // Checked once per task (a task never leaves its runtime), not
             // per read: finding the current runtime costs ~60 instructions.
-            let checked = rx
+            if !rx
                 .polled_by
                 .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()));
-            if !checked {
-                rx.polled_by = Some(cx.waker().clone());
-            }
-            if !checked
-                && crate::rt::current_loop_is(&rx.handle) == Some(false)
-                && rx.handle.is_alive()
+                .is_some_and(|w| w.will_wake(cx.waker()))
             {
-                rx.polled_by = None;
-                // Its completions come to that loop, which is not running
-                // this read: waiting here would hang. They stay there for
-                // a read on that runtime.
-                return Poll::Ready(Fill::Failed(io::Error::other(
-                    "the stream's multishot receive is armed on another runtime's loop; \
-                     read it there, or once that receive has ended",
-                )));
+                if crate::rt::current_loop_is(&rx.handle) == Some(false) && rx.handle.is_alive() {
+                    // Its completions come to that loop, which is not
+                    // running this read: waiting here would hang. They
+                    // stay there for a read on that runtime.
+                    return Poll::Ready(Fill::Failed(io::Error::other(
+                        "the stream's multishot receive is armed on another runtime's loop; \
+                         read it there, or once that receive has ended",
+                    )));
+                }
+                rx.polled_by = Some(cx.waker().clone());
             }
             let mut taken = std::mem::take(&mut rx.taken);
             if rx

@@ -498,7 +498,6 @@ impl Drop for EventLoop {
     }
 }
 
-/// Decrements the nesting depth even if a handler panics.
 /// Calls a handler taken out of its slot, then `restore`s it there even if
 /// it panicked: a handler's panic reaches the caller of `run_once`, and the
 /// loop stays whole (its watch still fires, its operation still ends).
@@ -521,6 +520,7 @@ fn teardown_step(panicked: &mut Option<Box<dyn std::any::Any + Send>>, step: imp
     }
 }
 
+/// Decrements the nesting depth even if a handler panics.
 struct DepthGuard<'a>(&'a Cell<u32>);
 
 impl Drop for DepthGuard<'_> {
@@ -813,27 +813,19 @@ impl Handle {
                 }
             }
             Dispatch::Immediate(handler) | Dispatch::Timer(handler) => handler(self),
-            Dispatch::Fd(id, handler, event) => {
-                let ran = call_then_restore(
-                    handler,
-                    |h| h(self, event),
-                    |h| drop(self.with(|st| st.restore_fd(id, h))),
-                );
-                if let Err(panic) = ran {
-                    resume_unwind(panic);
-                }
-            }
+            Dispatch::Fd(id, handler, event) => call_then_restore(
+                handler,
+                |h| h(self, event),
+                |h| drop(self.with(|st| st.restore_fd(id, h))),
+            )
+            .unwrap_or_else(|panic| resume_unwind(panic)),
             Dispatch::Op(_, mut callback, completion, true) => callback(self, completion),
-            Dispatch::Op(id, callback, completion, false) => {
-                let ran = call_then_restore(
-                    callback,
-                    |c| c(self, completion),
-                    |c| drop(self.with(|st| st.restore_op(id, c))),
-                );
-                if let Err(panic) = ran {
-                    resume_unwind(panic);
-                }
-            }
+            Dispatch::Op(id, callback, completion, false) => call_then_restore(
+                callback,
+                |c| c(self, completion),
+                |c| drop(self.with(|st| st.restore_op(id, c))),
+            )
+            .unwrap_or_else(|panic| resume_unwind(panic)),
         }
     }
 
@@ -1258,7 +1250,7 @@ impl State {
                 }
             }
             scanned = cqes.len();
-            if self.ring.bring_more().is_err() {
+            if self.ring.flush().is_err() {
                 break;
             }
         }

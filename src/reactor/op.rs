@@ -419,11 +419,14 @@ impl State {
         let first = !task.detached && task.completion.is_none();
         if first {
             task.completion = Some(c);
+        } else if (more || !task.detached)
+            && let Some(surplus) = task.surplus
+        {
+            // Nobody's result (a dropped future's final one goes to its
+            // release instead).
+            surplus(&c);
         }
         if more {
-            if !first && let Some(surplus) = task.surplus {
-                surplus(&c);
-            }
             if first {
                 self.cancel_user_op(id);
             }
@@ -435,9 +438,6 @@ impl State {
             let release = task.release.take();
             self.forget_detached_op(id, release, c);
             return;
-        }
-        if !first && let Some(surplus) = task.surplus {
-            surplus(&c);
         }
         if let Some(waker) = task.waker.take() {
             wake_or_defer(&mut self.deferred, self.inline_waker, waker);
