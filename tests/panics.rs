@@ -303,3 +303,33 @@ fn a_waker_that_panicked_in_a_kernel_turn_does_not_drop_the_next_handler() {
     // Level-triggered, the byte unread: the watch keeps firing.
     assert!(calls.get() > 10, "the fd handler ran {} times", calls.get());
 }
+
+/// A task's output that panics when dropped.
+struct PanicOnDropOutput;
+
+impl Drop for PanicOnDropOutput {
+    fn drop(&mut self) {
+        panic!("output drop panics");
+    }
+}
+
+/// A panic in the executor's poll pass (here a detached task's output,
+/// dropped as the task finishes) reaches `block_on`'s caller, and the tasks
+/// queued behind it in the same pass still run afterwards. They were lost:
+/// still marked queued, so no later wake queued them again, and they hung.
+#[test]
+fn a_panic_in_the_poll_pass_loses_no_queued_task() {
+    let rt = Runtime::new().unwrap();
+    drop(rt.spawn(async { PanicOnDropOutput }));
+    let ran = Rc::new(Cell::new(false));
+    let flag = ran.clone();
+    let behind = rt.spawn(async move { flag.set(true) });
+    let caught = catch_unwind(AssertUnwindSafe(|| rt.block_on(rt::yield_now())));
+    assert!(caught.is_err(), "the drop's panic reaches block_on");
+    let joined = rt.block_on(ringloop::time::timeout(Duration::from_secs(5), behind));
+    joined
+        .expect("the task queued behind the panic hung")
+        .unwrap();
+    assert!(ran.get());
+    assert_eq!(rt.task_count(), 0, "the finished task left the table");
+}

@@ -3,7 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -187,8 +187,19 @@ impl Core {
         };
         self.shared.take_queue(&mut batch);
         let n = batch.len();
-        for key in batch.drain(..) {
-            self.poll_task(key);
+        while let Some(key) = batch.pop_front() {
+            // A poll catches its future's panic, but the drops after it
+            // (the future, a detached task's output) and the wake of the
+            // handle's awaiter are user code too. Their panic goes on to
+            // `block_on`'s caller; the tasks behind it in this pass are
+            // still marked queued, so no later wake would queue them: they
+            // go back to the front of the queue, for the next pass. Only a
+            // task that is over can panic there: it leaves the table.
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.poll_task(key))) {
+                self.shared.requeue_front(&mut batch);
+                self.remove(key);
+                resume_unwind(panic);
+            }
         }
         if let Ok(mut b) = self.batch.try_borrow_mut() {
             *b = batch;

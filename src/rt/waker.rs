@@ -75,6 +75,20 @@ impl Shared {
         }
     }
 
+    /// Puts the tasks of `keys` (taken from the queue and not polled yet,
+    /// so still marked queued) back at its front, in their order.
+    pub(crate) fn requeue_front(&self, keys: &mut VecDeque<TaskKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Some(q) = self.lock().as_mut() {
+            for key in keys.drain(..).rev() {
+                q.push_front(key);
+            }
+            self.maybe_queued.store(true, Ordering::Release);
+        }
+    }
+
     /// Whether any task may be queued (see `maybe_queued`).
     pub(crate) fn has_queued(&self) -> bool {
         self.maybe_queued.load(Ordering::Acquire)
