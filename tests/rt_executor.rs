@@ -157,6 +157,35 @@ fn a_task_that_aborts_itself_is_dropped_as_its_poll_returns() {
     assert_eq!(runtime.block_on(runtime.spawn(async { 4 })).unwrap(), 4);
 }
 
+/// A task that aborts itself and then finishes in the same poll (or
+/// panics) is dropped as that poll returns, like one that stays pending.
+/// Its future was kept: its captures lived on until the handle was dropped,
+/// and for ever when the handle was among them (a `poll_fn` that holds its
+/// own handle), the runtime's drop included.
+#[test]
+fn a_task_that_aborts_itself_and_finishes_is_dropped_at_once() {
+    for panics in [false, true] {
+        let runtime = Runtime::new().unwrap();
+        let dropped = Rc::new(Cell::new(false));
+        let own: Rc<RefCell<Option<JoinHandle<()>>>> = Rc::default();
+        let (flag, o) = (DropFlag(dropped.clone()), own.clone());
+        let h = runtime.spawn(std::future::poll_fn(move |_| {
+            let _ = &flag;
+            if let Some(h) = o.borrow().as_ref() {
+                h.abort();
+            }
+            assert!(!panics, "the task panics after aborting itself");
+            Poll::Ready(())
+        }));
+        *own.borrow_mut() = Some(h);
+        runtime.block_on(rt::yield_now());
+        assert!(dropped.get(), "its future was dropped (panics: {panics})");
+        assert_eq!(runtime.task_count(), 0);
+        let h = own.borrow_mut().take().unwrap();
+        assert!(runtime.block_on(h).unwrap_err().is_cancelled());
+    }
+}
+
 /// A second runtime that is alive but not running (made inside a task)
 /// does not become the current one: spawns, sleeps and timeouts keep going
 /// to the runtime whose `block_on` runs (they went to the idle one and hung,

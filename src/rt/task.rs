@@ -71,12 +71,16 @@ impl<F: Future> Task for TaskCell<F> {
         // `Option`, only dropped in place, here or in `cancel`.
         let future = unsafe { Pin::new_unchecked(future) };
         let mut cx = Context::from_waker(&self.waker);
-        let outcome = match catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx))) {
-            Ok(Poll::Pending) if self.cancel_pending.get() => {
-                // Aborted during its own poll: the table has let go of it.
-                *held = None;
-                return Poll::Ready(());
-            }
+        let polled = catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx)));
+        if self.cancel_pending.get() {
+            // Aborted during its own poll: the table has let go of it, and
+            // its handle holds the cancelled outcome, so whatever the poll
+            // gave is dropped, and so is the future, which nothing else
+            // would drop (it may even hold its own handle).
+            *held = None;
+            return Poll::Ready(());
+        }
+        let outcome = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(v)) => Ok(v),
             Err(payload) => Err(JoinError::panic(payload)),
