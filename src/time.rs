@@ -42,9 +42,13 @@ fn now() -> Instant {
 
 /// Completes no earlier than `duration` from now.
 ///
+/// The sleep's timer is on the loop of the runtime it is first polled on;
+/// polled on another runtime later (the first one idle or dropped), it
+/// moves its timer there.
+///
 /// # Panics
 /// When polled on a thread with no ringloop runtime (see [`rt::Runtime`]),
-/// or after the runtime it first ran on was dropped.
+/// also when the runtime it was armed on was dropped since.
 pub fn sleep(duration: Duration) -> Sleep {
     Sleep::new(now().checked_add(duration))
 }
@@ -137,6 +141,19 @@ impl Future for Sleep {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.elapsed {
             return Poll::Ready(());
+        }
+        if let Some((h, _)) = &self.armed
+            && rt::current_loop_is(h) == Some(false)
+        {
+            // Polled on another runtime than the one it was armed on: only
+            // a loop that runs fires timers, and this thread now runs the
+            // current one, so the timer moves there (unless it fired).
+            if self.is_elapsed() {
+                self.elapsed = true;
+                self.armed = None;
+                return Poll::Ready(());
+            }
+            self.disarm();
         }
         if self.armed.is_none()
             && let Some(deadline) = self.deadline

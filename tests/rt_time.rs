@@ -284,22 +284,56 @@ fn sleeps_that_are_always_due_do_not_starve_io() {
     });
 }
 
-/// A sleep polled again after the runtime it first ran on was dropped
-/// panics, as documented, instead of staying pending for ever (its timer
-/// went with that loop). Found by an audit probe.
+/// A sleep first polled on one runtime and then awaited on another (both
+/// alive, on one thread) completes there, never early. It kept its timer
+/// in the first loop, which nothing ran while the second one did, and hung.
 #[test]
-fn a_sleep_outliving_its_runtime_panics_when_polled() {
+fn a_sleep_moved_to_another_runtime_completes_there() {
     let first = rt::Runtime::new().unwrap();
-    let mut sleep = Box::pin(time::sleep(Duration::from_millis(20)));
+    let second = rt::Runtime::new().unwrap();
+    let start = Instant::now();
+    let mut sleep = Box::pin(time::sleep(Duration::from_millis(30)));
     let polled = first.block_on(std::future::poll_fn(|cx| {
         Poll::Ready(sleep.as_mut().poll(cx).is_pending())
     }));
-    assert!(polled, "pending on its own runtime");
-    drop(first);
-    let second = rt::Runtime::new().unwrap();
-    let task = second.spawn(sleep);
-    let joined = second.block_on(time::timeout(Duration::from_secs(20), task));
-    let err = joined.expect("the sleep hung").unwrap_err();
-    assert!(err.is_panic(), "{err}");
-    assert!(err.to_string().contains("runtime was dropped"), "{err}");
+    assert!(polled, "pending on the first runtime");
+    let done = second.block_on(time::timeout(Duration::from_secs(10), sleep.as_mut()));
+    done.expect("the sleep hung on the second runtime");
+    assert!(start.elapsed() >= Duration::from_millis(30), "early");
+    assert!(sleep.is_elapsed());
+    // The first loop has no timer left from it.
+    assert!(!first.handle().has_events().unwrap());
+}
+
+/// A sleep polled again after the runtime it first ran on was dropped
+/// moves to the runtime that polls it and completes there, never early;
+/// polled with no runtime at all it panics, as documented, instead of
+/// staying pending for ever (its timer went with that loop). Found by an
+/// audit probe (it panicked on the next runtime too).
+#[test]
+fn a_sleep_outliving_its_runtime_completes_on_the_next_or_panics_without_one() {
+    for next_runtime in [true, false] {
+        let first = rt::Runtime::new().unwrap();
+        let start = Instant::now();
+        let mut sleep = Box::pin(time::sleep(Duration::from_millis(20)));
+        let polled = first.block_on(std::future::poll_fn(|cx| {
+            Poll::Ready(sleep.as_mut().poll(cx).is_pending())
+        }));
+        assert!(polled, "pending on its own runtime");
+        drop(first);
+        if next_runtime {
+            let second = rt::Runtime::new().unwrap();
+            let done = second.block_on(time::timeout(Duration::from_secs(20), sleep));
+            done.expect("the sleep hung");
+            assert!(start.elapsed() >= Duration::from_millis(20), "early");
+        } else {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = sleep.as_mut().poll(&mut cx);
+            }));
+            let err = polled.expect_err("polled with no runtime, it panics");
+            let msg = err.downcast_ref::<String>().unwrap();
+            assert!(msg.contains("runtime was dropped"), "{msg}");
+        }
+    }
 }
