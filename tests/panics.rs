@@ -333,3 +333,74 @@ fn a_panic_in_the_poll_pass_loses_no_queued_task() {
     assert!(ran.get());
     assert_eq!(rt.task_count(), 0, "the finished task left the table");
 }
+
+/// Set in the child process of
+/// [`a_task_whose_drop_panics_as_its_runtime_unwinds_does_not_abort`].
+const UNWIND_CHILD: &str = "RINGLOOP_PANICS_UNWIND_CHILD";
+
+/// A runtime dropped while a panic unwinds (its `block_on`'s future
+/// panicked) drops its tasks; one whose drop panics too does not abort the
+/// process ("panic in a destructor during cleanup"): the task drops' panics
+/// are held, like the loop's teardown holds those of handlers, and the
+/// first goes on only when no panic is unwinding already. Run in a child
+/// process, since the failure is an abort.
+#[test]
+fn a_task_whose_drop_panics_as_its_runtime_unwinds_does_not_abort() {
+    if std::env::var_os(UNWIND_CHILD).is_some() {
+        let dropped = Rc::new(Cell::new(0));
+        let count = dropped.clone();
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            rt::block_on(async move {
+                drop(rt::spawn(async {
+                    let _bad = PanicOnDrop;
+                    std::future::pending::<()>().await;
+                }));
+                let behind = DropCounter(count);
+                drop(rt::spawn(async move {
+                    let _counted = behind;
+                    std::future::pending::<()>().await;
+                }));
+                rt::yield_now().await;
+                panic!("the main future panics");
+            })
+        }));
+        let msg = caught.expect_err("block_on panics");
+        assert_eq!(msg.downcast_ref::<&str>(), Some(&"the main future panics"));
+        assert_eq!(dropped.get(), 1, "the task after the bad one was dropped");
+        // Without a panic unwinding, the drop's panic reaches the caller.
+        let runtime = Runtime::new().unwrap();
+        drop(runtime.spawn(async {
+            let _bad = PanicOnDrop;
+            std::future::pending::<()>().await;
+        }));
+        runtime.block_on(rt::yield_now());
+        let caught = catch_unwind(AssertUnwindSafe(|| drop(runtime)));
+        let msg = caught.expect_err("the runtime's drop panics");
+        assert_eq!(msg.downcast_ref::<&str>(), Some(&"drop panics"));
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let test = "a_task_whose_drop_panics_as_its_runtime_unwinds_does_not_abort";
+    let out = std::process::Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(UNWIND_CHILD, "1")
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the child failed ({}):\n{log}",
+        out.status
+    );
+    assert!(log.contains("1 passed"), "the child ran no test:\n{log}");
+}
+
+/// Counts its drops.
+struct DropCounter(Rc<Cell<usize>>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}

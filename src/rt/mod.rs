@@ -61,7 +61,9 @@ use waker::{Header, Shared, TaskKey};
 /// Dropping the runtime drops every unfinished task (their join handles then
 /// give a cancelled [`JoinError`]) and then the loop, which cancels the
 /// operations still in flight and waits for the kernel to let go of their
-/// buffers.
+/// buffers. A panic in a task's drop goes on to the caller once all that is
+/// done (the first one, if several), or is dropped if the runtime is being
+/// dropped by a panic already.
 pub struct Runtime {
     core: Rc<Core>,
     /// `None` only during drop.
@@ -157,10 +159,17 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         task::push_current(&self.core);
-        self.core.shutdown();
+        let panicked = self.core.shutdown();
         task::pop_current(&self.core);
         task::pop_current(&self.core);
         drop(self.lp.take());
+        // A task's drop panicked: it goes on now that all is settled, unless
+        // a panic is unwinding already (the runtime dropped by it).
+        if let Some(panic) = panicked
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 

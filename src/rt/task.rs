@@ -1,5 +1,6 @@
 //! The task table and the poll pass: what runs tasks between loop iterations.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -243,19 +244,30 @@ impl Core {
 
     /// Refuses new tasks and drops every task, repeatedly, until none is left
     /// (a task's Drop may not spawn, but it may wake or abort others).
-    pub(crate) fn shutdown(&self) {
+    ///
+    /// A task's drop may panic: the others are still dropped, and the first
+    /// panic is returned for the caller to resume once the loop is gone
+    /// too. The runtime may be dropped while a panic unwinds, where one more
+    /// that got out would abort the process.
+    pub(crate) fn shutdown(&self) -> Option<Box<dyn Any + Send>> {
         self.closed.set(true);
         self.shared.close();
+        let mut panicked = None;
         loop {
             let all: Vec<OwnedTask> = match self.tasks.try_borrow_mut() {
                 Ok(mut t) => t.drain().map(|(_, task)| task).collect(),
-                Err(_) => return,
+                Err(_) => break,
             };
             if all.is_empty() {
                 break;
             }
-            drop(all);
+            for task in all {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(task))) {
+                    panicked.get_or_insert(panic);
+                }
+            }
         }
+        panicked
     }
 }
 
