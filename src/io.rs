@@ -219,6 +219,11 @@ impl Waiters {
 
 struct State {
     ready: Ready,
+    /// Counts the wake-ups recorded in `ready` (wrapping). A guard clears
+    /// only if none arrived since it was made: one that did may have
+    /// brought the readiness the guard's caller did not see (tokio's
+    /// `clear_ready` race, which its readiness ticks close).
+    tick: u32,
     readers: Waiters,
     writers: Waiters,
     /// The poll failed for good (EBADF, EINVAL: not pollable).
@@ -232,6 +237,7 @@ impl State {
     /// `wake`.
     fn on_ready(&mut self, r: Ready, wake: &mut dyn FnMut(Waker)) {
         self.ready = self.ready | r;
+        self.tick = self.tick.wrapping_add(1);
         if self.ready.intersects(Dir::Read.ready() | Ready::ERROR) {
             self.readers.take_all(wake);
         }
@@ -282,6 +288,7 @@ impl<T: AsFd> AsyncFd<T> {
         refuse_unpollable(fd)?;
         let state = Rc::new(RefCell::new(State {
             ready: Ready::EMPTY,
+            tick: 0,
             readers: Waiters::default(),
             writers: Waiters::default(),
             error: None,
@@ -377,6 +384,7 @@ impl<T: AsFd> AsyncFd<T> {
                     fd: self,
                     dir,
                     ready: st.ready,
+                    tick: st.tick,
                 }));
             }
             match dir {
@@ -396,9 +404,12 @@ impl<T: AsFd> AsyncFd<T> {
         Poll::Pending
     }
 
-    fn clear(&self, dir: Dir) {
+    /// Clears `dir`'s readiness, unless a wake-up arrived after `tick`.
+    fn clear(&self, dir: Dir, tick: u32) {
         let mut st = self.state.borrow_mut();
-        st.ready = Ready(st.ready.0 & !dir.clearable().0);
+        if st.tick == tick {
+            st.ready = Ready(st.ready.0 & !dir.clearable().0);
+        }
     }
 
     fn deregister(&mut self) {
@@ -534,6 +545,8 @@ pub struct AsyncFdReadyGuard<'a, T: AsFd> {
     fd: &'a AsyncFd<T>,
     dir: Dir,
     ready: Ready,
+    /// The fd's wake-up count when the guard was made.
+    tick: u32,
 }
 
 /// Returned by [`AsyncFdReadyGuard::try_io`] when the operation would block;
@@ -556,9 +569,11 @@ impl<'a, T: AsFd> AsyncFdReadyGuard<'a, T> {
     }
 
     /// Forgets this direction's readiness, so the next wait waits for a new
-    /// wake-up. Closed sides stay ready.
+    /// wake-up. Closed sides stay ready. A wake-up that arrived after the
+    /// guard was made (while it was held across an await, say) is kept:
+    /// the next wait returns at once, and the caller tries again.
     pub fn clear_ready(&mut self) {
-        self.fd.clear(self.dir);
+        self.fd.clear(self.dir, self.tick);
     }
 
     /// Keeps the readiness (the default when the guard is dropped).

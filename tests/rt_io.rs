@@ -794,3 +794,32 @@ fn asyncfd_wakes_every_task_waiting_on_it() {
         });
     }
 }
+
+/// The clear_ready race (what tokio's readiness ticks are for): a guard
+/// clears only the readiness it was made from. Here the reader drains the
+/// socket, then awaits something else with the guard in hand; new data
+/// arrives and its wake-up is reaped meanwhile. Clearing afterwards must
+/// not forget that wake-up, or the reader waits for ever on a socket that
+/// holds data (the poll is edge-like: it says nothing until the next write).
+#[test]
+fn asyncfd_clear_ready_keeps_readiness_that_arrived_after_the_guard() {
+    let runtime = rt::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (a, mut b) = unix_stream_pair();
+        let fd = AsyncFd::new(a).unwrap();
+        b.write_all(b"1").unwrap();
+        let mut buf = [0u8; 8];
+        let mut guard = fd.readable().await.unwrap();
+        assert_eq!(guard.get_inner().read(&mut buf).unwrap(), 1);
+        // The socket is empty now; more data comes while the task is away.
+        b.write_all(b"2").unwrap();
+        time::sleep(Duration::from_millis(20)).await;
+        guard.clear_ready();
+        let again = time::timeout(Duration::from_secs(2), fd.readable()).await;
+        let mut guard = again
+            .expect("readiness that arrived after the guard was made was cleared")
+            .unwrap();
+        let n = guard.try_io(|mut s| s.read(&mut buf)).unwrap().unwrap();
+        assert_eq!(&buf[..n], b"2");
+    });
+}
