@@ -823,3 +823,49 @@ fn asyncfd_clear_ready_keeps_readiness_that_arrived_after_the_guard() {
         assert_eq!(&buf[..n], b"2");
     });
 }
+
+/// Many fds whose polls a CQ overflow keeps ending: every fd is ready (its
+/// data is left unread), so each poll armed again posts at once, and with
+/// 512 fds through an 8-entry completion queue most of those posts overflow
+/// again, ending the poll again, round after round. That is not an fd the
+/// kernel cannot poll: none of them may fail (with `EPERM`, say).
+#[test]
+fn asyncfd_polls_ended_by_overflow_again_and_again_do_not_fail() {
+    const N: usize = 512;
+    let lp = ringloop::EventLoop::builder()
+        .sq_entries(4)
+        .cq_entries(8)
+        .build()
+        .unwrap();
+    let runtime = rt::Runtime::with_loop(lp).unwrap();
+    let h = runtime.handle();
+    runtime.block_on(async {
+        let (readers, mut writers): (Vec<_>, Vec<_>) = (0..N).map(|_| unix_stream_pair()).unzip();
+        for w in &mut writers {
+            w.write_all(b"x").unwrap();
+        }
+        let before = h.stats().unwrap();
+        let fds: Vec<AsyncFd<UnixStream>> = readers
+            .into_iter()
+            .map(|a| AsyncFd::new(a).unwrap())
+            .collect();
+        // Let the loop go round: the re-armed polls post, overflow, end.
+        for _ in 0..40 {
+            rt::yield_now().await;
+        }
+        time::sleep(Duration::from_millis(50)).await;
+        let after = h.stats().unwrap();
+        assert!(
+            after.overflow_flushes > before.overflow_flushes,
+            "the completion queue never overflowed: the test tests nothing"
+        );
+        for (i, fd) in fds.iter().enumerate() {
+            let r = time::timeout(Duration::from_secs(3), fd.readable())
+                .await
+                .expect("an AsyncFd went deaf after CQ overflows");
+            if let Err(e) = r {
+                panic!("fd {i} of {N} failed after CQ overflows: {e}");
+            }
+        }
+    });
+}

@@ -44,6 +44,8 @@ pub(super) struct ReadinessOp {
     /// Times in a row the kernel ended the poll with no completion that
     /// kept it armed (see [`MAX_BARE_ENDS`]).
     bare_ends: u8,
+    /// The loop's count of CQ overflow flushes when the poll was last armed.
+    overflows_at_arm: u64,
 }
 
 /// A poll the kernel ends this many times in a row, each time without one
@@ -53,7 +55,10 @@ pub(super) struct ReadinessOp {
 /// loop (about a million completions a second), so it ends for good with
 /// `EPERM`, the error epoll gives for such an fd. A CQ overflow also ends a
 /// poll, but a poll re-armed on a pollable fd posts its next readiness as a
-/// completion that keeps it armed, which resets the count.
+/// completion that keeps it armed, which resets the count. That completion
+/// may overflow too (thousands of ready fds re-armed at once through a small
+/// CQ), ending the poll again, round after round: an end with an overflow
+/// since the poll was armed is not counted.
 const MAX_BARE_ENDS: u8 = 16;
 
 /// The multishot poll of `fd` for `mask` (its `user_data` is set by whoever
@@ -77,6 +82,7 @@ impl Handle {
         mask: u32,
         sink: Rc<dyn ReadinessSink>,
     ) -> Result<OpId> {
+        let overflows_at_arm = self.with(|st| st.stats.overflow_flushes)?;
         // Boxed: unboxed, the variant changes the enum's layout, and moving
         // every other operation into the table takes a `memcpy` (+74
         // instructions per `ringloop-ops` event, scripts/instructions.sh).
@@ -86,6 +92,7 @@ impl Handle {
             sink,
             cancel_sent: false,
             bare_ends: 0,
+            overflows_at_arm,
         }));
         // SAFETY: POLL_ADD points at no memory.
         unsafe { self.submit_op(poll_entry(fd, mask), op) }
@@ -126,8 +133,13 @@ impl State {
             return;
         }
         // Ended without an error (CQ overflow), or cancelled by the kernel
-        // rather than by the loop: arm it again, unless it keeps ending.
-        op.bare_ends = op.bare_ends.saturating_add(1);
+        // rather than by the loop: arm it again, unless it keeps ending at
+        // once when nothing overflowed. (`stats` already counts this reap's
+        // overflow flushes: they come before routing.)
+        if self.stats.overflow_flushes == op.overflows_at_arm {
+            op.bare_ends = op.bare_ends.saturating_add(1);
+        }
+        op.overflows_at_arm = self.stats.overflow_flushes;
         let rearm = !op.cancel_sent && (result >= 0 || result == -libc::ECANCELED);
         let errno = if rearm && op.bare_ends >= MAX_BARE_ENDS {
             libc::EPERM
