@@ -230,6 +230,9 @@ struct State {
     error: Option<i32>,
     source: Source,
     closing: bool,
+    /// The last waker found to belong to a task of the fd's own runtime (or
+    /// to no runtime), so that the check costs one comparison per wait.
+    checked: Option<Waker>,
 }
 
 impl State {
@@ -294,6 +297,7 @@ impl<T: AsFd> AsyncFd<T> {
             error: None,
             source: Source::Multishot(None),
             closing: false,
+            checked: None,
         }));
         if multishot {
             arm_multishot(&handle, fd, &state)?;
@@ -386,6 +390,19 @@ impl<T: AsFd> AsyncFd<T> {
                     ready: st.ready,
                     tick: st.tick,
                 }));
+            }
+            if !st.checked.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                // Readiness reaches the fd's own loop: a task of another
+                // runtime, while that loop lives, would wait for ever, as
+                // nothing runs it. (A task never leaves its runtime, so one
+                // check per waker is enough.)
+                if rt::current_loop_is(&self.handle) == Some(false) && self.handle.is_alive() {
+                    return Poll::Ready(Err(io::Error::other(
+                        "the AsyncFd is registered with another runtime's loop, \
+                         which does not run this wait; await it on that runtime",
+                    )));
+                }
+                st.checked = Some(cx.waker().clone());
             }
             match dir {
                 Dir::Read => st.readers.register(cx.waker()),

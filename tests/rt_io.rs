@@ -869,3 +869,29 @@ fn asyncfd_polls_ended_by_overflow_again_and_again_do_not_fail() {
         }
     });
 }
+
+/// An `AsyncFd` awaited on a runtime other than the one it was registered
+/// with, while that one is alive: its readiness reaches the other loop,
+/// which nothing runs, so the wait must fail with a clear error instead of
+/// hanging (as a stream's multishot receive does).
+#[test]
+fn asyncfd_awaited_on_another_runtime_errors_instead_of_hanging() {
+    let first = rt::Runtime::new().unwrap();
+    let (a, mut b) = unix_stream_pair();
+    let fd = first.block_on(async { AsyncFd::new(a).unwrap() });
+    b.write_all(b"x").unwrap();
+    let second = rt::Runtime::new().unwrap();
+    second.block_on(async {
+        let r = time::timeout(Duration::from_secs(2), fd.readable())
+            .await
+            .expect("an AsyncFd awaited on another runtime hung");
+        let e = r.expect_err("its loop is not running");
+        assert!(e.to_string().contains("another runtime"), "{e}");
+    });
+    // On its own runtime it works.
+    drop(second);
+    first.block_on(async {
+        let r = time::timeout(Duration::from_secs(2), fd.readable()).await;
+        assert!(matches!(r, Ok(Ok(_))), "not readable on its own runtime");
+    });
+}
