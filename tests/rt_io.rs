@@ -895,3 +895,51 @@ fn asyncfd_awaited_on_another_runtime_errors_instead_of_hanging() {
         assert!(matches!(r, Ok(Ok(_))), "not readable on its own runtime");
     });
 }
+
+/// Dropping thousands of `AsyncFd`s one after another (a server shutting
+/// down its connections) is linear: each drop settles its poll's cancel,
+/// and the completions earlier drops kept aside for the next reap were
+/// looked through again by every later one (5000 drops took 5.4 s in a
+/// debug build, against 0.16 s). Every peer still sees EOF at once.
+#[test]
+fn dropping_thousands_of_asyncfds_one_by_one_is_linear() {
+    const N: usize = 5000;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let need = (2 * N + 200) as libc::rlim_t;
+    if lim.rlim_cur < need && lim.rlim_max >= need {
+        lim.rlim_cur = need;
+        // SAFETY: `lim` is a valid rlimit.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+    if lim.rlim_cur < need {
+        eprintln!("skipped: RLIMIT_NOFILE {} < {need}", lim.rlim_cur);
+        return;
+    }
+    let runtime = rt::Runtime::new().unwrap();
+    let (fds, peers): (Vec<_>, Vec<_>) = (0..N).map(|_| unix_stream_pair()).unzip();
+    runtime.block_on(async {
+        let fds: Vec<AsyncFd<UnixStream>> =
+            fds.into_iter().map(|a| AsyncFd::new(a).unwrap()).collect();
+        // Every poll is armed.
+        time::sleep(Duration::from_millis(20)).await;
+        let started = std::time::Instant::now();
+        drop(fds);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(2500),
+            "dropping {N} AsyncFds took {took:?}"
+        );
+        for (i, p) in peers.iter().enumerate() {
+            let mut buf = [0u8; 1];
+            match (&*p).read(&mut buf) {
+                Ok(0) => {}
+                other => panic!("peer {i} does not see EOF: {other:?}"),
+            }
+        }
+    });
+}

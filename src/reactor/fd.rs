@@ -587,17 +587,21 @@ impl State {
     /// change when other events run.
     pub(super) fn settle_cancels(&mut self, ops: &[super::OpId]) {
         let _ = self.ring.flush();
+        // Each completion is looked at once, also across calls (a previous
+        // removal's kept completions are in `kept_finals`), so that
+        // settling thousands of watches, at teardown or one removal after
+        // another, is linear, not quadratic.
+        self.note_kept_finals();
         // The polls the kernel may still hold, by user_data. A poll no longer
-        // in `ops` has already been routed its final completion. (Nothing is
-        // routed while this runs: new completions are only kept aside.)
+        // in `ops` has already been routed its final completion, one in
+        // `kept_finals` has had it kept aside. (Nothing is routed while this
+        // runs: new completions are only kept aside.)
         let mut held: HashSet<u64> = ops
             .iter()
             .filter(|&&op| self.ops.contains_key(op))
             .map(|op| op.data().as_ffi())
+            .filter(|ud| !self.kept_finals.contains(ud))
             .collect();
-        // Each completion is looked at once, so that settling a loop's
-        // thousands of watches at teardown is linear, not quadratic.
-        let mut checked = 0;
         for _ in 0..4096 {
             if held.is_empty() {
                 return;
@@ -605,16 +609,26 @@ impl State {
             if let Ok(flushes) = self.ring.reap(&mut self.cqes) {
                 self.stats.overflow_flushes += flushes;
             }
-            for c in &self.cqes[checked..] {
+            for c in &self.cqes[self.kept_scanned..] {
                 if !cqueue::more(c.flags()) {
                     held.remove(&c.user_data());
                 }
             }
-            checked = self.cqes.len();
+            self.note_kept_finals();
             if held.is_empty() || self.ring.flush().is_err() {
                 return;
             }
         }
+    }
+
+    /// Records the final completions kept aside in `cqes` since last time.
+    fn note_kept_finals(&mut self) {
+        for c in &self.cqes[self.kept_scanned..] {
+            if !cqueue::more(c.flags()) {
+                self.kept_finals.insert(c.user_data());
+            }
+        }
+        self.kept_scanned = self.cqes.len();
     }
 }
 

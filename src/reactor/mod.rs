@@ -23,7 +23,7 @@ pub mod timer;
 mod trace;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Deref;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::rc::Rc;
@@ -262,6 +262,8 @@ impl Builder {
             ready: VecDeque::new(),
             parked: Vec::new(),
             cqes: Vec::new(),
+            kept_finals: HashSet::new(),
+            kept_scanned: 0,
             deferred: Vec::new(),
             inline_waker: None,
             wake_armed: None,
@@ -441,6 +443,12 @@ struct State {
     /// nested iteration) when they came up: back in `ready` when it returns.
     parked: Vec<(OpId, Completion)>,
     cqes: Vec<cqueue::Entry>,
+    /// The `user_data` of each completion kept aside in `cqes` that ends
+    /// its request, as far as `settle_cancels` has looked (`kept_scanned`
+    /// entries): so that removing thousands of fds one after another, each
+    /// settling its own cancel, looks at each kept completion once.
+    kept_finals: HashSet<u64>,
+    kept_scanned: usize,
     /// What completions asked for that runs user code (waking a task,
     /// releasing a dropped future's buffers): done once the state is free.
     deferred: Vec<Deferred>,
@@ -1237,6 +1245,10 @@ impl State {
     /// into the loop's queues.
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
+        if self.kept_scanned != 0 {
+            self.kept_scanned = 0;
+            self.kept_finals.clear();
+        }
         let mut pass = ReapPasses::default();
         let mut scanned = cqes.len();
         while self.ring.reap_visible(&mut cqes, &mut pass) {
