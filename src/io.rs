@@ -381,7 +381,7 @@ impl<T: AsFd> AsyncFd<T> {
         let watch = {
             let mut st = self.state.borrow_mut();
             if let Some(errno) = st.error {
-                return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+                return Poll::Ready(Err(poll_error(errno, &self.handle)));
             }
             if st.ready.intersects(dir.ready() | Ready::ERROR) {
                 return Poll::Ready(Ok(AsyncFdReadyGuard {
@@ -464,6 +464,20 @@ fn refuse_unpollable(fd: RawFd) -> io::Result<()> {
     match st.st_mode & libc::S_IFMT {
         libc::S_IFREG | libc::S_IFDIR => Err(io::Error::from_raw_os_error(libc::EPERM)),
         _ => Ok(()),
+    }
+}
+
+/// The error of a wait on an fd whose poll ended for good. The loop's
+/// teardown ends it with `ECANCELED`, which alone does not say that the
+/// runtime is gone.
+fn poll_error(errno: i32, handle: &Handle) -> io::Error {
+    if errno == libc::ECANCELED && !handle.is_alive() {
+        io::Error::other(
+            "the AsyncFd's runtime is gone: dropping its loop ended the fd's poll; \
+             register the fd again (AsyncFd::into_inner, then AsyncFd::new) on a live runtime",
+        )
+    } else {
+        io::Error::from_raw_os_error(errno)
     }
 }
 

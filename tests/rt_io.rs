@@ -573,8 +573,9 @@ fn asyncfd_polls_ended_by_a_cq_overflow_keep_working() {
 }
 
 /// An AsyncFd that outlives its runtime: the loop's teardown ends the poll
-/// (and lets go of the file), and the fd then reports an error instead of
-/// waiting for ever; dropping it afterwards is harmless.
+/// (and lets go of the file), and the fd then reports an error that says
+/// so (not a bare "Operation canceled") instead of waiting for ever;
+/// dropping it afterwards is harmless.
 #[test]
 fn asyncfd_outliving_its_runtime_reports_an_error() {
     let runtime = rt::Runtime::new().unwrap();
@@ -584,7 +585,9 @@ fn asyncfd_outliving_its_runtime_reports_an_error() {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     match fd.poll_read_ready(&mut cx) {
-        std::task::Poll::Ready(Err(_)) => {}
+        std::task::Poll::Ready(Err(e)) => {
+            assert!(e.to_string().contains("runtime is gone"), "unclear: {e}")
+        }
         other => panic!("expected an error, got {:?}", other.map(|r| r.map(|_| ()))),
     }
     drop(fd);
