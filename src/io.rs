@@ -5,9 +5,10 @@
 //! try: `readable().await` / `writable().await` return a guard; the guard's
 //! [`try_io`](AsyncFdReadyGuard::try_io) runs the operation and, if it hits
 //! `WouldBlock`, clears the readiness so the next wait really waits.
-//! Error and hang-up conditions are reported in [`Ready`] and, once seen, are
-//! never cleared (a closed peer stays closed), so a reader sees them instead
-//! of waiting forever.
+//! Error and hang-up conditions are reported in [`Ready`] and, once seen,
+//! stay until an operation in that direction would block (which a closed
+//! side never does: a closed peer stays closed), so a reader sees them
+//! instead of waiting forever.
 //!
 //! Readiness comes from one multishot `IORING_OP_POLL_ADD` per fd, armed once
 //! for both directions: each wake-up of the fd posts one completion and no
@@ -166,6 +167,17 @@ impl Dir {
         match self {
             Dir::Read => Ready(Ready::READABLE.0 | Ready::ERROR.0),
             Dir::Write => Ready(Ready::WRITABLE.0 | Ready::ERROR.0),
+        }
+    }
+
+    /// The bits an operation that would block clears: the closed side as
+    /// well, for a closed side never blocks (a read returns 0, a write
+    /// fails). A hang-up the poll reported may not last: an unconnected
+    /// stream socket polls as hung up until it connects (tokio-rs/tokio#4549).
+    fn cleared_by_would_block(self) -> Ready {
+        match self {
+            Dir::Read => self.clearable() | Ready::READ_CLOSED,
+            Dir::Write => self.clearable() | Ready::WRITE_CLOSED,
         }
     }
 }
@@ -421,11 +433,12 @@ impl<T: AsFd> AsyncFd<T> {
         Poll::Pending
     }
 
-    /// Clears `dir`'s readiness, unless a wake-up arrived after `tick`.
-    fn clear(&self, dir: Dir, tick: u32) {
+    /// Clears the bits `bits` of the readiness, unless a wake-up arrived
+    /// after `tick`.
+    fn clear(&self, bits: Ready, tick: u32) {
         let mut st = self.state.borrow_mut();
         if st.tick == tick {
-            st.ready = Ready(st.ready.0 & !dir.clearable().0);
+            st.ready = Ready(st.ready.0 & !bits.0);
         }
     }
 
@@ -604,7 +617,7 @@ impl<'a, T: AsFd> AsyncFdReadyGuard<'a, T> {
     /// guard was made (while it was held across an await, say) is kept:
     /// the next wait returns at once, and the caller tries again.
     pub fn clear_ready(&mut self) {
-        self.fd.clear(self.dir, self.tick);
+        self.fd.clear(self.dir.clearable(), self.tick);
     }
 
     /// Keeps the readiness (the default when the guard is dropped).
@@ -617,14 +630,16 @@ impl<'a, T: AsFd> AsyncFdReadyGuard<'a, T> {
 
     /// Runs `f`; if it fails with `WouldBlock`, clears readiness and returns
     /// `Err(TryIoError)` so the caller waits again. Any other result is
-    /// returned as `Ok(result)`.
+    /// returned as `Ok(result)`. Unlike [`clear_ready`](Self::clear_ready),
+    /// this also clears a closed side: an operation that would block shows
+    /// that it is open (again), and the poll reports the next hang-up.
     pub fn try_io<R>(
         &mut self,
         f: impl FnOnce(&'a T) -> io::Result<R>,
     ) -> Result<io::Result<R>, TryIoError> {
         match f(self.fd.get_ref()) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.clear_ready();
+                self.fd.clear(self.dir.cleared_by_would_block(), self.tick);
                 Err(TryIoError(()))
             }
             r => Ok(r),

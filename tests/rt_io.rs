@@ -946,3 +946,106 @@ fn dropping_thousands_of_asyncfds_one_by_one_is_linear() {
         }
     });
 }
+
+/// tokio-rs/tokio#4549 (traps.md): a socket registered before it connects
+/// reports a hang-up at first (an unconnected stream socket polls as
+/// `POLLHUP`). Once connected, a read that would block proves that side is
+/// open: `try_io` must clear the closed state too, or `readable()` returns
+/// at once for ever and the reader spins on `WouldBlock`.
+#[test]
+fn asyncfd_registered_before_connect_does_not_spin_once_connected() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+        unreachable!()
+    };
+    // SAFETY: plain socket creation; the fd is owned below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    assert!(raw >= 0);
+    // SAFETY: `raw` was just created and nothing else owns it.
+    let sock = std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    rt::block_on(async {
+        let fd = AsyncFd::new(sock).unwrap();
+        // Let the loop see the unconnected socket's hang-up.
+        time::sleep(Duration::from_millis(10)).await;
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(addr.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: `sin` is a valid sockaddr_in of the size given.
+        let rc = unsafe {
+            libc::connect(
+                raw,
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        let e = io::Error::last_os_error();
+        assert!(
+            rc == 0 || e.raw_os_error() == Some(libc::EINPROGRESS),
+            "{e}"
+        );
+        let (mut peer, _) = listener.accept().unwrap();
+        // Connected; nothing to read yet. A reader must wait, not spin.
+        let tries = std::cell::Cell::new(0u32);
+        let mut buf = [0u8; 8];
+        let read = async {
+            loop {
+                let mut g = fd.readable().await.unwrap();
+                if let Ok(r) = g.try_io(|mut s| {
+                    tries.set(tries.get() + 1);
+                    if tries.get() > 100 {
+                        // It never returns Pending: stop the spin here.
+                        return Err(io::Error::other("readable() spins"));
+                    }
+                    s.read(&mut buf)
+                }) {
+                    return r;
+                }
+            }
+        };
+        let idle = time::timeout(Duration::from_millis(200), read).await;
+        assert!(idle.is_err(), "read {idle:?} with nothing sent");
+        assert!(
+            tries.get() < 10,
+            "{} reads that would block in 200 ms: readable() spins",
+            tries.get()
+        );
+        peer.write_all(b"hi").unwrap();
+        let n = time::timeout(Duration::from_secs(2), read_some_tcp(&fd, &mut buf))
+            .await
+            .expect("the data never woke the reader")
+            .unwrap();
+        assert_eq!(&buf[..n], b"hi");
+        // A real hang-up is still seen (and stays).
+        drop(peer);
+        let n = time::timeout(Duration::from_secs(2), read_some_tcp(&fd, &mut buf))
+            .await
+            .expect("the hang-up never woke the reader")
+            .unwrap();
+        assert_eq!(n, 0);
+        // (The read may have seen the end before the loop reaped its poll.)
+        time::sleep(Duration::from_millis(20)).await;
+        let g = fd.readable().await.unwrap();
+        assert!(g.ready().is_read_closed(), "{:?}", g.ready());
+    });
+}
+
+async fn read_some_tcp(fd: &AsyncFd<std::net::TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        if let Ok(r) = guard.try_io(|mut s| s.read(buf)) {
+            return r;
+        }
+    }
+}
