@@ -6,48 +6,57 @@
 //! a handler is taken out of its slot, called, and put back, so it may
 //! change or remove any event, itself included.
 //!
-//! Each concern has its own file: [`fd`] watches, [`timer`]s,
-//! [`immediate`]s, signals, cross-thread [`Remote`] immediates, generic
-//! [`op`]erations and trace points.
+//! This file holds the vocabulary: the loop, its handle, its state and
+//! what the state's tables contain. The loop's life is in three files:
+//! `builder` sets it up, `iteration` is `run_once` (pick, wait, reap,
+//! route, dispatch) and `teardown` takes it down. Each kind of event has
+//! its own: [`fd`] watches, [`timer`]s and [`immediate`]s (`schedule` is
+//! their loop side, with the clock), signals, cross-thread [`Remote`]
+//! immediates, generic [`op`]erations, futures' operations (`multi_op`,
+//! `readiness`) and trace points.
 
 pub(crate) mod bufpool;
+mod builder;
 pub mod fd;
 pub mod immediate;
+mod iteration;
 mod multi_op;
 pub mod op;
 pub(crate) mod readiness;
 mod remote;
 mod schedule;
 mod signal;
+mod teardown;
 pub mod timer;
 mod trace;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Deref;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{RawWakerVTable, Waker};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue};
-use slotmap::{Key, KeyData, SlotMap};
+use slotmap::{Key, SlotMap};
 
 use crate::error::{Error, Result};
-use crate::ring::{Features, ReapPasses, Ring, RingConfig};
+use crate::ring::{Features, Ring};
 use crate::sys;
 
+pub use builder::Builder;
 pub use fd::{Decision, FdEvent, FdId, Interest, decide};
 pub use immediate::{ImmediateId, ImmediateQueue};
 pub use op::{Completion, OpId};
 pub use remote::Remote;
+pub use schedule::ManualClock;
 pub use signal::{SignalEvent, SignalId};
 pub use timer::{TimerId, TimerQueue};
 pub use trace::{EventKind, TracePoint};
 
 use fd::Watch;
-use op::{Deferred, TaskOp, wake_or_defer};
+use op::{Deferred, TaskOp};
 use remote::RemoteShared;
 use signal::Signals;
 
@@ -72,18 +81,6 @@ pub type TraceHook = Box<dyn FnMut(TracePoint)>;
 /// `user_data` of internal requests whose completions are ignored (cancels).
 /// Slot keys are never 0 (their version is odd), so no operation can carry it.
 const IGNORE: u64 = 0;
-
-/// After this many immediates and due timers run since the loop last
-/// waited (one was always there, so it never had to), the next iteration
-/// first submits what is queued and reaps what is ready, without blocking.
-/// The dispatch order stays strict (SEMANTICS.md §1), but the kernel is not
-/// starved: a task's operation, which needs no handler, completes even
-/// while a timer is due on every iteration (a short timeout in a loop on a
-/// slow machine), and submissions do not wait for the burst to end. When
-/// the kernel has nothing for the loop this costs no syscall. Fds and
-/// completions in the ready queue do not count: they came from a reap and
-/// run out.
-const KERNEL_TURN_EVERY: u32 = 32;
 
 /// How long an iteration may block when nothing is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,183 +115,6 @@ pub struct Stats {
     /// `DEFER_TASKRUN`, Linux 6.13+ runs at most 2 x 20 per call), so that
     /// one wait sees every completion ready by then. Included in `enters`.
     pub drains: u64,
-}
-
-/// A clock for tests: timers follow it instead of the monotonic clock.
-///
-/// Time only moves when [`ManualClock::advance`] is called. Waits in the
-/// kernel are not shortened by pending timers, so drive such a loop with
-/// [`WaitTimeout::Never`].
-#[derive(Debug, Clone, Default)]
-pub struct ManualClock(Rc<Cell<Duration>>);
-
-impl ManualClock {
-    /// A clock at zero.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Moves time forward.
-    pub fn advance(&self, by: Duration) {
-        self.0.set(self.0.get().saturating_add(by));
-    }
-
-    /// Time since the clock was created.
-    pub fn elapsed(&self) -> Duration {
-        self.0.get()
-    }
-}
-
-/// Configures an [`EventLoop`].
-#[derive(Debug, Clone)]
-pub struct Builder {
-    ring: RingConfig,
-    wait_timeout: WaitTimeout,
-    allow_nesting: bool,
-    clock: Option<ManualClock>,
-    buf_pool: bufpool::PoolSize,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Builder {
-            ring: RingConfig {
-                sq_entries: 256,
-                cq_entries: 4096,
-                shrink_on_enomem: true,
-                simulate_missing: None,
-                // Lets CI run a whole test suite on the fallback ring.
-                plain_setup: std::env::var_os("RINGLOOP_PLAIN_SETUP").is_some_and(|v| v == "1"),
-            },
-            wait_timeout: WaitTimeout::After(Duration::from_secs(30)),
-            allow_nesting: false,
-            clock: None,
-            buf_pool: bufpool::PoolSize::default(),
-        }
-    }
-}
-
-impl Builder {
-    /// Submission queue size (rounded up to a power of two by the kernel).
-    ///
-    /// With the default sizes (256 and 4096), a loop whose ring does not fit
-    /// in the user's `RLIMIT_MEMLOCK` is built with smaller queues instead
-    /// (see [`Features`]); sizes set here are used as they are, or fail.
-    pub fn sq_entries(mut self, n: u32) -> Self {
-        self.ring.sq_entries = n.max(1);
-        self.ring.shrink_on_enomem = false;
-        self
-    }
-
-    /// Completion queue size; at least the SQ size. Overflow beyond it loses
-    /// nothing but costs extra `io_uring_enter` calls. As for
-    /// [`Builder::sq_entries`], a size set here is not shrunk to fit
-    /// `RLIMIT_MEMLOCK`.
-    pub fn cq_entries(mut self, n: u32) -> Self {
-        self.ring.cq_entries = n.max(1);
-        self.ring.shrink_on_enomem = false;
-        self
-    }
-
-    /// How long an idle iteration may block.
-    pub fn wait_timeout(mut self, t: WaitTimeout) -> Self {
-        self.wait_timeout = t;
-        self
-    }
-
-    /// Allow `run_once` from inside a handler.
-    pub fn allow_nesting(mut self, yes: bool) -> Self {
-        self.allow_nesting = yes;
-        self
-    }
-
-    /// Drive timers from a [`ManualClock`] instead of the monotonic clock.
-    pub fn manual_clock(mut self, clock: ManualClock) -> Self {
-        self.clock = Some(clock);
-        self
-    }
-
-    /// Do not ask for SINGLE_ISSUER / DEFER_TASKRUN / SUBMIT_ALL, as on a
-    /// kernel without them. For testing the fallback path; the environment
-    /// variable `RINGLOOP_PLAIN_SETUP=1` makes it the default.
-    pub fn plain_setup(mut self, yes: bool) -> Self {
-        self.ring.plain_setup = yes;
-        self
-    }
-
-    /// The pool of receive buffers that streams with multishot receives
-    /// share (`net::TcpStream::enable_multishot_recv`): `count` buffers of
-    /// `len` bytes, allocated and registered when a stream first asks.
-    /// Default 256 x 4096. `count` must be a power of two up to 32768,
-    /// `len` at least 1 and the pool at most 1 GiB, or [`Builder::build`]
-    /// fails with `InvalidInput`.
-    pub fn recv_buffers(mut self, count: u16, len: u32) -> Self {
-        self.buf_pool = bufpool::PoolSize {
-            buffers: count,
-            buf_len: len,
-        };
-        self
-    }
-
-    /// Test hook: make the probe report a required feature as absent
-    /// (for example `"IORING_FEAT_EXT_ARG"` or `"IORING_OP_POLL_ADD"`).
-    #[doc(hidden)]
-    pub fn simulate_missing_feature(mut self, name: &'static str) -> Self {
-        self.ring.simulate_missing = Some(name);
-        self
-    }
-
-    /// Builds the loop.
-    pub fn build(self) -> Result<EventLoop> {
-        let buf_pool_size = self.buf_pool.validate().map_err(Error::Io)?;
-        let ring = Ring::new(&self.ring)?;
-        let remote = Arc::new(RemoteShared::new()?);
-        let mut state = State {
-            ring,
-            ops: SlotMap::with_key(),
-            user_ops: 0,
-            multi_task_ops: 0,
-            watches: SlotMap::with_key(),
-            active_watches: 0,
-            timers: TimerQueue::default(),
-            immediates: ImmediateQueue::default(),
-            signals: Signals::default(),
-            ready: VecDeque::new(),
-            parked: Vec::new(),
-            cqes: Vec::new(),
-            kept_finals: HashSet::new(),
-            kept_scanned: 0,
-            deferred: Vec::new(),
-            inline_waker: None,
-            wake_armed: None,
-            wake_pending: false,
-            remote: remote.clone(),
-            epoch: Instant::now(),
-            clock_seen: 0,
-            turns_in_user_space: 0,
-            clock: self.clock,
-            wait_timeout: self.wait_timeout,
-            stats: Stats::default(),
-            buf_pool: None,
-            buf_pool_size,
-        };
-        state.arm_wake()?;
-        let inner = Inner {
-            state: RefCell::new(Some(state)),
-            depth: Cell::new(0),
-            allow_nesting: Cell::new(self.allow_nesting),
-            fork_generation: sys::fork_generation(),
-            trace: RefCell::new(None),
-            has_trace: Cell::new(false),
-            settled_at_teardown: RefCell::new(HashMap::new()),
-            unread_at_teardown: RefCell::new(HashMap::new()),
-        };
-        Ok(EventLoop {
-            handle: Handle {
-                inner: Rc::new(inner),
-            },
-        })
-    }
 }
 
 /// The event loop. Dropping it removes every event: owned fds are closed
@@ -463,7 +283,7 @@ struct State {
     /// The latest reading of the loop's clock taken by `next_dispatch`.
     clock_seen: u64,
     /// Immediates and due timers (or bursts of due sleeps) run since the
-    /// last wait or kernel turn; see [`KERNEL_TURN_EVERY`].
+    /// last wait or kernel turn; see [`iteration::KERNEL_TURN_EVERY`].
     turns_in_user_space: u32,
     clock: Option<ManualClock>,
     wait_timeout: WaitTimeout,
@@ -506,37 +326,6 @@ impl Drop for EventLoop {
     }
 }
 
-/// Calls a handler taken out of its slot, then `restore`s it there even if
-/// it panicked: a handler's panic reaches the caller of `run_once`, and the
-/// loop stays whole (its watch still fires, its operation still ends).
-fn call_then_restore<H>(
-    mut handler: H,
-    call: impl FnOnce(&mut H),
-    restore: impl FnOnce(H),
-) -> std::thread::Result<()> {
-    let ran = catch_unwind(AssertUnwindSafe(|| call(&mut handler)));
-    restore(handler);
-    ran
-}
-
-/// Runs user code during teardown, keeping its panic in `panicked` for the
-/// end: the rest of the teardown must still run, for it keeps the kernel
-/// from writing into freed buffers.
-fn teardown_step(panicked: &mut Option<Box<dyn std::any::Any + Send>>, step: impl FnOnce()) {
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(step)) {
-        panicked.get_or_insert(panic);
-    }
-}
-
-/// Decrements the nesting depth even if a handler panics.
-struct DepthGuard<'a>(&'a Cell<u32>);
-
-impl Drop for DepthGuard<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
 impl Handle {
     /// Runs `f` on the loop state. `f` must not run user code or drop user
     /// closures: return them and drop them after this call.
@@ -551,38 +340,6 @@ impl Handle {
             .map_err(|_| Error::Nested)?;
         let state = guard.as_mut().ok_or(Error::LoopGone)?;
         Ok(f(state))
-    }
-
-    /// Wakes the futures whose operations completed in the last reap and
-    /// releases dropped futures' resources: user code, so it runs here,
-    /// outside the state borrow, before the iteration picks a handler.
-    fn run_deferred(&self) {
-        // Look before taking: most iterations have nothing deferred, and
-        // taking an empty list would drop its allocation.
-        let Ok(Some(mut work)) =
-            self.with(|st| (!st.deferred.is_empty()).then(|| std::mem::take(&mut st.deferred)))
-        else {
-            return;
-        };
-        let mut items = work.drain(..);
-        while let Some(item) = items.next() {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| item.run())) {
-                // A foreign waker panicked: the wakes and releases after it
-                // still run, at the next iteration, ahead of newer ones.
-                let rest: Vec<Deferred> = items.collect();
-                let _ = self.with(|st| {
-                    st.deferred.splice(0..0, rest);
-                });
-                resume_unwind(panic);
-            }
-        }
-        drop(items);
-        // Hand the allocation back for the next reap.
-        let _ = self.with(|st| {
-            if st.deferred.is_empty() {
-                st.deferred = work;
-            }
-        });
     }
 
     /// [`Handle::with`] for closures that can fail.
@@ -687,156 +444,6 @@ impl Handle {
         self.with(|st| st.has_events())
     }
 
-    /// Runs one iteration (SEMANTICS.md §1): all pending signal handlers, or
-    /// else one immediate, or else one due timer, or else one fd handler or
-    /// operation callback, waiting in `io_uring_enter` if nothing is ready.
-    ///
-    /// Returns [`Error::Nested`] from inside a handler unless nesting is
-    /// allowed, and [`Error::WouldBlock`] in [`WaitTimeout::Never`] mode when
-    /// nothing ran.
-    pub fn run_once(&self) -> Result<()> {
-        self.iterate(false)
-    }
-
-    /// [`Handle::run_once`] as if in [`WaitTimeout::Never`] mode, leaving the
-    /// loop's wait timeout alone: the executor's turn while tasks are
-    /// queued. A handler may change the timeout meanwhile, and a panic
-    /// cannot leave the loop stuck in `Never`.
-    pub(crate) fn run_once_without_blocking(&self) -> Result<()> {
-        self.iterate(true)
-    }
-
-    #[inline]
-    fn iterate(&self, never_block: bool) -> Result<()> {
-        if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
-            return Err(Error::Nested);
-        }
-        // One borrow of the state per step: this is the hot path.
-        let (mut first, mode, turned) = self.try_with(|st| {
-            st.stats.iterations += 1;
-            let turned = st.turns_in_user_space >= KERNEL_TURN_EVERY;
-            let first = if turned {
-                st.kernel_turn()?;
-                None
-            } else {
-                st.pick_in_user_space()
-            };
-            let mode = if never_block {
-                WaitTimeout::Never
-            } else {
-                st.wait_timeout
-            };
-            Ok((first, mode, turned))
-        })?;
-        self.inner.depth.set(self.inner.depth.get() + 1);
-        let _depth = DepthGuard(&self.inner.depth);
-
-        if turned {
-            // Tasks whose operations the turn completed are woken now,
-            // not at the next wait, which may be as far off. Before the
-            // pick: a waker that panics must not drop a picked handler.
-            self.run_deferred();
-            first = self.with(|st| st.pick_in_user_space())?;
-        }
-        if let Some(d) = first {
-            self.dispatch(d);
-            return Ok(());
-        }
-        self.trace(TracePoint::BeforeWait);
-        let tracing = self.inner.has_trace.get();
-        let (waited, picked) = self.with(|st| {
-            let waited = st.wait(mode);
-            // With no trace hook and no deferred work, no user code runs
-            // between the wait and the pick: pick in the same borrow.
-            let picked =
-                (waited.is_ok() && !tracing && st.deferred.is_empty()).then(|| st.next_counted());
-            (waited, picked)
-        })?;
-        let picked = match picked {
-            Some(picked) => picked,
-            None => {
-                self.trace(TracePoint::AfterWait);
-                waited?;
-                self.run_deferred();
-                // A signal that interrupted the wait (EINTR) is counted already.
-                self.with(|st| st.next_counted())?
-            }
-        };
-        if let Some(d) = picked {
-            self.dispatch(d);
-            return Ok(());
-        }
-        match mode {
-            WaitTimeout::Never => Err(Error::WouldBlock),
-            _ => Ok(()),
-        }
-    }
-
-    /// Runs iterations until no event is left (see [`Handle::has_events`]).
-    ///
-    /// In [`WaitTimeout::Never`] mode this polls without blocking until then.
-    pub fn run(&self) -> Result<()> {
-        if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
-            return Err(Error::Nested);
-        }
-        while self.has_events()? {
-            match self.run_once() {
-                Ok(()) | Err(Error::WouldBlock) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    fn dispatch(&self, d: Dispatch) {
-        if let Dispatch::SleepWakes = d {
-            // No handler: the woken tasks run in the executor's next pass.
-            self.run_deferred();
-            return;
-        }
-        self.trace(TracePoint::BeforeHandler(d.kind()));
-        match d {
-            Dispatch::SleepWakes => {}
-            Dispatch::Signals(list) => {
-                let mut list = list.into_iter();
-                while let Some((id, handler, event)) = list.next() {
-                    // An earlier handler of this batch may have removed this watch.
-                    if !self.with(|st| st.signals.contains(id)).unwrap_or(false) {
-                        drop(handler);
-                        continue;
-                    }
-                    let ran = call_then_restore(
-                        handler,
-                        |h| h(self, event),
-                        |h| drop(self.with(|st| st.signals.restore(id, h))),
-                    );
-                    if let Err(panic) = ran {
-                        // The rest of the batch has not run: its deliveries
-                        // stay pending, for the next iteration.
-                        for (id, handler, event) in list {
-                            drop(self.with(|st| st.signals.put_back(id, handler, event.count)));
-                        }
-                        resume_unwind(panic);
-                    }
-                }
-            }
-            Dispatch::Immediate(handler) | Dispatch::Timer(handler) => handler(self),
-            Dispatch::Fd(id, handler, event) => call_then_restore(
-                handler,
-                |h| h(self, event),
-                |h| drop(self.with(|st| st.restore_fd(id, h))),
-            )
-            .unwrap_or_else(|panic| resume_unwind(panic)),
-            Dispatch::Op(_, mut callback, completion, true) => callback(self, completion),
-            Dispatch::Op(id, callback, completion, false) => call_then_restore(
-                callback,
-                |c| c(self, completion),
-                |c| drop(self.with(|st| st.restore_op(id, c))),
-            )
-            .unwrap_or_else(|panic| resume_unwind(panic)),
-        }
-    }
-
     /// Hands every queued submission (cancels included) to the kernel now
     /// and runs all its deferred completion work, without blocking.
     ///
@@ -871,161 +478,9 @@ impl Handle {
     pub fn in_flight_user_data(&self) -> Result<Vec<u64>> {
         self.with(|st| st.ops.keys().map(|k| k.data().as_ffi()).collect())
     }
-
-    /// Tears the loop down; see [`EventLoop`]'s docs.
-    fn teardown(&self) {
-        let Some(mut st) = self
-            .inner
-            .state
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut s| s.take())
-        else {
-            return;
-        };
-        st.remote.shut_down();
-        if sys::fork_generation() != self.inner.fork_generation {
-            // The ring is the parent's: dropping our mapping and fds is all the
-            // child may do.
-            return;
-        }
-        // Cancel every poll and operation, then let the kernel act on it so
-        // that closing owned fds below makes peers see EOF.
-        let watch_ids: Vec<FdId> = st.watches.keys().collect();
-        let mut watches = Vec::with_capacity(watch_ids.len());
-        let mut polls = Vec::new();
-        for id in watch_ids {
-            st.set_interest(id, Interest::NONE);
-            if let Some(w) = st.watches.remove(id) {
-                polls.extend(w.cancelled.iter().copied());
-                watches.push(w);
-            }
-        }
-        if let Some(op) = st.wake_armed.take() {
-            st.cancel_poll(op);
-        }
-        st.signals_shutdown();
-        let user_ops: Vec<OpId> = st.ops.keys().collect();
-        for id in user_ops {
-            st.cancel_user_op(id);
-        }
-        st.settle_cancels(&polls);
-        // User code runs from here on (handlers' drops, close hooks,
-        // callbacks, wakers); a panic in it waits for the end.
-        let mut panicked = None;
-        for w in watches {
-            let (fd, handler, hook, owned) = (w.fd, w.handler, w.close_hook, w.owned);
-            teardown_step(&mut panicked, || drop(handler));
-            if let Some(hook) = hook {
-                teardown_step(&mut panicked, || hook(fd));
-            }
-            teardown_step(&mut panicked, || drop(owned));
-        }
-        // Wait for the cancelled operations so that no buffer is freed while
-        // the kernel may still write into it, and run their callbacks (which
-        // close fds an accept or open produced).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut cancelled_at = Instant::now();
-        loop {
-            // One completion at a time, in order: a multishot operation can
-            // have several queued, and its final one must still remove it
-            // (or this would wait for the deadline). The state is out of
-            // the RefCell, so a callback that uses the loop gets LoopGone.
-            while let Some(r) = st.ready.pop_front() {
-                let Ready::Op(id, c) = r else { continue };
-                let Some(Op::User { callback, .. }) = st.ops.get_mut(id) else {
-                    continue;
-                };
-                let cb = callback.take();
-                let last = !cqueue::more(c.flags);
-                if last {
-                    st.remove_op(id);
-                }
-                if let Some(mut cb) = cb {
-                    teardown_step(&mut panicked, || cb(self, c));
-                    if !last && let Some(Op::User { callback, .. }) = st.ops.get_mut(id) {
-                        *callback = Some(cb);
-                    }
-                }
-            }
-            let live = st.user_ops > 0;
-            if !live || Instant::now() > deadline {
-                break;
-            }
-            if cancelled_at.elapsed() >= Duration::from_millis(50) {
-                // A cancel can miss a request that an io-wq worker is just
-                // taking up (seen on Linux 6.1 with blocking pipe reads):
-                // it then runs, and waits, as if never cancelled. Ask again.
-                cancelled_at = Instant::now();
-                let unfinished: Vec<OpId> = st.ops.keys().collect();
-                for id in unfinished {
-                    st.cancel_user_op_again(id);
-                }
-            }
-            let _ = st.ring.wait(Some(Duration::from_millis(10)));
-            st.reap();
-        }
-        // Anything still in flight after the deadline keeps its memory: leaking
-        // a buffer is better than letting the kernel write into freed memory.
-        let mut settled = self.inner.settled_at_teardown.borrow_mut();
-        for (id, op) in st.ops.drain() {
-            match op {
-                Op::User {
-                    callback: Some(cb), ..
-                } => std::mem::forget(cb),
-                Op::Task(task) => {
-                    if let Some(c) = task.settled_unread() {
-                        settled.insert(id.data().as_ffi(), c);
-                    }
-                    task.leak_if_in_flight();
-                }
-                Op::MultiTask(mut op) => {
-                    if let Some(unread) = op.take_unread() {
-                        self.inner
-                            .unread_at_teardown
-                            .borrow_mut()
-                            .insert(id.data().as_ffi(), unread);
-                    }
-                    if op.leak_if_in_flight()
-                        && let Some(Some(pool)) = &st.buf_pool
-                    {
-                        // The kernel may still fill the pool's buffers.
-                        std::mem::forget(pool.clone());
-                    }
-                }
-                _ => {}
-            }
-        }
-        drop(settled);
-        // Wake the futures whose operations ended and release the buffers of
-        // dropped ones; the state is out of the RefCell, so this is safe.
-        for work in st.deferred.drain(..) {
-            teardown_step(&mut panicked, || work.run());
-        }
-        drop(st);
-        if let Some(panic) = panicked
-            && !std::thread::panicking()
-        {
-            resume_unwind(panic);
-        }
-    }
 }
 
 impl State {
-    /// The loop's clock: nanoseconds since its epoch (or on its manual
-    /// clock), plus one. Deadline 0 means "as soon as possible"; starting
-    /// at 1 keeps every reading after it, so that a deadline of "now" is
-    /// due at once even at a manual clock's start, when it reads zero.
-    fn now_ns(&self) -> u64 {
-        let elapsed = match &self.clock {
-            Some(manual) => manual.elapsed(),
-            None => self.epoch.elapsed(),
-        };
-        u64::try_from(elapsed.as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1)
-    }
-
     fn has_events(&self) -> bool {
         !self.timers.is_empty()
             || !self.immediates.is_empty()
@@ -1076,290 +531,6 @@ impl State {
     fn remove_op(&mut self, id: OpId) {
         if let Some(Op::User { .. }) = self.ops.remove(id) {
             self.user_ops -= 1;
-        }
-    }
-
-    fn restore_op(&mut self, id: OpId, callback: OpCallback) -> Option<OpCallback> {
-        if !self.parked.is_empty() {
-            self.unpark(id);
-        }
-        match self.ops.get_mut(id) {
-            Some(Op::User { callback: slot, .. }) => {
-                *slot = Some(callback);
-                None
-            }
-            _ => Some(callback),
-        }
-    }
-
-    /// Puts the completions of `id` that waited while its callback ran back
-    /// at the front of the ready queue, in their order: they were first.
-    #[cold]
-    fn unpark(&mut self, id: OpId) {
-        let mine: Vec<Ready> = self
-            .parked
-            .iter()
-            .filter(|(op, _)| *op == id)
-            .map(|&(op, c)| Ready::Op(op, c))
-            .collect();
-        self.parked.retain(|(op, _)| *op != id);
-        for ready in mine.into_iter().rev() {
-            self.ready.push_front(ready);
-        }
-    }
-
-    /// [`State::next_dispatch`], counting the handler it picks. Signals
-    /// delivered since the last pick are collected first, as in tevent: the
-    /// handler counted them, and looking is one atomic load.
-    fn next_counted(&mut self) -> Option<Dispatch> {
-        self.check_signals();
-        let d = self.next_dispatch();
-        if d.as_ref()
-            .is_some_and(|d| !matches!(d, Dispatch::SleepWakes))
-        {
-            self.stats.handlers += 1;
-        }
-        d
-    }
-
-    /// The first due timer's handler; or, if sleeps come first, every due
-    /// sleep up to the next handler timer, their wakes deferred together (a
-    /// burst of due sleeps costs one iteration, not one each).
-    fn pop_due_timer(&mut self) -> Option<Dispatch> {
-        let now = self.clock_seen;
-        let mut woke = false;
-        while let Some((_, action)) = self
-            .timers
-            .pop_due_if(now, |a| !woke || matches!(a, TimerAction::Wake(_)))
-        {
-            match action {
-                TimerAction::Handler(handler) => return Some(Dispatch::Timer(handler)),
-                TimerAction::Wake(waker) => {
-                    woke = true;
-                    if let Some(waker) = waker {
-                        wake_or_defer(&mut self.deferred, self.inline_waker, waker);
-                    }
-                }
-            }
-        }
-        woke.then_some(Dispatch::SleepWakes)
-    }
-
-    /// Picks what runs next, in SEMANTICS.md §1 order, without waiting.
-    fn next_dispatch(&mut self) -> Option<Dispatch> {
-        if let Some(list) = self.signals.take_pending() {
-            return Some(Dispatch::Signals(list));
-        }
-        if let Some(handler) = self.immediates.pop() {
-            return Some(Dispatch::Immediate(handler));
-        }
-        // Reading the clock costs more than the rest of this function: skip
-        // it when no timer is pending, and when the first deadline is at or
-        // before a reading already taken (the clock never goes backwards, so
-        // such a timer is due; a burst of due timers costs one reading).
-        if let Some(deadline) = self.timers.next_deadline() {
-            if deadline > self.clock_seen {
-                self.clock_seen = self.now_ns();
-            }
-            if deadline <= self.clock_seen
-                && let Some(d) = self.pop_due_timer()
-            {
-                return Some(d);
-            }
-        }
-        while let Some(ready) = self.ready.pop_front() {
-            match ready {
-                Ready::Fd(id) => {
-                    if let Some(d) = self.prepare_fd(id) {
-                        return Some(d);
-                    }
-                }
-                Ready::Op(id, completion) => {
-                    let last = !cqueue::more(completion.flags);
-                    let Some(Op::User { callback, .. }) = self.ops.get_mut(id) else {
-                        continue;
-                    };
-                    let Some(cb) = callback.take() else {
-                        // Its callback is running in an outer (nested)
-                        // iteration: the completion waits for it to return,
-                        // and the events behind it run meanwhile.
-                        self.parked.push((id, completion));
-                        continue;
-                    };
-                    if last {
-                        self.remove_op(id);
-                    }
-                    return Some(Dispatch::Op(id, cb, completion, last));
-                }
-            }
-        }
-        None
-    }
-
-    /// Blocks in `io_uring_enter` until a completion, the next timer or the
-    /// wait timeout, then reaps.
-    fn wait(&mut self, mode: WaitTimeout) -> Result<()> {
-        self.stats.waits += 1;
-        self.turns_in_user_space = 0;
-        let mut timeout = match mode {
-            // Completions kept aside by a removal are already here, or
-            // wakes a panicking waker left undone: reap (and whatever else
-            // is ready) without blocking, and get on with them.
-            _ if !self.cqes.is_empty() || !self.deferred.is_empty() => {
-                self.ring.flush_unless_idle()?;
-                self.reap();
-                return Ok(());
-            }
-            WaitTimeout::After(d) => Some(d),
-            WaitTimeout::Forever => None,
-            WaitTimeout::Never => {
-                self.ring.flush_unless_idle()?;
-                self.reap();
-                return Ok(());
-            }
-        };
-        if self.clock.is_none()
-            && let Some(deadline) = self.timers.next_deadline()
-        {
-            let until = Duration::from_nanos(deadline.saturating_sub(self.now_ns()));
-            timeout = Some(timeout.map_or(until, |t| t.min(until)));
-        }
-        self.ring.wait(timeout)?;
-        self.reap();
-        Ok(())
-    }
-
-    /// Submits what is queued and reaps what is ready, without blocking and
-    /// without the syscall if the kernel has nothing for the loop: the
-    /// kernel's part of an iteration, for when due handlers keep the loop
-    /// from waiting.
-    #[cold]
-    fn kernel_turn(&mut self) -> Result<()> {
-        self.turns_in_user_space = 0;
-        self.ring.submit_unless_idle()?;
-        self.reap();
-        Ok(())
-    }
-
-    /// Moves completions from the ring (after any kept aside by a removal)
-    /// into the loop's queues.
-    fn reap(&mut self) {
-        let mut cqes = std::mem::take(&mut self.cqes);
-        if self.kept_scanned != 0 {
-            self.kept_scanned = 0;
-            self.kept_finals.clear();
-        }
-        let mut pass = ReapPasses::default();
-        let mut scanned = cqes.len();
-        while self.ring.reap_visible(&mut cqes, &mut pass) {
-            // The kernel holds more. A multishot receive that this batch
-            // takes to its limit is cancelled with the enter that brings
-            // the rest, not after up to 64 more batches; the completions
-            // are still routed in order, once all are in.
-            if self.multi_task_ops > 0 {
-                for cqe in &cqes[scanned..] {
-                    self.note_unrouted(cqe.user_data(), cqe.flags());
-                }
-            }
-            scanned = cqes.len();
-            if self.ring.flush().is_err() {
-                break;
-            }
-        }
-        self.stats.overflow_flushes += pass.overflow_flushes;
-        self.stats.completions += cqes.len() as u64;
-        REAPED_SINGLY.set(cqes.len() <= 1);
-        for cqe in cqes.drain(..) {
-            self.route(cqe.user_data(), cqe.result(), cqe.flags());
-        }
-        self.cqes = cqes;
-        if self.wake_pending {
-            self.wake_pending = false;
-            self.take_remote();
-        }
-        if self.signals.needs_read() {
-            self.read_signals();
-        }
-    }
-
-    /// [`State::next_counted`], counting a pick that did not come from a
-    /// reap towards the next kernel turn: only immediates and timers can be
-    /// due without end; fds and completions in the ready queue came from a
-    /// reap and run out.
-    #[inline]
-    fn pick_in_user_space(&mut self) -> Option<Dispatch> {
-        let first = self.next_counted();
-        if matches!(
-            first,
-            Some(Dispatch::Immediate(_) | Dispatch::Timer(_) | Dispatch::SleepWakes)
-        ) {
-            self.turns_in_user_space += 1;
-        }
-        first
-    }
-
-    /// Routes one completion by its `user_data`. Unknown, stale or malformed
-    /// values are ignored: they can never reach a handler.
-    fn route(&mut self, user_data: u64, result: i32, flags: u32) {
-        if user_data == IGNORE {
-            return;
-        }
-        let key = KeyData::from_ffi(user_data);
-        if key.as_ffi() != user_data {
-            return;
-        }
-        let id = OpId::from(key);
-        let more = cqueue::more(flags);
-        let Some(op) = self.ops.get_mut(id) else {
-            return;
-        };
-        match op {
-            Op::Orphan => {
-                if !more {
-                    self.ops.remove(id);
-                }
-            }
-            Op::FdPoll(watch) => {
-                let watch = *watch;
-                if !more {
-                    // An `FdPoll` owns nothing; forgetting it skips the
-                    // out-of-line drop of `Op` (this runs once per level
-                    // event).
-                    std::mem::forget(self.ops.remove(id));
-                }
-                self.on_poll(watch, id, result, more);
-            }
-            Op::Wake => {
-                if !more {
-                    self.ops.remove(id);
-                    self.wake_armed = None;
-                    let _ = self.arm_wake();
-                }
-                self.wake_pending = true;
-            }
-            Op::Signal => {
-                if !more {
-                    self.ops.remove(id);
-                }
-                self.signals.on_poll_complete(more);
-            }
-            Op::Task(_) => self.route_task_op(id, Completion { result, flags }, more),
-            Op::MultiTask(_) => self.route_multi_task_op(id, Completion { result, flags }, more),
-            Op::Readiness(_) => self.route_readiness(id, result, more),
-            Op::User { done, once, .. } => {
-                if *done {
-                    return;
-                }
-                if !more {
-                    *done = true;
-                }
-                let end_it = more && *once;
-                self.ready
-                    .push_back(Ready::Op(id, Completion { result, flags }));
-                if end_it {
-                    self.cancel_user_op(id);
-                }
-            }
         }
     }
 }

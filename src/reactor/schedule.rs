@@ -1,5 +1,7 @@
 //! The loop's side of timers and immediates.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -7,7 +9,46 @@ use super::timer::ASAP;
 use super::{EventKind, Handle, ImmediateId, State, TimerAction, TimerId, TracePoint};
 use crate::error::{Error, Result};
 
+/// A clock for tests: timers follow it instead of the monotonic clock.
+///
+/// Time only moves when [`ManualClock::advance`] is called. Waits in the
+/// kernel are not shortened by pending timers, so drive such a loop with
+/// [`WaitTimeout::Never`](super::WaitTimeout::Never).
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Rc<Cell<Duration>>);
+
+impl ManualClock {
+    /// A clock at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves time forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.set(self.0.get().saturating_add(by));
+    }
+
+    /// Time since the clock was created.
+    pub fn elapsed(&self) -> Duration {
+        self.0.get()
+    }
+}
+
 impl State {
+    /// The loop's clock: nanoseconds since its epoch (or on its manual
+    /// clock), plus one. Deadline 0 means "as soon as possible"; starting
+    /// at 1 keeps every reading after it, so that a deadline of "now" is
+    /// due at once even at a manual clock's start, when it reads zero.
+    pub(super) fn now_ns(&self) -> u64 {
+        let elapsed = match &self.clock {
+            Some(manual) => manual.elapsed(),
+            None => self.epoch.elapsed(),
+        };
+        u64::try_from(elapsed.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
     /// A deadline on the loop's clock (see [`State::now_ns`]); a deadline
     /// in the past becomes 1 ns, due at once (after "as soon as possible").
     fn deadline_at(&self, at: Instant) -> Result<u64> {
