@@ -34,6 +34,13 @@ use crate::op::{Op, Orphan};
 
 /// An open file whose I/O goes through io_uring. The fd is closed when the
 /// `File` and every operation using it are gone.
+///
+/// Each operation is submitted on the loop of the runtime whose task first
+/// polls it, so a `File` may be used under any runtime of the thread. One
+/// in flight under an idle runtime and awaited under another is cancelled
+/// there: it fails with [`io::ErrorKind::Interrupted`] having done nothing,
+/// or returns what it had done (a read or write the kernel was already
+/// running on a worker thread is waited for).
 pub struct File {
     fd: Rc<OwnedFd>,
 }

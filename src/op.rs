@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 
 use io_uring::squeue;
 
-use crate::reactor::{Completion, Handle, OpId};
+use crate::reactor::{Completion, Handle, OpId, TaskPoll};
 use crate::rt;
 
 /// What to do with a completion nobody will read.
@@ -63,6 +63,10 @@ enum State<T> {
         handle: Handle,
         id: OpId,
         resources: Option<T>,
+        /// Polled by a task of another runtime (see [`Op::poll_result`]):
+        /// the operation was cancelled on its own loop, and each poll gives
+        /// that loop's kernel a turn until it is back.
+        settling: bool,
     },
     /// Submission failed; the resources come straight back.
     Failed(Option<(io::Error, T)>),
@@ -71,6 +75,8 @@ enum State<T> {
 
 /// An io_uring operation in flight; resolves to its [`Completion`] and the
 /// resources given to [`submit`]. Dropping it cancels the operation.
+/// Polled by a task of another runtime than the one it was submitted on, it
+/// cancels the operation and resolves with that (see [`submit`]).
 ///
 /// The completion waits in the loop's table of operations until the future
 /// takes it, and the resources stay in the future: an operation costs no
@@ -99,6 +105,15 @@ impl<T: 'static> Unpin for Op<T> {}
 /// waited for; its future then resolves with that completion. Should the
 /// kernel not give it back (the loop waits 5 s), the future never resolves
 /// and its resources are leaked rather than freed under the kernel.
+///
+/// The operation belongs to the loop it was submitted on. Awaited by a task
+/// of another runtime of the thread while that loop is alive but not
+/// running (which would otherwise never reap it), the future cancels it
+/// there at once and resolves with its completion: `-ECANCELED` if it had
+/// done nothing (submit it again on this runtime), or the result it reached
+/// first, so nothing is lost. Only an operation the kernel cannot
+/// interrupt (a regular file's read on a worker thread) takes longer: the
+/// task is polled again at each turn of its runtime until it is back.
 ///
 /// # Safety
 /// Everything the entry points to must be owned by `resources` (and not move
@@ -146,6 +161,7 @@ impl<T: 'static> Op<T> {
                     handle,
                     id,
                     resources: Some(resources),
+                    settling: false,
                 },
                 orphan,
                 salvage: None,
@@ -191,11 +207,47 @@ impl<T: 'static> Op<T> {
                 handle,
                 id,
                 resources,
+                settling,
             } => {
-                let c = std::task::ready!(handle.poll_task_op(*id, cx.waker()));
+                let c = if *settling {
+                    handle.settle_task_op_now(*id, cx.waker())
+                } else {
+                    match handle.poll_task_op(*id, cx.waker()) {
+                        TaskPoll::Ready(c) => Poll::Ready(c),
+                        TaskPoll::Pending { new_waker: false } => Poll::Pending,
+                        // Checked once per waker (a task never leaves its
+                        // runtime), not per poll. A task of another runtime
+                        // of the thread polls it while its loop is idle: only
+                        // running that loop would reap the completion, so
+                        // waiting here would hang. The operation is cancelled
+                        // there and handed back now, with what it got.
+                        TaskPoll::Pending { new_waker: true } => {
+                            if rt::current_loop_is(handle) == Some(false) && handle.is_alive() {
+                                *settling = true;
+                                handle.settle_task_op_now(*id, cx.waker())
+                            } else {
+                                Poll::Pending
+                            }
+                        }
+                    }
+                };
+                let Poll::Ready(c) = c else {
+                    if *settling && handle.is_alive() {
+                        // The kernel cannot give it back yet (an operation
+                        // it cannot interrupt): try again after this
+                        // runtime's next turn, rather than wait for a wake
+                        // that only the idle loop would deliver. (Once the
+                        // loop is gone, teardown has settled it or never
+                        // will: no point spinning.)
+                        cx.waker().wake_by_ref();
+                    }
+                    return Poll::Pending;
+                };
+                let moved = *settling && c.result == -libc::ECANCELED;
                 let res = resources.take();
                 self.state = State::Finished;
                 match res {
+                    Some(res) if moved => Poll::Ready((Err(moved_error()), res)),
                     Some(res) => Poll::Ready((Ok(c), res)),
                     None => panic!("ringloop::op::Op polled after completion"),
                 }
@@ -216,6 +268,16 @@ impl<T: 'static> Op<T> {
         let (c, res) = std::future::poll_fn(|cx| self.poll_result(cx)).await;
         (c.and_then(|c| c.result()), res)
     }
+}
+
+/// The error of an operation cancelled because a task of another runtime
+/// awaited it (see [`submit`]).
+pub(crate) fn moved_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Interrupted,
+        "the operation was in flight on another runtime's loop, which does not run this wait; \
+         it was cancelled there, having done nothing: start it again on this runtime",
+    )
 }
 
 /// The error of an operation started with no runtime on the thread.
@@ -243,6 +305,7 @@ impl<T: 'static> Drop for Op<T> {
             handle,
             id,
             resources,
+            ..
         } = &mut self.state
             && let Some(res) = resources.take()
         {

@@ -33,6 +33,16 @@
 //! that an `accept` produced after the cancel is closed. A socket's fd is
 //! closed when the socket value and every operation using it are gone.
 //!
+//! A socket belongs to no loop: each operation is submitted on the loop of
+//! the runtime whose task first polls it, so a socket made under one
+//! runtime may be used under another of the thread (the first one idle or
+//! gone). An operation already in flight on one runtime's loop and then
+//! awaited by a task of another, while the first is idle, would never be
+//! reaped: it is cancelled there and fails at once with
+//! [`io::ErrorKind::Interrupted`], having done nothing (do it again), or
+//! returns what it had already done. A stream's multishot receive is armed
+//! on one loop at a time (see [`TcpStream::enable_multishot_recv`]).
+//!
 //! A stream read can be dropped (by `time::timeout`, say) without losing
 //! data: if the kernel had received bytes for it anyway, the stream keeps
 //! them and the next read returns them first, and a new read waits until

@@ -9,6 +9,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use super::{SockAddr, Socket, StreamRx};
 
 /// A TCP listening socket whose `accept` is an `IORING_OP_ACCEPT`.
+///
+/// Usable under any runtime of the thread; an accept in flight under an
+/// idle runtime and awaited under another fails with `Interrupted` (see
+/// [the module docs](super)).
 pub struct TcpListener {
     sock: Socket,
 }
@@ -65,7 +69,10 @@ impl fmt::Debug for TcpListener {
 /// (`IORING_OP_RECV` / `IORING_OP_SEND`).
 ///
 /// Methods take `&self`, so one task can read while another writes. The fd
-/// is closed when the stream and all operations using it are gone.
+/// is closed when the stream and all operations using it are gone. Usable
+/// under any runtime of the thread; an operation in flight under an idle
+/// runtime and awaited under another fails with `Interrupted` (see [the
+/// module docs](super)).
 pub struct TcpStream {
     sock: Socket,
     rx: StreamRx,

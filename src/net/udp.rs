@@ -11,6 +11,10 @@ use super::{SockAddr, Socket, extend, no_spare_capacity};
 use crate::op::{Op, Orphan};
 
 /// A UDP socket whose datagrams go through io_uring operations.
+///
+/// Usable under any runtime of the thread; a send or receive in flight
+/// under an idle runtime and awaited under another fails with
+/// `Interrupted` (see [the module docs](super)).
 pub struct UdpSocket {
     sock: Socket,
 }

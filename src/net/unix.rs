@@ -10,7 +10,8 @@ use std::path::Path;
 use super::{SockAddr, Socket, StreamRx};
 
 /// A Unix-domain stream socket whose reads and writes are io_uring
-/// operations; the same buffer rules as [`TcpStream`](super::TcpStream).
+/// operations; the same buffer and runtime rules as
+/// [`TcpStream`](super::TcpStream).
 pub struct UnixStream {
     sock: Socket,
     rx: StreamRx,

@@ -153,6 +153,20 @@ impl Handle {
         Ok(())
     }
 
+    /// The kernel's part of an iteration, now, and nothing else: queued
+    /// submissions (cancels included) go in, the kernel's deferred
+    /// completion work runs, what it brings is reaped and routed, and the
+    /// wakes and releases that routing deferred run. No handler runs and
+    /// it never blocks. For a future bound to this loop that is awaited
+    /// where the loop does not run (a task of another runtime of the
+    /// thread): it settles what it needs from this loop without waiting for
+    /// the loop to run again.
+    pub(crate) fn turn_kernel_now(&self) -> Result<()> {
+        self.try_with(|st| st.kernel_turn())?;
+        self.run_deferred();
+        Ok(())
+    }
+
     fn dispatch(&self, d: Dispatch) {
         if let Dispatch::SleepWakes = d {
             // No handler: the woken tasks run in the executor's next pass.

@@ -48,6 +48,7 @@ use crate::sys;
 pub use builder::Builder;
 pub use fd::{Decision, FdEvent, FdId, Interest, decide};
 pub use immediate::{ImmediateId, ImmediateQueue};
+pub(crate) use op::TaskPoll;
 pub use op::{Completion, OpId};
 pub use remote::Remote;
 pub use schedule::ManualClock;

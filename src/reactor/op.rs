@@ -69,6 +69,25 @@ pub(super) struct TaskOp {
     cancel_sent: bool,
 }
 
+/// What [`Handle::poll_task_op`] found.
+pub(crate) enum TaskPoll {
+    /// The operation is over: its (first) completion.
+    Ready(Completion),
+    /// Still in the kernel; `new_waker`: the waker given replaced another
+    /// one (or none), so the task polling it may be a new one.
+    Pending { new_waker: bool },
+}
+
+impl TaskPoll {
+    /// The completion, if any, as a `Poll`.
+    pub(crate) fn ready(self) -> Poll<Completion> {
+        match self {
+            TaskPoll::Ready(c) => Poll::Ready(c),
+            TaskPoll::Pending { .. } => Poll::Pending,
+        }
+    }
+}
+
 impl TaskOp {
     /// The completion of a finished operation whose future is alive and has
     /// not taken it.
@@ -290,14 +309,33 @@ impl Handle {
     /// be woken when it arrives. Once the loop is gone, an operation it saw
     /// finish still resolves; one it could not settle never does (the
     /// kernel may still use its buffers).
-    pub(crate) fn poll_task_op(&self, id: OpId, waker: &Waker) -> Poll<Completion> {
+    ///
+    /// Pending, it says whether `waker` is new (not the one stored before):
+    /// a future checks once per waker, not per poll, that its loop is the
+    /// one that runs it (see [`Handle::settle_task_op_now`]).
+    pub(crate) fn poll_task_op(&self, id: OpId, waker: &Waker) -> TaskPoll {
         match self.with(|st| st.poll_task_op(id, waker)) {
             Ok(poll) => poll,
             Err(_) => match self.take_settled_at_teardown(id) {
-                Some(c) => Poll::Ready(c),
-                None => Poll::Pending,
+                Some(c) => TaskPoll::Ready(c),
+                None => TaskPoll::Pending { new_waker: false },
             },
         }
+    }
+
+    /// A future's operation is awaited where this loop does not run (by a
+    /// task of another runtime of the thread, this loop idle): nothing
+    /// would ever reap its completion. Cancels it and gives the kernel a
+    /// turn now (the cancel and anything else queued go in, its completion
+    /// work runs, and what it brings is reaped and routed, without running
+    /// any handler), so that it is settled at once: the completion, which
+    /// is `-ECANCELED` or the result it had reached first. Pending only if
+    /// the kernel could not give it back yet (an operation that cannot be
+    /// interrupted, a regular file's read on a worker thread, say).
+    pub(crate) fn settle_task_op_now(&self, id: OpId, waker: &Waker) -> Poll<Completion> {
+        let _ = self.with(|st| st.cancel_user_op(id));
+        let _ = self.turn_kernel_now();
+        self.poll_task_op(id, waker).ready()
     }
 
     /// The completion teardown saw for an operation whose future was alive.
@@ -453,23 +491,25 @@ impl State {
         }
     }
 
-    fn poll_task_op(&mut self, id: OpId, waker: &Waker) -> Poll<Completion> {
+    fn poll_task_op(&mut self, id: OpId, waker: &Waker) -> TaskPoll {
         let Some(Op::Task(task)) = self.ops.get_mut(id) else {
             // Only the future removes an unfinished entry, so this does not
             // happen; never resolving is the safe answer if it did.
-            return Poll::Pending;
+            return TaskPoll::Pending { new_waker: false };
         };
         if task.done
             && let Some(c) = task.completion.take()
         {
             self.ops.remove(id);
-            return Poll::Ready(c);
+            return TaskPoll::Ready(c);
         }
         match &task.waker {
-            Some(w) if w.will_wake(waker) => {}
-            _ => task.waker = Some(waker.clone()),
+            Some(w) if w.will_wake(waker) => TaskPoll::Pending { new_waker: false },
+            _ => {
+                task.waker = Some(waker.clone());
+                TaskPoll::Pending { new_waker: true }
+            }
         }
-        Poll::Pending
     }
 
     /// See [`Handle::detach_task_op`]. Returns what to run outside the state

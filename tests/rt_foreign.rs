@@ -1,0 +1,99 @@
+//! Futures bound to one runtime's loop, awaited by a task of another runtime
+//! on the same thread while the first one is alive but idle: each gives a
+//! clear error or moves, never hangs (the first loop does not run while the
+//! second one waits). Each wait runs under a timeout on the polling
+//! runtime, so a hang reports as `Elapsed` instead of hanging the test.
+
+mod common;
+
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use io_uring::{opcode, types};
+use ringloop::net::UnixStream;
+use ringloop::rt::Runtime;
+use ringloop::{op, time};
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+/// A 16-byte read of `fd`, submitted on the current runtime.
+fn submit_read(fd: &impl AsRawFd) -> op::Op<Vec<u8>> {
+    let buf = vec![0u8; 16];
+    let entry = opcode::Read::new(types::Fd(fd.as_raw_fd()), buf.as_ptr().cast_mut(), 16).build();
+    // SAFETY: the buffer is moved into the operation; the fd outlives it.
+    unsafe { op::submit(entry, buf) }
+}
+
+/// Polls `fut` once on `rt`, expecting it to stay pending there.
+fn poll_once_on<F: Future + Unpin>(rt: &Runtime, fut: &mut F) {
+    let pending = rt.block_on(std::future::poll_fn(|cx: &mut Context<'_>| {
+        Poll::Ready(Pin::new(&mut *fut).poll(cx).is_pending())
+    }));
+    assert!(pending, "pending on its own runtime");
+}
+
+/// A read submitted on one runtime and awaited on another, while the first
+/// is idle: it is cancelled on its own loop and resolves at once with
+/// `-ECANCELED`, its buffer back. The first loop has nothing of it left.
+#[test]
+fn an_op_in_flight_polled_on_another_runtime_resolves_cancelled() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let (r, _w) = common::pipe();
+    first.block_on(async {});
+    let idle = first.handle().stats().unwrap().in_flight;
+    let mut read = first.block_on(async { Some(submit_read(&r)) }).unwrap();
+    poll_once_on(&first, &mut read);
+    let out = second.block_on(time::timeout(LIMIT, &mut read));
+    let (c, buf) = out.expect("the operation hung on the second runtime");
+    assert_eq!(c.result, -libc::ECANCELED, "{c:?}");
+    assert_eq!(buf.len(), 16);
+    assert!(!first.handle().has_events().unwrap());
+    assert_eq!(first.handle().stats().unwrap().in_flight, idle);
+}
+
+/// The same, with the data there before the foreign poll: the read
+/// completes on its own loop, and its bytes come back (nothing lost). An op
+/// submitted on the first runtime and first polled on the second also
+/// resolves.
+#[test]
+fn an_op_polled_on_another_runtime_keeps_what_it_read() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let (r, w) = common::pipe();
+    let read = first.block_on(async { Some(submit_read(&r)) }).unwrap();
+    common::write_fd(w.as_raw_fd(), b"hi").unwrap();
+    let out = second.block_on(time::timeout(LIMIT, read));
+    let (c, buf) = out.expect("the operation hung on the second runtime");
+    assert_eq!(c.result, 2, "{c:?}");
+    assert_eq!(&buf[..2], b"hi");
+}
+
+/// A stream read in flight on one runtime and awaited on another: it fails
+/// at once with a clear error (the kind says to retry), having read
+/// nothing, and the next read on the second runtime gets the data.
+#[test]
+fn a_stream_read_in_flight_polled_on_another_runtime_errs_and_the_next_read_works() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let (a, b) = first.block_on(async { UnixStream::pair().unwrap() });
+    let mut read = Box::pin(a.read(Vec::with_capacity(16)));
+    poll_once_on(&first, &mut read);
+    let out = second.block_on(time::timeout(LIMIT, read));
+    let (r, buf) = out.expect("the read hung on the second runtime");
+    let e = r.expect_err("nothing was sent");
+    assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "{e}");
+    assert!(e.to_string().contains("another runtime"), "{e}");
+    assert!(buf.is_empty());
+    let (r, buf) = second.block_on(async {
+        b.write_all(b"ping".to_vec()).await.0.unwrap();
+        time::timeout(LIMIT, a.read(buf))
+            .await
+            .expect("the next read hung")
+    });
+    assert_eq!(r.unwrap(), 4);
+    assert_eq!(&buf[..], b"ping");
+}
