@@ -188,11 +188,13 @@ impl<T: 'static> Op<T> {
         self
     }
 
-    /// The resources, while the operation is in the kernel (submitted,
-    /// not yet resolved).
-    pub(crate) fn in_flight_resources(&self) -> Option<&T> {
+    /// The loop the operation is in and its resources, while it is in the
+    /// kernel (submitted, not yet resolved).
+    pub(crate) fn in_flight_resources(&self) -> Option<(&Handle, &T)> {
         match &self.state {
-            State::InFlight { resources, .. } => resources.as_ref(),
+            State::InFlight {
+                handle, resources, ..
+            } => resources.as_ref().map(|r| (handle, r)),
             _ => None,
         }
     }

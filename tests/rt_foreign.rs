@@ -97,3 +97,26 @@ fn a_stream_read_in_flight_polled_on_another_runtime_errs_and_the_next_read_work
     assert_eq!(r.unwrap(), 4);
     assert_eq!(&buf[..], b"ping");
 }
+
+/// A socket read dropped on one runtime (a timeout) leaves its receive in
+/// that loop's kernel; a read on another runtime waits for it (so bytes
+/// stay in order) and must not hang while the first runtime is idle.
+#[test]
+fn a_read_after_a_dropped_read_on_another_runtime_does_not_hang() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let (a, b) = first.block_on(async { UnixStream::pair().unwrap() });
+    let timed_out = first.block_on(time::timeout(
+        Duration::from_millis(20),
+        a.read(Vec::with_capacity(16)),
+    ));
+    assert!(timed_out.is_err(), "nothing to read yet");
+    second.block_on(async {
+        let (r, _) = b.write_all(b"ping".to_vec()).await;
+        r.unwrap();
+    });
+    let out = second.block_on(time::timeout(LIMIT, a.read(Vec::with_capacity(16))));
+    let (r, buf) = out.expect("the read hung on the second runtime");
+    assert_eq!(r.unwrap(), 4);
+    assert_eq!(&buf[..], b"ping");
+}

@@ -47,7 +47,10 @@
 //! data: if the kernel had received bytes for it anyway, the stream keeps
 //! them and the next read returns them first, and a new read waits until
 //! the dropped one is back from the kernel, so bytes never come out of
-//! order. A write cannot be taken back: one dropped after the kernel took
+//! order (a read dropped under one runtime, now idle, and the next awaited
+//! under another: the first runtime's loop is given a kernel turn then, so
+//! that the dropped one comes back without waiting for that loop to run).
+//! A write cannot be taken back: one dropped after the kernel took
 //! its bytes has sent them, and the caller cannot tell how many, so a
 //! stream whose write was dropped mid-way should be treated as broken
 //! (or written with no timeout around the write itself). A UDP receive
@@ -90,7 +93,7 @@ use std::task::{Context, Poll, Waker, ready};
 use io_uring::{opcode, types};
 
 use crate::op::{Op, Orphan};
-use crate::reactor::Completion;
+use crate::reactor::{Completion, Handle};
 
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
@@ -142,6 +145,10 @@ struct Salvaged {
     /// `DEFER_TASKRUN` that completion can be in the CQ, unreaped, while
     /// the next receive is already submitted).
     in_kernel: u32,
+    /// The loops those receives are in (usually one; emptied when
+    /// `in_kernel` reaches 0): a read under another runtime settles them
+    /// there (see [`Socket::wait_for_dropped_recv`]).
+    in_loops: Vec<Handle>,
     /// Reads waiting for `in_kernel` to reach 0.
     waiters: Vec<Waker>,
 }
@@ -230,8 +237,13 @@ impl Socket {
 
     /// A receive is being dropped unfinished: until the kernel hands it
     /// back ([`Socket::salvage_recv`]), new receives wait.
-    fn recv_dropped_in_flight(&self) {
-        self.0.salvaged.borrow_mut().in_kernel += 1;
+    fn recv_dropped_in_flight(&self, handle: &Handle) {
+        let mut salvaged = self.0.salvaged.borrow_mut();
+        salvaged.in_kernel += 1;
+        if !salvaged.in_loops.iter().any(|h| h.same_loop(handle)) {
+            salvaged.in_loops.push(handle.clone());
+        }
+        drop(salvaged);
         self.0.salvage_active.set(true);
     }
 
@@ -244,11 +256,42 @@ impl Socket {
         self.0.salvage_active.get() && self.wait_for_dropped_recv(waker)
     }
 
+    ///
+    /// A dropped receive in the loop of another runtime, alive but idle (a
+    /// read timed out under one runtime, the next is awaited under
+    /// another), would never come back while this read waits: that loop's
+    /// kernel gets a turn now, which brings the cancelled receive back
+    /// (with whatever it got, kept for this read).
     #[cold]
     fn wait_for_dropped_recv(&self, waker: &Waker) -> bool {
-        let mut salvaged = self.0.salvaged.borrow_mut();
-        if salvaged.in_kernel == 0 || !crate::rt::in_runtime() {
+        if !crate::rt::in_runtime() {
             return false;
+        }
+        let idle: Vec<Handle> = {
+            let salvaged = self.0.salvaged.borrow();
+            if salvaged.in_kernel == 0 {
+                return false;
+            }
+            salvaged
+                .in_loops
+                .iter()
+                .filter(|h| crate::rt::current_loop_is(h) == Some(false) && h.is_alive())
+                .cloned()
+                .collect()
+        };
+        // Outside the borrow: the turn runs the receives' salvage.
+        for h in &idle {
+            let _ = h.turn_kernel_now();
+        }
+        let mut salvaged = self.0.salvaged.borrow_mut();
+        if salvaged.in_kernel == 0 {
+            return false;
+        }
+        if !idle.is_empty() {
+            // The kernel has not given it back yet: look again after this
+            // runtime's next turn, as no wake would come from that loop.
+            waker.wake_by_ref();
+            return true;
         }
         if !salvaged.waiters.iter().any(|w| w.will_wake(waker)) {
             salvaged.waiters.push(waker.clone());
@@ -263,6 +306,7 @@ impl Socket {
         let mut salvaged = sock.0.salvaged.borrow_mut();
         salvaged.in_kernel = salvaged.in_kernel.saturating_sub(1);
         let waiters = if salvaged.in_kernel == 0 {
+            salvaged.in_loops.clear();
             std::mem::take(&mut salvaged.waiters)
         } else {
             Vec::new()
@@ -495,9 +539,9 @@ pub(crate) enum RecvFuture {
 impl Drop for RecvFuture {
     fn drop(&mut self) {
         if let RecvFuture::InFlight { op, .. } = self
-            && let Some((_, sock)) = op.in_flight_resources()
+            && let Some((handle, (_, sock))) = op.in_flight_resources()
         {
-            sock.recv_dropped_in_flight();
+            sock.recv_dropped_in_flight(handle);
         }
     }
 }
