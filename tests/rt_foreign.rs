@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, types};
 use ringloop::net::UnixStream;
-use ringloop::rt::Runtime;
+use ringloop::rt::{self, Runtime};
 use ringloop::{op, time};
 
 const LIMIT: Duration = Duration::from_secs(5);
@@ -119,4 +119,51 @@ fn a_read_after_a_dropped_read_on_another_runtime_does_not_hang() {
     let (r, buf) = out.expect("the read hung on the second runtime");
     assert_eq!(r.unwrap(), 4);
     assert_eq!(&buf[..], b"ping");
+}
+
+/// A task of an idle runtime awaited from another runtime's `block_on`
+/// would never run: the handle gives a clear error at once, and the task
+/// keeps its output for an await on its own runtime.
+#[test]
+fn a_join_handle_awaited_on_another_runtime_errs_and_keeps_the_output() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let mut handle = first.spawn(async { 7 });
+    let out = second.block_on(time::timeout(LIMIT, &mut handle));
+    let err = out
+        .expect("the join handle hung on the second runtime")
+        .expect_err("the task cannot have run");
+    assert!(err.is_other_runtime(), "{err}");
+    assert!(!err.is_cancelled() && !err.is_panic());
+    assert!(err.to_string().contains("another runtime"), "{err}");
+    // Nothing lost: its own runtime runs it and hands the output over.
+    assert_eq!(first.block_on(handle).unwrap(), 7);
+}
+
+/// The same with the task's runtime blocked under the other one (its
+/// `block_on` awaits the other's), which cannot run it either.
+#[test]
+fn a_join_handle_awaited_under_a_nested_runtime_errs() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let out = first.block_on(async {
+        let handle = rt::spawn(async { 7 });
+        second.block_on(time::timeout(LIMIT, handle))
+    });
+    let err = out
+        .expect("the join handle hung on the nested runtime")
+        .expect_err("the task cannot have run");
+    assert!(err.is_other_runtime(), "{err}");
+}
+
+/// A join handle awaited by a task of the runtime that spawned it, inside a
+/// nested `block_on` of that same runtime's task, still works as before.
+#[test]
+fn a_join_handle_on_its_own_runtime_still_resolves() {
+    let rt = Runtime::new().unwrap();
+    let out = rt.block_on(async {
+        let h = rt::spawn(async { 6 * 7 });
+        h.await
+    });
+    assert_eq!(out.unwrap(), 42);
 }

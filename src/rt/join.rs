@@ -19,6 +19,7 @@ pub struct JoinError {
 enum Repr {
     Cancelled,
     NoRuntime,
+    OtherRuntime,
     Panic(Box<dyn Any + Send + 'static>),
 }
 
@@ -32,6 +33,12 @@ impl JoinError {
     pub(crate) fn no_runtime() -> Self {
         JoinError {
             repr: Repr::NoRuntime,
+        }
+    }
+
+    pub(crate) fn other_runtime() -> Self {
+        JoinError {
+            repr: Repr::OtherRuntime,
         }
     }
 
@@ -52,6 +59,14 @@ impl JoinError {
     /// or while its runtime was shutting down.
     pub fn is_no_runtime(&self) -> bool {
         matches!(self.repr, Repr::NoRuntime)
+    }
+
+    /// The handle was awaited by a task of another runtime of the thread
+    /// than the task's own, which does not run it meanwhile (see
+    /// [`JoinHandle`]). The task is not affected: awaiting the handle again
+    /// on its own runtime gives its output.
+    pub fn is_other_runtime(&self) -> bool {
+        matches!(self.repr, Repr::OtherRuntime)
     }
 
     /// The task panicked.
@@ -85,6 +100,10 @@ impl fmt::Display for JoinError {
             Repr::Cancelled => f.write_str("task was cancelled"),
             Repr::NoRuntime => f.write_str(
                 "task was never run: no ringloop runtime on this thread (or it was shutting down)",
+            ),
+            Repr::OtherRuntime => f.write_str(
+                "the task belongs to another runtime of this thread, which does not run it \
+                 while this one waits; await its JoinHandle on that runtime (the task is kept)",
             ),
             Repr::Panic(p) => {
                 let msg = p
@@ -172,6 +191,14 @@ pub(crate) type JoinRef<T> = Rc<dyn JoinSlot<T>>;
 /// Awaiting gives `Ok(output)`, or a [`JoinError`] if the task panicked, was
 /// aborted, or never ran. Dropping the handle detaches the task: it keeps
 /// running.
+///
+/// A task runs only while its own runtime runs `block_on`. Awaited by a
+/// task of another runtime of the thread (the task's own runtime alive
+/// but idle, or blocked under this one), the handle would wait for ever:
+/// instead it resolves at once to a [`JoinError`] for which
+/// [`JoinError::is_other_runtime`] holds, and nothing is lost: the task
+/// stays in its runtime, and the handle, awaited again there (by `&mut`),
+/// gives its output.
 pub struct JoinHandle<T> {
     slot: JoinRef<T>,
     core: Weak<Core>,
@@ -254,7 +281,18 @@ impl<T> Future for JoinHandle<T> {
         }
         match &mut st.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
+            slot => {
+                // Checked once per waker (a task never leaves its runtime),
+                // not per poll. Only the task's own runtime runs it, and
+                // this thread now runs another one: waiting would deadlock.
+                // Nothing is taken, so an await on that runtime still works.
+                if let Some(core) = self.core.upgrade()
+                    && super::current_loop_is(&core.handle) == Some(false)
+                {
+                    return Poll::Ready(Err(JoinError::other_runtime()));
+                }
+                *slot = Some(cx.waker().clone());
+            }
         }
         Poll::Pending
     }
