@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures_core::Stream;
 
-use crate::reactor::{Handle, SignalId};
+use crate::reactor::{Handle, SignalEvent, SignalId};
 use crate::rt;
 
 #[derive(Default)]
@@ -35,6 +35,12 @@ struct Pending {
 /// (see [`Handle::add_signal`](crate::Handle::add_signal)); dropping it stops
 /// watching, and the last watch of a signal restores its previous
 /// disposition. The signal must not be blocked in every thread.
+///
+/// The watch is on the loop of the runtime the stream was made under.
+/// Polled by a task of another runtime of the thread while that loop is
+/// alive but idle (it would never dispatch a delivery), the stream moves
+/// its watch to the current runtime's loop, keeping the deliveries the old
+/// loop had counted and not handed out.
 pub struct Signals {
     handle: Handle,
     id: SignalId,
@@ -49,8 +55,18 @@ pub struct Signals {
 pub fn signal(signo: i32) -> io::Result<Signals> {
     let handle = rt::current_handle().ok_or_else(crate::op::no_runtime)?;
     let pending = Rc::new(RefCell::new(Pending::default()));
-    let p = pending.clone();
-    let id = handle.add_signal(signo, move |_, ev| {
+    let id = handle.add_signal(signo, on_delivery(pending.clone()))?;
+    Ok(Signals {
+        handle,
+        id,
+        signo,
+        pending,
+    })
+}
+
+/// The loop's handler for a stream: counts the deliveries, wakes the reader.
+fn on_delivery(p: Rc<RefCell<Pending>>) -> impl FnMut(&Handle, SignalEvent) + 'static {
+    move |_, ev| {
         let waker = {
             let mut p = p.borrow_mut();
             p.count = p.count.saturating_add(u64::from(ev.count));
@@ -59,13 +75,7 @@ pub fn signal(signo: i32) -> io::Result<Signals> {
         if let Some(w) = waker {
             w.wake();
         }
-    })?;
-    Ok(Signals {
-        handle,
-        id,
-        signo,
-        pending,
-    })
+    }
 }
 
 impl Signals {
@@ -77,14 +87,37 @@ impl Signals {
 
     /// Polls for deliveries.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<u64>> {
+        {
+            let mut p = self.pending.borrow_mut();
+            if p.count > 0 {
+                return Poll::Ready(Some(std::mem::take(&mut p.count)));
+            }
+            if p.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return Poll::Pending;
+            }
+        }
+        // Checked once per waker (a task never leaves its runtime), not
+        // per poll. Polled by a task of another runtime while the watch's
+        // loop is idle: only a running loop dispatches deliveries, so the
+        // watch moves to this runtime's loop (with what the old one had
+        // counted), as a `Sleep` moves its timer.
+        if rt::current_loop_is(&self.handle) == Some(false)
+            && self.handle.is_alive()
+            && let Some(current) = rt::current_handle()
+            && let Ok((id, count)) =
+                self.handle
+                    .move_signal(self.id, &current, on_delivery(self.pending.clone()))
+        {
+            self.handle = current;
+            self.id = id;
+            let mut p = self.pending.borrow_mut();
+            p.count = p.count.saturating_add(u64::from(count));
+        }
         let mut p = self.pending.borrow_mut();
         if p.count > 0 {
             return Poll::Ready(Some(std::mem::take(&mut p.count)));
         }
-        match &p.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => p.waker = Some(cx.waker().clone()),
-        }
+        p.waker = Some(cx.waker().clone());
         Poll::Pending
     }
 

@@ -167,3 +167,29 @@ fn a_join_handle_on_its_own_runtime_still_resolves() {
     });
     assert_eq!(out.unwrap(), 42);
 }
+
+/// A signal stream made on one runtime and awaited on another while the
+/// first is idle: its watch moves to the second runtime's loop, keeping the
+/// delivery the first loop had counted, and later deliveries reach it.
+#[test]
+fn a_signal_stream_polled_on_another_runtime_gets_the_signal() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let mut usr1 = first.block_on(async { ringloop::signal::signal(libc::SIGUSR1).unwrap() });
+    let out = second.block_on(async {
+        // SAFETY: plain syscall; the stream's handler is installed.
+        unsafe { libc::raise(libc::SIGUSR1) };
+        time::timeout(LIMIT, usr1.recv()).await
+    });
+    let count = out.expect("the signal stream hung on the second runtime");
+    assert_eq!(count, Some(1));
+    // It now watches on the second runtime's loop, and the first has no
+    // watch left.
+    assert!(!first.handle().has_events().unwrap());
+    let out = second.block_on(async {
+        // SAFETY: as above.
+        unsafe { libc::raise(libc::SIGUSR1) };
+        time::timeout(LIMIT, usr1.recv()).await
+    });
+    assert_eq!(out.expect("the moved stream hung"), Some(1));
+}

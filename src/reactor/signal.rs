@@ -309,6 +309,18 @@ impl Handle {
         signo: i32,
         handler: impl FnMut(&Handle, SignalEvent) + 'static,
     ) -> Result<SignalId> {
+        self.add_signal_since(signo, None, handler)
+    }
+
+    /// [`Handle::add_signal`]; if this loop watches `signo` for the first
+    /// time, deliveries are counted from the process-wide count `since`
+    /// (what another loop had accounted for) instead of from now.
+    fn add_signal_since(
+        &self,
+        signo: i32,
+        since: Option<u64>,
+        handler: impl FnMut(&Handle, SignalEvent) + 'static,
+    ) -> Result<SignalId> {
         if signo <= 0 || signo as usize >= NSIG || signo == libc::SIGKILL || signo == libc::SIGSTOP
         {
             return Err(Error::BadSignal(signo));
@@ -319,7 +331,8 @@ impl Handle {
             if s.watched[signo as usize] == 0 {
                 // Deliveries before the first watch are not this loop's.
                 s.collect();
-                s.seen[signo as usize] = DELIVERED[signo as usize].load(Ordering::SeqCst);
+                s.seen[signo as usize] =
+                    since.unwrap_or_else(|| DELIVERED[signo as usize].load(Ordering::SeqCst));
                 s.counts[signo as usize] = 0;
                 install(signo)?;
             }
@@ -334,6 +347,36 @@ impl Handle {
         })?;
         self.trace(TracePoint::Attach(EventKind::Signal));
         Ok(id)
+    }
+
+    /// Moves signal watch `id` of this loop to loop `to`, with `handler`
+    /// (a future's watch, awaited where this loop does not run). Returns
+    /// the new watch's id and the deliveries this loop had counted for the
+    /// watch and not dispatched; `to` counts those after them, so none is
+    /// lost or counted twice (unless `to` already watches the signal: then
+    /// the new watch shares `to`'s count, as a watch added there would).
+    /// The signal stays installed throughout: `to` adds its watch before
+    /// this loop drops its own.
+    pub(crate) fn move_signal(
+        &self,
+        id: SignalId,
+        to: &Handle,
+        handler: impl FnMut(&Handle, SignalEvent) + 'static,
+    ) -> Result<(SignalId, u32)> {
+        let (signo, since, count) = self.try_with(|st| {
+            let s = &mut st.signals;
+            s.collect();
+            let w = s.watches.get(id).ok_or(Error::NotFound)?;
+            let signo = w.signo as usize;
+            Ok((
+                w.signo,
+                s.seen[signo],
+                s.counts[signo].saturating_add(w.missed),
+            ))
+        })?;
+        let new = to.add_signal_since(signo, Some(since), handler)?;
+        let _ = self.remove_signal(id);
+        Ok((new, count))
     }
 
     /// Removes a signal watch. When no watch is left for its signal in any
