@@ -193,3 +193,46 @@ fn a_signal_stream_polled_on_another_runtime_gets_the_signal() {
     });
     assert_eq!(out.expect("the moved stream hung"), Some(1));
 }
+
+/// An interval ticked on one runtime and then on another (the first idle)
+/// ticks there: it is a `Sleep`, which moves its timer (checked: no fix
+/// needed).
+#[test]
+fn an_interval_moved_to_another_runtime_ticks_there() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let mut every = first.block_on(async {
+        let mut every = time::interval(Duration::from_millis(10));
+        every.tick().await;
+        every.tick().await;
+        every
+    });
+    let out = second.block_on(time::timeout(LIMIT, async {
+        every.tick().await;
+        every.tick().await
+    }));
+    out.expect("the interval hung on the second runtime");
+    assert!(!first.handle().has_events().unwrap());
+}
+
+/// A file read started on one runtime and awaited on another (the first
+/// idle) completes there with its bytes: the kernel is given the read with
+/// the cancel, and a page-cache read finishes before the cancel can stop
+/// it, or fails with `Interrupted` having read nothing.
+#[test]
+fn a_file_read_moved_to_another_runtime_keeps_its_bytes() {
+    let path = std::env::temp_dir().join(format!("ringloop-foreign-{}", std::process::id()));
+    std::fs::write(&path, b"hello").unwrap();
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let file = first.block_on(async { ringloop::fs::File::open(&path).await.unwrap() });
+    let mut read = Box::pin(file.read_at(Vec::with_capacity(16), 0));
+    poll_once_on(&first, &mut read);
+    let out = second.block_on(time::timeout(LIMIT, read));
+    std::fs::remove_file(&path).unwrap();
+    let (r, buf) = out.expect("the file read hung on the second runtime");
+    match r {
+        Ok(n) => assert_eq!(&buf[..n], b"hello"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "{e}"),
+    }
+}
