@@ -224,7 +224,7 @@ impl<T: 'static> Op<T> {
                         // waiting here would hang. The operation is cancelled
                         // there and handed back now, with what it got.
                         TaskPoll::Pending { new_waker: true } => {
-                            if rt::current_loop_is(handle) == Some(false) && handle.is_alive() {
+                            if rt::polled_elsewhere(handle, cx.waker()) {
                                 *settling = true;
                                 handle.settle_task_op_now(*id, cx.waker())
                             } else {

@@ -101,8 +101,7 @@ impl Signals {
         // loop is idle: only a running loop dispatches deliveries, so the
         // watch moves to this runtime's loop (with what the old one had
         // counted), as a `Sleep` moves its timer.
-        if rt::current_loop_is(&self.handle) == Some(false)
-            && self.handle.is_alive()
+        if rt::polled_elsewhere(&self.handle, cx.waker())
             && let Some(current) = rt::current_handle()
             && let Ok((id, count)) =
                 self.handle

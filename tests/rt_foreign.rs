@@ -55,6 +55,26 @@ fn an_op_in_flight_polled_on_another_runtime_resolves_cancelled() {
     assert_eq!(first.handle().stats().unwrap().in_flight, idle);
 }
 
+/// The same through a waker that is no runtime task's (a combinator's, or
+/// another executor's inside the second runtime): the op is told apart by
+/// which runtime is current instead, and resolves in that one poll.
+#[test]
+fn an_op_polled_on_another_runtime_with_a_foreign_waker_resolves() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let (r, _w) = common::pipe();
+    let mut read = first.block_on(async { Some(submit_read(&r)) }).unwrap();
+    poll_once_on(&first, &mut read);
+    let polled = second.block_on(async {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(&mut read).poll(&mut cx)
+    });
+    let Poll::Ready((c, _)) = polled else {
+        panic!("still pending: it would have hung");
+    };
+    assert_eq!(c.result, -libc::ECANCELED, "{c:?}");
+}
+
 /// The same, with the data there before the foreign poll: the read
 /// completes on its own loop, and its bytes come back (nothing lost). An op
 /// submitted on the first runtime and first polled on the second also

@@ -140,6 +140,12 @@ impl Handle {
         Rc::ptr_eq(&self.inner, &other.inner)
     }
 
+    /// Names the loop among those alive (its address: a handle keeps it
+    /// allocated, so the name is not reused while any handle exists).
+    pub(crate) fn loop_id(&self) -> usize {
+        Rc::as_ptr(&self.inner) as usize
+    }
+
     /// Whether the loop has not been torn down yet.
     pub(crate) fn is_alive(&self) -> bool {
         self.inner

@@ -287,7 +287,7 @@ impl<T> Future for JoinHandle<T> {
                 // this thread now runs another one: waiting would deadlock.
                 // Nothing is taken, so an await on that runtime still works.
                 if let Some(core) = self.core.upgrade()
-                    && super::current_loop_is(&core.handle) == Some(false)
+                    && super::polled_elsewhere(&core.handle, cx.waker())
                 {
                     return Poll::Ready(Err(JoinError::other_runtime()));
                 }

@@ -82,7 +82,7 @@ impl Runtime {
     ///
     /// Events already on the loop keep working alongside tasks.
     pub fn with_loop(lp: EventLoop) -> Result<Runtime> {
-        let shared = Arc::new(Shared::new(lp.remote()?));
+        let shared = Arc::new(Shared::new(lp.remote()?, lp.handle().loop_id()));
         lp.handle().set_inline_waker(&waker::TASK_WAKER)?;
         let core = Core::new(lp.handle(), shared);
         task::push_current(&core);
@@ -237,6 +237,19 @@ pub fn current_handle() -> Option<Handle> {
 /// Whether `handle` is the current runtime's loop; `None` without one.
 pub(crate) fn current_loop_is(handle: &Handle) -> Option<bool> {
     task::current_loop_is(handle)
+}
+
+/// Whether a future bound to `handle`'s loop, polled with `waker`, is
+/// polled where that loop does not run: by a task of another runtime of
+/// the thread, the loop alive (idle, or blocked under that runtime). Tells
+/// the runtimes' own tasks by their waker (a few loads); for any other
+/// waker, asks which runtime is current. For a check once per new waker.
+pub(crate) fn polled_elsewhere(handle: &Handle, waker: &std::task::Waker) -> bool {
+    let elsewhere = match waker::task_of_loop(waker, handle.loop_id()) {
+        Some(ours) => !ours,
+        None => current_loop_is(handle) == Some(false),
+    };
+    elsewhere && handle.is_alive()
 }
 
 /// Whether a runtime is current on this thread.

@@ -48,15 +48,18 @@ pub(crate) struct Shared {
     /// The thread that runs the runtime, as [`thread_tag`].
     owner: usize,
     remote: Remote,
+    /// The runtime's loop, as `Handle::loop_id` (see [`task_of_loop`]).
+    loop_id: usize,
 }
 
 impl Shared {
-    pub(crate) fn new(remote: Remote) -> Self {
+    pub(crate) fn new(remote: Remote, loop_id: usize) -> Self {
         Shared {
             queue: Mutex::new(Some(VecDeque::new())),
             maybe_queued: AtomicBool::new(false),
             owner: thread_tag(),
             remote,
+            loop_id,
         }
     }
 
@@ -180,6 +183,21 @@ impl Header {
         // functions expect (see `raw_clone`).
         unsafe { Waker::from_raw(RawWaker::new(data, &TASK_WAKER)) }
     }
+}
+
+/// Whether `waker` is one of a runtime's own task wakers and that runtime's
+/// loop is `loop_id`; `None` for any other waker (another executor's, a
+/// combinator's). Such a waker is only ever handed to a poll inside its
+/// runtime's `block_on`, so this tells which runtime polls without looking
+/// for the thread's current one: a compare and two loads.
+pub(crate) fn task_of_loop(waker: &Waker, loop_id: usize) -> Option<bool> {
+    if !std::ptr::eq(waker.vtable(), &TASK_WAKER) {
+        return None;
+    }
+    // SAFETY: a `TASK_WAKER` waker's data is a live `Arc<Header>` pointer
+    // (see `raw_clone`), alive while the waker is.
+    let header = unsafe { &*waker.data().cast::<Header>() };
+    Some(header.shared.loop_id == loop_id)
 }
 
 /// The vtable of every waker the runtime makes: the data pointer is an
