@@ -32,6 +32,7 @@ pub(super) const KERNEL_TURN_EVERY: u32 = 32;
 /// Calls a handler taken out of its slot, then `restore`s it there even if
 /// it panicked: a handler's panic reaches the caller of `run_once`, and the
 /// loop stays whole (its watch still fires, its operation still ends).
+#[inline]
 fn call_then_restore<H>(
     mut handler: H,
     call: impl FnOnce(&mut H),
