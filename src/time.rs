@@ -143,7 +143,7 @@ impl Future for Sleep {
             return Poll::Ready(());
         }
         if let Some((h, _)) = &self.armed
-            && rt::current_loop_is(h) == Some(false)
+            && rt::polled_off_its_loop(h, cx.waker())
         {
             // Polled on another runtime than the one it was armed on: only
             // a loop that runs fires timers, and this thread now runs the

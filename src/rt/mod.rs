@@ -245,11 +245,18 @@ pub(crate) fn current_loop_is(handle: &Handle) -> Option<bool> {
 /// the runtimes' own tasks by their waker (a few loads); for any other
 /// waker, asks which runtime is current. For a check once per new waker.
 pub(crate) fn polled_elsewhere(handle: &Handle, waker: &std::task::Waker) -> bool {
-    let elsewhere = match waker::task_of_loop(waker, handle.loop_id()) {
+    polled_off_its_loop(handle, waker) && handle.is_alive()
+}
+
+/// Whether a future bound to `handle`'s loop, polled with `waker`, is
+/// polled by a task of another runtime of the thread, whether or not that
+/// loop is alive: [`polled_elsewhere`] without the liveness check, cheap
+/// enough for every poll of a sleep.
+pub(crate) fn polled_off_its_loop(handle: &Handle, waker: &std::task::Waker) -> bool {
+    match waker::task_of_loop(waker, handle.loop_id()) {
         Some(ours) => !ours,
         None => current_loop_is(handle) == Some(false),
-    };
-    elsewhere && handle.is_alive()
+    }
 }
 
 /// Whether a runtime is current on this thread.
