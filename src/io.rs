@@ -41,8 +41,10 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
@@ -191,41 +193,134 @@ enum Source {
     Watch(FdId),
 }
 
+/// Where a wait future's waker is in its direction's [`Waiters`], so that
+/// the future takes it out if dropped before its readiness arrives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Slot {
+    /// The [`Waiters::round`] the waker was added in: in a later round it
+    /// was woken and forgotten, and the slot names nothing.
+    round: u64,
+    /// 0 for `first`, `i + 1` for `more[i]`.
+    index: usize,
+}
+
 /// The tasks waiting for one direction: usually one, but any number of
 /// tasks may await the same `AsyncFd` at once, and each is woken.
+///
+/// A wait future holds the [`Slot`] of its waker and removes it when
+/// dropped unfinished: a waker left behind would keep its task's memory
+/// until the fd next became ready, and on an idle fd many tasks that each
+/// give up waiting (a `timeout`, a `select`) would grow the list for ever.
 #[derive(Default)]
 struct Waiters {
+    /// Counts the times the waiters were woken (see [`Slot::round`]); a
+    /// `u64`, so that it never comes back to a round a slot was made in.
+    round: u64,
+    /// Slot 0: the one waiter of the common case.
     first: Option<Waker>,
-    /// Waiters beyond the first (rare); empty while `first` is `None`.
-    more: Vec<Waker>,
+    /// Slots 1 and up, for waiters beyond the first (rare); `None` where a
+    /// wait left, its index in `free`.
+    more: Vec<Option<Waker>>,
+    /// The indices of the `None`s in `more`, for reuse.
+    free: Vec<usize>,
+    /// Wakers of `poll_read_ready`/`poll_write_ready` calls, which have no
+    /// future to drop: each stays until the readiness it waits for.
+    polled: Vec<Waker>,
 }
 
 impl Waiters {
-    /// Adds `waker` unless it would wake a waiter already here.
+    /// Puts the waker of the wait future holding `slot` here, or, if it is
+    /// here already (a re-poll), keeps it unless the task's waker changed.
     #[inline]
-    fn register(&mut self, waker: &Waker) {
-        match &self.first {
-            None => self.first = Some(waker.clone()),
-            Some(w) if w.will_wake(waker) => {}
-            Some(_) if self.more.iter().any(|w| w.will_wake(waker)) => {}
-            Some(_) => self.more.push(waker.clone()),
+    fn register(&mut self, slot: &mut Option<Slot>, waker: &Waker) {
+        if let Some(s) = *slot
+            && s.round == self.round
+        {
+            let held = match s.index {
+                0 => &mut self.first,
+                i => &mut self.more[i - 1],
+            };
+            match held {
+                Some(w) if w.will_wake(waker) => {}
+                held => *held = Some(waker.clone()),
+            }
+            return;
+        }
+        let index = if self.first.is_none() {
+            self.first = Some(waker.clone());
+            0
+        } else if let Some(i) = self.free.pop() {
+            self.more[i] = Some(waker.clone());
+            i + 1
+        } else {
+            self.more.push(Some(waker.clone()));
+            self.more.len()
+        };
+        *slot = Some(Slot {
+            round: self.round,
+            index,
+        });
+    }
+
+    /// Adds the waker of a `poll_*_ready` call unless one that would wake
+    /// the same task is here already.
+    fn register_polled(&mut self, waker: &Waker) {
+        if !self.polled.iter().any(|w| w.will_wake(waker)) {
+            self.polled.push(waker.clone());
+        }
+    }
+
+    /// Takes out the waker in `slot`, unless it was woken since; returns
+    /// whether it did.
+    #[inline]
+    fn remove(&mut self, slot: Slot) -> bool {
+        // A wait that completes finds its slot stale: one comparison.
+        if slot.round != self.round {
+            return false;
+        }
+        if slot.index == 0 {
+            self.first = None;
+        } else {
+            self.remove_more(slot.index - 1);
+        }
+        true
+    }
+
+    fn remove_more(&mut self, i: usize) {
+        self.more[i] = None;
+        self.free.push(i);
+        if self.free.len() == self.more.len() {
+            // All gone: empty, so that `take_all` skips it again.
+            self.more.clear();
+            self.free.clear();
         }
     }
 
     fn is_waiting(&self) -> bool {
-        self.first.is_some()
+        self.first.is_some() || self.more.len() > self.free.len() || !self.polled.is_empty()
     }
 
     /// Hands every waiter to `wake`, and forgets them.
+    #[inline]
     fn take_all(&mut self, wake: &mut dyn FnMut(Waker)) {
+        self.round += 1;
         if let Some(w) = self.first.take() {
             wake(w);
-            // Checked first: draining even an empty `Vec` costs 22
-            // instructions per event (callgrind).
-            if !self.more.is_empty() {
-                self.more.drain(..).for_each(&mut *wake);
-            }
         }
+        // Checked first: draining even an empty `Vec` costs 22
+        // instructions per event (callgrind).
+        if !self.more.is_empty() || !self.polled.is_empty() {
+            self.take_rest(wake);
+        }
+    }
+
+    /// The rare part of `take_all`, kept out of line so that `take_all`
+    /// inlines.
+    #[inline(never)]
+    fn take_rest(&mut self, wake: &mut dyn FnMut(Waker)) {
+        self.free.clear();
+        self.more.drain(..).flatten().for_each(&mut *wake);
+        self.polled.drain(..).for_each(wake);
     }
 }
 
@@ -248,6 +343,13 @@ struct State {
 }
 
 impl State {
+    fn waiters(&mut self, dir: Dir) -> &mut Waiters {
+        match dir {
+            Dir::Read => &mut self.readers,
+            Dir::Write => &mut self.writers,
+        }
+    }
+
     /// Readiness arrived: hands the wakers of the directions now ready to
     /// `wake`.
     fn on_ready(&mut self, r: Ready, wake: &mut dyn FnMut(Waker)) {
@@ -366,6 +468,11 @@ impl<T: AsFd> AsyncFd<T> {
     }
 
     /// Polls for read readiness (for `AsyncRead`-style implementations).
+    ///
+    /// Each task that gets `Pending` is woken when the fd becomes readable:
+    /// its waker stays until then, as no future's drop can take it out (a
+    /// wait that may be given up is better made with
+    /// [`readable`](Self::readable)).
     pub fn poll_read_ready(
         &self,
         cx: &mut Context<'_>,
@@ -373,7 +480,7 @@ impl<T: AsFd> AsyncFd<T> {
         self.poll_ready(Dir::Read, cx)
     }
 
-    /// Polls for write readiness.
+    /// Polls for write readiness (see [`poll_read_ready`](Self::poll_read_ready)).
     pub fn poll_write_ready(
         &self,
         cx: &mut Context<'_>,
@@ -382,12 +489,29 @@ impl<T: AsFd> AsyncFd<T> {
     }
 
     async fn ready(&self, dir: Dir) -> io::Result<AsyncFdReadyGuard<'_, T>> {
-        std::future::poll_fn(|cx| self.poll_ready(dir, cx)).await
+        Wait {
+            fd: self,
+            dir,
+            slot: None,
+        }
+        .await
     }
 
+    /// Polls for readiness in `dir` for a `poll_*_ready` call.
     fn poll_ready(
         &self,
         dir: Dir,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<AsyncFdReadyGuard<'_, T>>> {
+        self.poll_ready_in(dir, None, cx)
+    }
+
+    /// Polls for readiness in `dir`; `slot` is the wait future's, `None`
+    /// for a `poll_*_ready` call.
+    fn poll_ready_in(
+        &self,
+        dir: Dir,
+        slot: Option<&mut Option<Slot>>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<AsyncFdReadyGuard<'_, T>>> {
         let watch = {
@@ -409,6 +533,11 @@ impl<T: AsFd> AsyncFd<T> {
                 // nothing runs it. (A task never leaves its runtime, so one
                 // check per waker is enough.)
                 if rt::current_loop_is(&self.handle) == Some(false) && self.handle.is_alive() {
+                    // A future polled here before (the one way its slot
+                    // can be live as it completes) leaves.
+                    if let Some(s) = slot.and_then(Option::take) {
+                        st.waiters(dir).remove(s);
+                    }
                     return Poll::Ready(Err(io::Error::other(
                         "the AsyncFd is registered with another runtime's loop, \
                          which does not run this wait; await it on that runtime",
@@ -416,9 +545,10 @@ impl<T: AsFd> AsyncFd<T> {
                 }
                 st.checked = Some(cx.waker().clone());
             }
-            match dir {
-                Dir::Read => st.readers.register(cx.waker()),
-                Dir::Write => st.writers.register(cx.waker()),
+            let waiters = st.waiters(dir);
+            match slot {
+                Some(slot) => waiters.register(slot, cx.waker()),
+                None => waiters.register_polled(cx.waker()),
             }
             match st.source {
                 Source::Watch(id) => Some((id, wanted(&st))),
@@ -431,6 +561,30 @@ impl<T: AsFd> AsyncFd<T> {
             return Poll::Ready(Err(e.into()));
         }
         Poll::Pending
+    }
+
+    /// The current round of `dir`'s waiters (for a debug check).
+    fn round(&self, dir: Dir) -> u64 {
+        self.state.borrow_mut().waiters(dir).round
+    }
+
+    /// Takes the waker in `slot` out of `dir`'s waiters (its wait was
+    /// dropped unfinished). A watch no one waits on any more stops polling.
+    fn leave(&self, dir: Dir, slot: Slot) {
+        let watch = {
+            let mut st = self.state.borrow_mut();
+            let waiters = st.waiters(dir);
+            let last = waiters.remove(slot) && !waiters.is_waiting();
+            match st.source {
+                Source::Watch(id) if last => Some((id, wanted(&st))),
+                _ => None,
+            }
+        };
+        if let Some((id, interest)) = watch {
+            // Failing (the loop gone, or busy: a drop inside its handler),
+            // the interest stays and the next event drops it.
+            let _ = self.handle.set_interest(id, interest);
+        }
     }
 
     /// Clears the bits `bits` of the readiness, unless a wake-up arrived
@@ -580,6 +734,42 @@ impl<T: AsFd> fmt::Debug for AsyncFd<T> {
             .field("fd", &self.fd)
             .field("ready", &self.state.borrow().ready)
             .finish()
+    }
+}
+
+/// The wait of [`AsyncFd::readable`] and [`AsyncFd::writable`]. Dropped
+/// before its readiness arrives, it takes its waker out of the fd's
+/// waiters.
+struct Wait<'a, T: AsFd> {
+    fd: &'a AsyncFd<T>,
+    dir: Dir,
+    /// Where its waker is, once polled.
+    slot: Option<Slot>,
+}
+
+impl<'a, T: AsFd> Future for Wait<'a, T> {
+    type Output = io::Result<AsyncFdReadyGuard<'a, T>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let r = this.fd.poll_ready_in(this.dir, Some(&mut this.slot), cx);
+        if r.is_ready() {
+            // Readiness in its direction (or a failure) came by `take_all`,
+            // which woke and forgot every waker there: the slot is stale,
+            // and the drop need not look.
+            debug_assert!(this.slot.is_none_or(|s| s.round != this.fd.round(this.dir)));
+            this.slot = None;
+        }
+        r
+    }
+}
+
+impl<T: AsFd> Drop for Wait<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            self.fd.leave(self.dir, slot);
+        }
     }
 }
 

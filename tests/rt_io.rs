@@ -363,10 +363,14 @@ fn asyncfd_whose_fd_was_closed_behind_its_back_still_deregisters() {
             let raw = a.into_raw_fd();
             let baseline = h.stats().unwrap().in_flight;
             let fd = AsyncFd::with_mode(Raw(raw), multishot).unwrap();
-            let idle = time::timeout(Duration::from_millis(5), fd.readable()).await;
-            assert!(idle.is_err(), "nothing to read yet");
-            // The timeout can be due before the loop's first wait submitted
-            // the poll (seen under TCG on Linux 6.12): submit it now.
+            // A poll-style wait stays registered (it has no future whose
+            // drop takes it out), so a watch's poll stays armed.
+            std::future::poll_fn(|cx| {
+                assert!(fd.poll_read_ready(cx).is_pending(), "nothing to read yet");
+                std::task::Poll::Ready(())
+            })
+            .await;
+            // Submit the poll now, before closing the fd.
             h.flush().unwrap();
             // SAFETY: deliberately closes the watched fd behind the AsyncFd.
             unsafe { libc::close(raw) };
@@ -1048,4 +1052,132 @@ async fn read_some_tcp(fd: &AsyncFd<std::net::TcpStream>, buf: &mut [u8]) -> io:
             return r;
         }
     }
+}
+
+/// Counts the live wakers made by [`Tracked`]: one is alive while anything
+/// (a wait's list of waiters, a timer) still holds a clone of it.
+struct Tracker {
+    inner: std::task::Waker,
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::task::Wake for Tracker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.inner.wake_by_ref();
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Polls `F` with a waker that forwards to the task's and is counted in
+/// `live` until the last clone of it is dropped.
+struct Tracked<F> {
+    inner: std::pin::Pin<Box<F>>,
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<F: std::future::Future> std::future::Future for Tracked<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let waker = std::task::Waker::from(std::sync::Arc::new(Tracker {
+            inner: cx.waker().clone(),
+            live: self.live.clone(),
+        }));
+        self.inner
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+    }
+}
+
+/// A wait dropped before its readiness arrives (a timeout, a `select`, an
+/// aborted task) takes its waker out of the fd's waiters: 10 000 tasks
+/// that each give up waiting on an idle fd leave none behind (each would
+/// keep its task's header alive, and the list would grow for ever).
+/// Waits still pending are woken as before, each once.
+#[test]
+fn asyncfd_dropped_waits_leave_no_waker_behind() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const TASKS: usize = 10_000;
+    for multishot in [true, false] {
+        rt::block_on(async {
+            let (a, mut b) = unix_stream_pair();
+            let fd = std::rc::Rc::new(AsyncFd::with_mode(a, multishot).unwrap());
+            let live = Arc::new(AtomicUsize::new(0));
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let (fd, live) = (fd.clone(), live.clone());
+                    rt::spawn(Tracked {
+                        inner: Box::pin(async move {
+                            let waited =
+                                time::timeout(Duration::from_millis(1), fd.readable()).await;
+                            assert!(waited.is_err(), "nothing to read");
+                        }),
+                        live,
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            // The fd remembers the last waker it checked for its runtime: a
+            // wait of this task's replaces it.
+            let mine = time::timeout(Duration::from_millis(1), fd.readable()).await;
+            assert!(mine.is_err());
+            assert_eq!(
+                live.load(Ordering::Relaxed),
+                0,
+                "multishot={multishot}: wakers of dropped waits are still held"
+            );
+            // Waits pending when readiness arrives are each woken.
+            let woken = std::rc::Rc::new(std::cell::Cell::new(0));
+            let waits: Vec<_> = (0..3)
+                .map(|_| {
+                    let (fd, woken) = (fd.clone(), woken.clone());
+                    rt::spawn(async move {
+                        let g = time::timeout(Duration::from_secs(10), fd.readable()).await;
+                        assert!(g.unwrap().unwrap().ready().is_readable());
+                        woken.set(woken.get() + 1);
+                    })
+                })
+                .collect();
+            // One of them gives up first, before the readiness.
+            let quitter = time::timeout(Duration::from_millis(1), fd.readable()).await;
+            assert!(quitter.is_err());
+            b.write_all(b"x").unwrap();
+            for w in waits {
+                w.await.unwrap();
+            }
+            assert_eq!(woken.get(), 3);
+        });
+    }
+}
+
+/// In watch mode a wait's interest keeps the reactor's poll armed and the
+/// loop busy (`has_events`): a wait dropped unfinished gives its interest
+/// back, so an idle, unwaited fd has no poll in flight.
+#[test]
+fn asyncfd_dropped_wait_disarms_a_watch() {
+    let runtime = rt::Runtime::new().unwrap();
+    let h = runtime.handle();
+    runtime.block_on(async {
+        let (a, _b) = unix_stream_pair();
+        let fd = AsyncFd::with_mode(a, false).unwrap();
+        time::sleep(Duration::from_millis(1)).await;
+        let before = h.stats().unwrap().in_flight;
+        let waited = time::timeout(Duration::from_millis(5), fd.readable()).await;
+        assert!(waited.is_err(), "nothing to read yet");
+        // Time for the cancelled poll's completion.
+        time::sleep(Duration::from_millis(5)).await;
+        let after = h.stats().unwrap().in_flight;
+        assert_eq!(after, before, "the dropped wait's poll is still armed");
+    });
 }
