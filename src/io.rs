@@ -386,11 +386,14 @@ impl<T: AsFd> AsyncFd<T> {
     /// Registers `inner`'s fd with the current runtime.
     ///
     /// Fails with no runtime on the thread, with `EBADF` for a closed fd,
-    /// and with `EPERM` for a regular file or a directory, which cannot be
-    /// waited for (epoll refuses them the same way). Another fd the kernel
-    /// cannot poll (`/dev/null`, say) is registered, and its waits fail
-    /// with `EPERM` once the loop has seen the kernel end its poll at once,
-    /// again and again.
+    /// and with `EPERM` for any regular file or directory: most are always
+    /// ready and cannot be waited for, and epoll refuses those with `EPERM`
+    /// too. Unlike epoll, this also refuses the few regular files the
+    /// kernel can poll, on `/proc` and sysfs (`/proc/self/mounts`, a sysfs
+    /// attribute that signals a change with `POLLPRI`/`POLLERR`), which
+    /// epoll accepts. Another fd the kernel cannot poll (`/dev/null`, say)
+    /// is registered, and its waits fail with `EPERM` once the loop has
+    /// seen the kernel end its poll at once, again and again.
     pub fn new(inner: T) -> io::Result<AsyncFd<T>> {
         Self::with_mode(inner, true)
     }
@@ -617,10 +620,14 @@ impl<T: AsFd> AsyncFd<T> {
     }
 }
 
-/// Regular files and directories are always "ready" and cannot be waited
-/// for: `EPERM`, the error epoll gives. (A multishot poll of one ends as
-/// soon as it is armed, over and over; other fds the kernel cannot poll
-/// are caught by the loop, which ends such a poll with the same error.)
+/// Regular files and directories are, as a rule, always "ready" and cannot
+/// be waited for: `EPERM`, the error epoll gives for them. (A multishot
+/// poll of one ends as soon as it is armed, over and over; other fds the
+/// kernel cannot poll are caught by the loop, which ends such a poll with
+/// the same error.) The file type alone decides, so the few pollable
+/// regular files of `/proc` and sysfs, which epoll accepts, are refused
+/// too (they signal a change with `POLLPRI`/`POLLERR` and are readable
+/// all along: not the readiness `AsyncFd` waits for).
 fn refuse_unpollable(fd: RawFd) -> io::Result<()> {
     // SAFETY: `stat` is plain data that `fstat` fills in.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
