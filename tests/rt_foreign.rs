@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use common::poll_once_on;
 use io_uring::{opcode, types};
 use ringloop::net::UnixStream;
 use ringloop::rt::{self, Runtime};
@@ -25,14 +26,6 @@ fn submit_read(fd: &impl AsRawFd) -> op::Op<Vec<u8>> {
     let entry = opcode::Read::new(types::Fd(fd.as_raw_fd()), buf.as_ptr().cast_mut(), 16).build();
     // SAFETY: the buffer is moved into the operation; the fd outlives it.
     unsafe { op::submit(entry, buf) }
-}
-
-/// Polls `fut` once on `rt`, expecting it to stay pending there.
-fn poll_once_on<F: Future + Unpin>(rt: &Runtime, fut: &mut F) {
-    let pending = rt.block_on(std::future::poll_fn(|cx: &mut Context<'_>| {
-        Poll::Ready(Pin::new(&mut *fut).poll(cx).is_pending())
-    }));
-    assert!(pending, "pending on its own runtime");
 }
 
 /// A read submitted on one runtime and awaited on another, while the first

@@ -533,18 +533,24 @@ fn asyncfd_readiness_wakes_tasks_without_a_handler_each() {
     });
 }
 
+/// A runtime whose loop has an 8-entry completion queue, which a few dozen
+/// ready fds overflow.
+fn runtime_with_tiny_cq() -> rt::Runtime {
+    let lp = ringloop::EventLoop::builder()
+        .sq_entries(4)
+        .cq_entries(8)
+        .build()
+        .unwrap();
+    rt::Runtime::with_loop(lp).unwrap()
+}
+
 /// A CQ overflow ends multishot polls (the kernel cannot post their next
 /// completion); the loop arms them again, and the fds keep waking their
 /// tasks: three rounds of 48 fds through an 8-entry completion queue.
 #[test]
 fn asyncfd_polls_ended_by_a_cq_overflow_keep_working() {
     const N: usize = 48;
-    let lp = ringloop::EventLoop::builder()
-        .sq_entries(4)
-        .cq_entries(8)
-        .build()
-        .unwrap();
-    let runtime = rt::Runtime::with_loop(lp).unwrap();
+    let runtime = runtime_with_tiny_cq();
     let h = runtime.handle();
     runtime.block_on(async {
         let (readers, mut writers): (Vec<_>, Vec<_>) = (0..N).map(|_| unix_stream_pair()).unzip();
@@ -839,12 +845,7 @@ fn asyncfd_clear_ready_keeps_readiness_that_arrived_after_the_guard() {
 #[test]
 fn asyncfd_polls_ended_by_overflow_again_and_again_do_not_fail() {
     const N: usize = 512;
-    let lp = ringloop::EventLoop::builder()
-        .sq_entries(4)
-        .cq_entries(8)
-        .build()
-        .unwrap();
-    let runtime = rt::Runtime::with_loop(lp).unwrap();
+    let runtime = runtime_with_tiny_cq();
     let h = runtime.handle();
     runtime.block_on(async {
         let (readers, mut writers): (Vec<_>, Vec<_>) = (0..N).map(|_| unix_stream_pair()).unzip();

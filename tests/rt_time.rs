@@ -1,5 +1,7 @@
 //! Timers for futures: never early, zero and MAX durations, intervals.
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -293,10 +295,7 @@ fn a_sleep_moved_to_another_runtime_completes_there() {
     let second = rt::Runtime::new().unwrap();
     let start = Instant::now();
     let mut sleep = Box::pin(time::sleep(Duration::from_millis(30)));
-    let polled = first.block_on(std::future::poll_fn(|cx| {
-        Poll::Ready(sleep.as_mut().poll(cx).is_pending())
-    }));
-    assert!(polled, "pending on the first runtime");
+    common::poll_once_on(&first, &mut sleep);
     let done = second.block_on(time::timeout(Duration::from_secs(10), sleep.as_mut()));
     done.expect("the sleep hung on the second runtime");
     assert!(start.elapsed() >= Duration::from_millis(30), "early");
@@ -316,10 +315,7 @@ fn a_sleep_outliving_its_runtime_completes_on_the_next_or_panics_without_one() {
         let first = rt::Runtime::new().unwrap();
         let start = Instant::now();
         let mut sleep = Box::pin(time::sleep(Duration::from_millis(20)));
-        let polled = first.block_on(std::future::poll_fn(|cx| {
-            Poll::Ready(sleep.as_mut().poll(cx).is_pending())
-        }));
-        assert!(polled, "pending on its own runtime");
+        common::poll_once_on(&first, &mut sleep);
         drop(first);
         if next_runtime {
             let second = rt::Runtime::new().unwrap();

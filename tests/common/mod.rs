@@ -3,9 +3,12 @@
 #![allow(dead_code)]
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use ringloop::{EventLoop, WaitTimeout};
@@ -153,6 +156,15 @@ pub fn small_sndbuf(fd: RawFd) {
             std::mem::size_of::<libc::c_int>() as u32,
         );
     }
+}
+
+/// Polls `fut` once in a task of `rt`, expecting it to stay pending there:
+/// a future bound to `rt`'s loop, for a test that then awaits it elsewhere.
+pub fn poll_once_on<F: Future + Unpin>(rt: &ringloop::rt::Runtime, fut: &mut F) {
+    let pending = rt.block_on(std::future::poll_fn(|cx| {
+        Poll::Ready(Pin::new(&mut *fut).poll(cx).is_pending())
+    }));
+    assert!(pending, "pending on its own runtime");
 }
 
 /// A loop that never blocks: an iteration in which nothing ran is `WouldBlock`.
