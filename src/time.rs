@@ -48,7 +48,10 @@ fn now() -> Instant {
 ///
 /// # Panics
 /// When polled on a thread with no ringloop runtime (see [`rt::Runtime`]),
-/// also when the runtime it was armed on was dropped since.
+/// whether for the first time (there is no loop to put its timer on) or
+/// after the runtime it was armed on was dropped (its timer went with that
+/// loop, and no other takes it over). With another runtime on the thread,
+/// it moves there instead, as above.
 pub fn sleep(duration: Duration) -> Sleep {
     Sleep::new(now().checked_add(duration))
 }
