@@ -535,7 +535,7 @@ impl<T: AsFd> AsyncFd<T> {
                 // runtime, while that loop lives, would wait for ever, as
                 // nothing runs it. (A task never leaves its runtime, so one
                 // check per waker is enough.)
-                if rt::current_loop_is(&self.handle) == Some(false) && self.handle.is_alive() {
+                if rt::polled_elsewhere(&self.handle, cx.waker()) {
                     // A future polled here before (the one way its slot
                     // can be live as it completes) leaves.
                     if let Some(s) = slot.and_then(Option::take) {

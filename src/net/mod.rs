@@ -256,6 +256,7 @@ impl Socket {
         self.0.salvage_active.get() && self.wait_for_dropped_recv(waker)
     }
 
+    /// The slow part of [`Socket::must_wait_for_dropped_recv`].
     ///
     /// A dropped receive in the loop of another runtime, alive but idle (a
     /// read timed out under one runtime, the next is awaited under
@@ -275,7 +276,7 @@ impl Socket {
             salvaged
                 .in_loops
                 .iter()
-                .filter(|h| crate::rt::current_loop_is(h) == Some(false) && h.is_alive())
+                .filter(|h| crate::rt::polled_elsewhere(h, waker))
                 .cloned()
                 .collect()
         };

@@ -234,11 +234,6 @@ pub fn current_handle() -> Option<Handle> {
     task::current().map(|c| c.handle.clone())
 }
 
-/// Whether `handle` is the current runtime's loop; `None` without one.
-pub(crate) fn current_loop_is(handle: &Handle) -> Option<bool> {
-    task::current_loop_is(handle)
-}
-
 /// Whether a future bound to `handle`'s loop, polled with `waker`, is
 /// polled where that loop does not run: by a task of another runtime of
 /// the thread, the loop alive (idle, or blocked under that runtime). Tells
@@ -251,11 +246,12 @@ pub(crate) fn polled_elsewhere(handle: &Handle, waker: &std::task::Waker) -> boo
 /// Whether a future bound to `handle`'s loop, polled with `waker`, is
 /// polled by a task of another runtime of the thread, whether or not that
 /// loop is alive: [`polled_elsewhere`] without the liveness check, cheap
-/// enough for every poll of a sleep.
+/// enough for every poll of a sleep by a runtime's task (a waker that is
+/// no task's costs the look-up of the current runtime).
 pub(crate) fn polled_off_its_loop(handle: &Handle, waker: &std::task::Waker) -> bool {
     match waker::task_of_loop(waker, handle.loop_id()) {
         Some(ours) => !ours,
-        None => current_loop_is(handle) == Some(false),
+        None => task::current_loop_is(handle) == Some(false),
     }
 }
 
