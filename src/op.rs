@@ -211,40 +211,7 @@ impl<T: 'static> Op<T> {
                 resources,
                 settling,
             } => {
-                let c = if *settling {
-                    handle.settle_task_op_now(*id, cx.waker())
-                } else {
-                    match handle.poll_task_op(*id, cx.waker()) {
-                        TaskPoll::Ready(c) => Poll::Ready(c),
-                        TaskPoll::Pending { new_waker: false } => Poll::Pending,
-                        // Checked once per waker (a task never leaves its
-                        // runtime), not per poll. A task of another runtime
-                        // of the thread polls it while its loop is idle: only
-                        // running that loop would reap the completion, so
-                        // waiting here would hang. The operation is cancelled
-                        // there and handed back now, with what it got.
-                        TaskPoll::Pending { new_waker: true } => {
-                            if rt::polled_elsewhere(handle, cx.waker()) {
-                                *settling = true;
-                                handle.settle_task_op_now(*id, cx.waker())
-                            } else {
-                                Poll::Pending
-                            }
-                        }
-                    }
-                };
-                let Poll::Ready(c) = c else {
-                    if *settling && handle.is_alive() {
-                        // The kernel cannot give it back yet (an operation
-                        // it cannot interrupt): try again after this
-                        // runtime's next turn, rather than wait for a wake
-                        // that only the idle loop would deliver. (Once the
-                        // loop is gone, teardown has settled it or never
-                        // will: no point spinning.)
-                        cx.waker().wake_by_ref();
-                    }
-                    return Poll::Pending;
-                };
+                let c = std::task::ready!(poll_in_flight(handle, *id, settling, cx));
                 let moved = *settling && c.result == -libc::ECANCELED;
                 let res = resources.take();
                 self.state = State::Finished;
@@ -270,6 +237,45 @@ impl<T: 'static> Op<T> {
         let (c, res) = std::future::poll_fn(|cx| self.poll_result(cx)).await;
         (c.and_then(|c| c.result()), res)
     }
+}
+
+/// The completion of operation `id`, in flight on `handle`'s loop. Polled
+/// by a task of another runtime of the thread while that loop is idle, it
+/// sets `settling` and settles the operation there instead of waiting.
+#[inline]
+fn poll_in_flight(
+    handle: &Handle,
+    id: OpId,
+    settling: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Completion> {
+    if !*settling {
+        match handle.poll_task_op(id, cx.waker()) {
+            TaskPoll::Ready(c) => return Poll::Ready(c),
+            TaskPoll::Pending { new_waker: false } => return Poll::Pending,
+            // Checked once per waker (a task never leaves its runtime), not
+            // per poll. A task of another runtime of the thread polls it
+            // while its loop is idle: only running that loop would reap the
+            // completion, so waiting here would hang. The operation is
+            // cancelled there and handed back now, with what it got.
+            TaskPoll::Pending { new_waker: true } => {
+                if !rt::polled_elsewhere(handle, cx.waker()) {
+                    return Poll::Pending;
+                }
+                *settling = true;
+            }
+        }
+    }
+    let c = handle.settle_task_op_now(id, cx.waker());
+    if c.is_pending() && handle.is_alive() {
+        // The kernel cannot give it back yet (an operation it cannot
+        // interrupt): try again after this runtime's next turn, rather
+        // than wait for a wake that only the idle loop would deliver.
+        // (Once the loop is gone, teardown has settled it or never will:
+        // no point spinning.)
+        cx.waker().wake_by_ref();
+    }
+    c
 }
 
 /// The error of an operation cancelled because a task of another runtime
