@@ -591,7 +591,6 @@ impl State {
         // removal's kept completions are in `kept_finals`), so that
         // settling thousands of watches, at teardown or one removal after
         // another, is linear, not quadratic.
-        self.note_kept_finals();
         // The polls the kernel may still hold, by user_data. A poll no longer
         // in `ops` has already been routed its final completion, one in
         // `kept_finals` has had it kept aside. (Nothing is routed while this
@@ -602,6 +601,7 @@ impl State {
             .map(|op| op.data().as_ffi())
             .filter(|ud| !self.kept_finals.contains(ud))
             .collect();
+        self.note_kept_finals(&mut held);
         for _ in 0..4096 {
             if held.is_empty() {
                 return;
@@ -609,22 +609,19 @@ impl State {
             if let Ok(flushes) = self.ring.reap(&mut self.cqes) {
                 self.stats.overflow_flushes += flushes;
             }
-            for c in &self.cqes[self.kept_scanned..] {
-                if !cqueue::more(c.flags()) {
-                    held.remove(&c.user_data());
-                }
-            }
-            self.note_kept_finals();
+            self.note_kept_finals(&mut held);
             if held.is_empty() || self.ring.flush().is_err() {
                 return;
             }
         }
     }
 
-    /// Records the final completions kept aside in `cqes` since last time.
-    fn note_kept_finals(&mut self) {
+    /// Records the final completions kept aside in `cqes` since last time,
+    /// and takes their polls out of `held`.
+    fn note_kept_finals(&mut self, held: &mut HashSet<u64>) {
         for c in &self.cqes[self.kept_scanned..] {
             if !cqueue::more(c.flags()) {
+                held.remove(&c.user_data());
                 self.kept_finals.insert(c.user_data());
             }
         }
