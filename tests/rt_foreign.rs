@@ -249,3 +249,45 @@ fn a_file_read_moved_to_another_runtime_keeps_its_bytes() {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "{e}"),
     }
 }
+
+/// SEMANTICS §1.1–1.2 for the kernel turn a foreign poll gives the idle
+/// loop (to settle its operation there): what that turn reaps waits for the
+/// loop's own iterations, so no handler of the idle loop runs inside
+/// another runtime's poll, neither a completed operation's callback nor a
+/// scheduled immediate. They run, one per iteration, when the loop does.
+#[test]
+fn settling_an_op_on_an_idle_loop_runs_none_of_its_handlers() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let (r, _w) = common::pipe();
+    let mut read = first.block_on(async { Some(submit_read(&r)) }).unwrap();
+    poll_once_on(&first, &mut read);
+    let ran = common::log();
+    let h = first.handle();
+    let log = ran.clone();
+    // SAFETY: a NOP points at no memory.
+    unsafe {
+        h.submit(opcode::Nop::new().build(), move |_, _| {
+            log.borrow_mut().push("op")
+        })
+    }
+    .unwrap();
+    let log = ran.clone();
+    h.add_immediate(move |_| log.borrow_mut().push("immediate"))
+        .unwrap();
+    let out = second.block_on(time::timeout(LIMIT, &mut read));
+    let (c, _) = out.expect("the operation hung on the second runtime");
+    assert_eq!(c.result, -libc::ECANCELED, "{c:?}");
+    assert!(
+        ran.borrow().is_empty(),
+        "ran in the foreign poll: {:?}",
+        ran.borrow()
+    );
+    for _ in 0..100 {
+        if ran.borrow().len() == 2 {
+            break;
+        }
+        h.run_once().unwrap();
+    }
+    assert_eq!(*ran.borrow(), ["immediate", "op"]);
+}
