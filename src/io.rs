@@ -375,6 +375,13 @@ impl State {
 /// The fd should be in non-blocking mode. Dropping the `AsyncFd` stops the
 /// poll and then drops `T` (closing the fd if `T` owns it); use
 /// [`AsyncFd::into_inner`] to keep it.
+///
+/// Readiness reaches that loop only, so waits belong to that runtime. A
+/// task of another runtime of the thread, while the first is alive (and
+/// would never wake it), gets the readiness already seen, else an error at
+/// once instead of waiting; once the first runtime is dropped, waits fail
+/// saying so. To wait under another runtime, register the fd again there
+/// (`into_inner`, then [`AsyncFd::new`]).
 pub struct AsyncFd<T: AsFd> {
     inner: Option<T>,
     fd: RawFd,
