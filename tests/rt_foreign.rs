@@ -207,6 +207,28 @@ fn a_signal_stream_polled_on_another_runtime_gets_the_signal() {
     assert_eq!(out.expect("the moved stream hung"), Some(1));
 }
 
+/// A signal stream moved to a runtime whose loop watches the same signal
+/// already: that loop counts the delivery itself, so the stream must not
+/// also bring the one its first loop had counted (one raise, one item).
+#[test]
+fn a_signal_stream_moved_to_a_loop_watching_the_signal_counts_a_delivery_once() {
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let mut moved = first.block_on(async { ringloop::signal::signal(libc::SIGUSR2).unwrap() });
+    let mut there = second.block_on(async { ringloop::signal::signal(libc::SIGUSR2).unwrap() });
+    // SAFETY: plain syscall; both streams' handler is installed.
+    unsafe { libc::raise(libc::SIGUSR2) };
+    let got = second.block_on(time::timeout(LIMIT, moved.recv()));
+    assert_eq!(got.expect("the moved stream hung"), Some(1));
+    let got = second.block_on(time::timeout(LIMIT, there.recv()));
+    assert_eq!(got.expect("the second runtime's own stream hung"), Some(1));
+    let again = second.block_on(time::timeout(Duration::from_millis(300), moved.recv()));
+    assert!(
+        again.is_err(),
+        "one raise, but the moved stream got a second item: {again:?}"
+    );
+}
+
 /// An interval ticked on one runtime and then on another (the first idle)
 /// ticks there: it is a `Sleep`, which moves its timer (checked: no fix
 /// needed).

@@ -352,11 +352,10 @@ impl Handle {
     /// Moves signal watch `id` of this loop to loop `to`, with `handler`
     /// (a future's watch, awaited where this loop does not run). Returns
     /// the new watch's id and the deliveries this loop had counted for the
-    /// watch and not dispatched; `to` counts those after them, so none is
-    /// lost or counted twice (unless `to` already watches the signal: then
-    /// the new watch shares `to`'s count, as a watch added there would).
-    /// The signal stays installed throughout: `to` adds its watch before
-    /// this loop drops its own.
+    /// watch and not dispatched, less those `to` will hand the new watch
+    /// itself; `to` counts from where this loop stopped, so none is lost or
+    /// counted twice. The signal stays installed throughout: `to` adds its
+    /// watch before this loop drops its own.
     pub(crate) fn move_signal(
         &self,
         id: SignalId,
@@ -374,6 +373,28 @@ impl Handle {
                 s.counts[signo].saturating_add(w.missed),
             ))
         })?;
+        // A loop that watches the signal already has its own count: the
+        // new watch shares it, from its first undispatched delivery on, as
+        // a watch added there would. This loop's deliveries from there on
+        // would reach the stream twice.
+        let shared_from = to.with(|st| {
+            let s = &mut st.signals;
+            let signo = signo as usize;
+            (s.watched[signo] > 0).then(|| s.seen[signo].wrapping_sub(u64::from(s.counts[signo])))
+        })?;
+        let count = match shared_from {
+            Some(from) => {
+                // This loop's `count` are the deliveries up to `since`:
+                // those after `from` are `to`'s too (the counters only grow).
+                let overlap = since.wrapping_sub(from);
+                if overlap as i64 > 0 {
+                    count.saturating_sub(u32::try_from(overlap).unwrap_or(u32::MAX))
+                } else {
+                    count
+                }
+            }
+            None => count,
+        };
         let new = to.add_signal_since(signo, Some(since), handler)?;
         let _ = self.remove_signal(id);
         Ok((new, count))
