@@ -56,19 +56,22 @@ fn a_zero_copy_send_keeps_its_buffer_until_the_kernel_is_done() {
         all
     });
     let fd = tx.as_raw_fd();
-    rt::block_on(async move {
+    let sent = rt::block_on(async move {
         let buf = vec![b'B'; 4096];
         let entry = opcode::SendZc::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32).build();
         // SAFETY: the buffer is owned by the operation; its heap data does
         // not move with it.
         let (c, mut buf) = unsafe { op::submit(entry, buf) }.await;
-        assert_eq!(c.result, 4096);
+        // A send may be short (Linux 6.1 sent 2 048 of the 4 096 once, as
+        // the reader made room): what it sent is what must arrive intact.
+        assert!(c.result > 0 && c.result <= 4096, "send_zc: {}", c.result);
         // The buffer is ours again: the kernel must be done with it.
         buf.fill(b'C');
+        c.result as usize
     });
     drop(tx);
     let all = reader.join().unwrap();
-    assert_eq!(all.len(), queued + 4096);
+    assert_eq!(all.len(), queued + sent);
     assert!(
         all[queued..].iter().all(|&b| b == b'B'),
         "the peer got bytes written after the future gave the buffer back"
