@@ -378,7 +378,7 @@ impl Handle {
         // a watch added there would. This loop's deliveries from there on
         // would reach the stream twice.
         let shared_from = to.with(|st| {
-            let s = &mut st.signals;
+            let s = &st.signals;
             let signo = signo as usize;
             (s.watched[signo] > 0).then(|| s.seen[signo].wrapping_sub(u64::from(s.counts[signo])))
         })?;
