@@ -40,7 +40,20 @@ struct Pending {
 /// Polled by a task of another runtime of the thread while that loop is
 /// alive but idle (it would never dispatch a delivery), the stream moves
 /// its watch to the current runtime's loop, keeping the deliveries the old
-/// loop had counted and not handed out.
+/// loop had counted and not handed out. Polled through a combinator's
+/// waker inside a task of its own runtime, while that runtime runs, it
+/// waits as usual.
+///
+/// # Panics
+/// Polled by another executor (`futures::executor::block_on`, a waker that
+/// is no runtime task's) while no runtime of the thread runs `block_on`:
+/// nothing would run its loop, so it would wait for ever. The stream has
+/// no error to return, and that is a bug in the caller (as a `Sleep`
+/// polled outside a runtime panics). A single such poll (`now_or_never`)
+/// panics too, unless deliveries were already handed to the stream, and
+/// so does an executor of one's own that drives the loop with
+/// [`Handle::run_once`](crate::Handle::run_once) outside `block_on`: watch
+/// the signal with [`Handle::add_signal`](crate::Handle::add_signal) there.
 pub struct Signals {
     handle: Handle,
     id: SignalId,
@@ -81,11 +94,17 @@ fn on_delivery(p: Rc<RefCell<Pending>>) -> impl FnMut(&Handle, SignalEvent) + 's
 impl Signals {
     /// Waits for the next deliveries and returns their count. Never returns
     /// `None` while the loop lives.
+    ///
+    /// # Panics
+    /// Awaited by another executor while no runtime runs (see [`Signals`]).
     pub async fn recv(&mut self) -> Option<u64> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Polls for deliveries.
+    ///
+    /// # Panics
+    /// Polled by another executor while no runtime runs (see [`Signals`]).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<u64>> {
         {
             let mut p = self.pending.borrow_mut();
@@ -97,20 +116,36 @@ impl Signals {
             }
         }
         // Checked once per waker (a task never leaves its runtime), not
-        // per poll. Polled by a task of another runtime while the watch's
-        // loop is idle: only a running loop dispatches deliveries, so the
-        // watch moves to this runtime's loop (with what the old one had
-        // counted), as a `Sleep` moves its timer.
-        if rt::polled_elsewhere(&self.handle, cx.waker())
-            && let Some(current) = rt::current_handle()
-            && let Ok((id, count)) =
-                self.handle
-                    .move_signal(self.id, &current, on_delivery(self.pending.clone()))
-        {
-            self.handle = current;
-            self.id = id;
-            let mut p = self.pending.borrow_mut();
-            p.count = p.count.saturating_add(u64::from(count));
+        // per poll. Only a running loop dispatches deliveries. Polled by a
+        // task of another runtime while the watch's loop is idle: the watch
+        // moves to that runtime's loop (with what the old one had counted),
+        // as a `Sleep` moves its timer. Polled by another executor while no
+        // runtime runs: no loop would dispatch one while it waits.
+        // (A loop that is gone is left as it was: there is nothing to move.)
+        let polled_by = if self.handle.is_alive() {
+            rt::polled_by(&self.handle, cx.waker())
+        } else {
+            rt::PolledBy::ItsRuntime
+        };
+        match polled_by {
+            rt::PolledBy::ItsRuntime => {}
+            rt::PolledBy::Another(current) => {
+                if let Ok((id, count)) =
+                    self.handle
+                        .move_signal(self.id, &current, on_delivery(self.pending.clone()))
+                {
+                    self.handle = current;
+                    self.id = id;
+                    let mut p = self.pending.borrow_mut();
+                    p.count = p.count.saturating_add(u64::from(count));
+                }
+            }
+            rt::PolledBy::NoRuntime => panic!(
+                "ringloop::signal::Signals polled by another executor while no ringloop \
+                 runtime runs on this thread: only its loop dispatches deliveries, and nothing \
+                 runs that loop while this executor waits (it would hang); await the stream \
+                 inside Runtime::block_on or one of its tasks"
+            ),
         }
         let mut p = self.pending.borrow_mut();
         if p.count > 0 {

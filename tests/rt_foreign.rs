@@ -313,3 +313,166 @@ fn settling_an_op_on_an_idle_loop_runs_none_of_its_handlers() {
     }
     assert_eq!(*ran.borrow(), ["immediate", "op"]);
 }
+
+/// Wakes the thread that parks in [`foreign_block_on`]: an executor that is
+/// no ringloop runtime's, as `futures::executor::block_on` or `pollster`.
+struct Unpark {
+    thread: std::thread::Thread,
+    woken: std::sync::atomic::AtomicBool,
+}
+
+impl std::task::Wake for Unpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// A hand-written `block_on` with its own waker: polls `fut`, parks until
+/// woken, polls again. Gives up after `limit` (`None`), so a future that
+/// would hang such an executor for ever fails the test instead.
+fn foreign_block_on<F: Future>(fut: F, limit: Duration) -> Option<F::Output> {
+    let unpark = std::sync::Arc::new(Unpark {
+        thread: std::thread::current(),
+        woken: std::sync::atomic::AtomicBool::new(true),
+    });
+    let waker = std::task::Waker::from(unpark.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if unpark
+            .woken
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+            && let Poll::Ready(v) = fut.as_mut().poll(&mut cx)
+        {
+            return Some(v);
+        }
+        let now = std::time::Instant::now();
+        if now >= end {
+            return None;
+        }
+        std::thread::park_timeout(end - now);
+    }
+}
+
+/// Polls the inner future with a waker of its own that forwards to the
+/// task's, as `FuturesUnordered` or a `select` over many futures does: the
+/// future sees a waker that is no runtime task's.
+struct Wrapped<F>(F);
+
+struct Forward(std::task::Waker);
+
+impl std::task::Wake for Forward {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.wake_by_ref();
+    }
+}
+
+impl<F: Future + Unpin> Future for Wrapped<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let waker = std::task::Waker::from(std::sync::Arc::new(Forward(cx.waker().clone())));
+        Pin::new(&mut self.0).poll(&mut Context::from_waker(&waker))
+    }
+}
+
+/// A join handle awaited by another executor (its own waker, no runtime
+/// running) while the task's runtime is the newest idle one: nothing runs
+/// the task while that executor waits, so the handle gives the
+/// other-runtime error at once instead of hanging, and keeps the output
+/// for an await on its own runtime.
+#[test]
+fn a_join_handle_awaited_by_another_executor_errs_and_keeps_the_output() {
+    let rt = Runtime::new().unwrap();
+    let mut handle = rt.spawn(async { 7 });
+    let out = foreign_block_on(&mut handle, LIMIT);
+    let err = out
+        .expect("the join handle hung in another executor")
+        .expect_err("the task cannot have run");
+    assert!(err.is_other_runtime(), "{err}");
+    assert!(err.to_string().contains("another runtime"), "{err}");
+    assert_eq!(rt.block_on(handle).unwrap(), 7);
+}
+
+/// The runtime's own tasks (and `block_on`'s future) that poll a join
+/// handle through a waker of their own (a combinator's) while the runtime
+/// runs: not taken for another executor, they get the output.
+#[test]
+fn a_join_handle_polled_through_a_wrapped_waker_on_its_own_runtime_resolves() {
+    let rt = Runtime::new().unwrap();
+    let out = rt.block_on(async {
+        let slow = rt::spawn(async {
+            rt::yield_now().await;
+            time::sleep(Duration::from_millis(5)).await;
+            6
+        });
+        let inner = rt::spawn(Wrapped(slow));
+        let outer = Wrapped(rt::spawn(async { 7 })).await;
+        (time::timeout(LIMIT, inner).await, outer)
+    });
+    let (inner, outer) = out;
+    let inner = inner.expect("the wrapped handle hung in its own task");
+    assert_eq!(inner.unwrap().unwrap(), 6);
+    assert_eq!(outer.unwrap(), 7);
+}
+
+/// A signal stream polled by another executor (its own waker, no runtime
+/// running) while its runtime is idle, also with a newer idle runtime on
+/// the thread (the stream must not move to a loop nothing runs): its loop
+/// would never dispatch a delivery while that executor waits, so the poll
+/// panics with a message that says so, instead of hanging.
+#[test]
+fn a_signal_stream_polled_by_another_executor_panics_instead_of_hanging() {
+    for newer_runtime in [false, true] {
+        let rt = Runtime::new().unwrap();
+        let mut usr1 = rt.block_on(async { ringloop::signal::signal(libc::SIGUSR1).unwrap() });
+        let newer = newer_runtime.then(|| Runtime::new().unwrap());
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            foreign_block_on(usr1.recv(), LIMIT)
+        }));
+        let panic = match out {
+            Ok(None) => panic!("the signal stream hung in another executor"),
+            Ok(Some(got)) => panic!("nothing was raised, yet it gave {got:?}"),
+            Err(p) => p,
+        };
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(msg.contains("another executor"), "{msg}");
+        drop(newer);
+        // Still usable on its own runtime.
+        let got = rt.block_on(async {
+            // SAFETY: plain syscall; the stream's handler is installed.
+            unsafe { libc::raise(libc::SIGUSR1) };
+            time::timeout(LIMIT, usr1.recv()).await
+        });
+        assert_eq!(got.expect("the stream hung on its own runtime"), Some(1));
+    }
+}
+
+/// A signal stream read through a waker of the runtime's own task's
+/// combinator, while the runtime runs: neither moved nor refused, it gets
+/// the delivery.
+#[test]
+fn a_signal_stream_polled_through_a_wrapped_waker_on_its_own_runtime_gets_the_signal() {
+    let rt = Runtime::new().unwrap();
+    let got = rt.block_on(async {
+        let mut usr2 = ringloop::signal::signal(libc::SIGUSR2).unwrap();
+        let task = rt::spawn(async move {
+            let recv = Box::pin(usr2.recv());
+            Wrapped(recv).await
+        });
+        rt::yield_now().await;
+        // SAFETY: plain syscall; the stream's handler is installed.
+        unsafe { libc::raise(libc::SIGUSR2) };
+        time::timeout(LIMIT, task).await
+    });
+    let got = got.expect("the wrapped signal stream hung in its own task");
+    assert_eq!(got.unwrap(), Some(1));
+}

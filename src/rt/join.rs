@@ -61,8 +61,9 @@ impl JoinError {
         matches!(self.repr, Repr::NoRuntime)
     }
 
-    /// The handle was awaited by a task of another runtime of the thread
-    /// than the task's own, which does not run it meanwhile (see
+    /// The handle was awaited where the task's runtime does not run it
+    /// meanwhile: by a task of another runtime of the thread, or by
+    /// another executor while no runtime of the thread was running (see
     /// [`JoinHandle`]). The task is not affected: awaiting the handle again
     /// on its own runtime gives its output.
     pub fn is_other_runtime(&self) -> bool {
@@ -103,7 +104,8 @@ impl fmt::Display for JoinError {
             ),
             Repr::OtherRuntime => f.write_str(
                 "the task belongs to another runtime of this thread, which does not run it \
-                 while this one waits; await its JoinHandle on that runtime (the task is kept)",
+                 while this runtime or executor waits; await its JoinHandle inside that \
+                 runtime's block_on (the task is kept)",
             ),
             Repr::Panic(p) => {
                 let msg = p
@@ -194,11 +196,16 @@ pub(crate) type JoinRef<T> = Rc<dyn JoinSlot<T>>;
 ///
 /// A task runs only while its own runtime runs `block_on`. Awaited by a
 /// task of another runtime of the thread (the task's own runtime alive
-/// but idle, or blocked under this one), the handle would wait for ever:
-/// instead it resolves at once to a [`JoinError`] for which
+/// but idle, or blocked under this one), or by another executor (a
+/// `futures::executor::block_on`, a waker that is no runtime task's) while
+/// no runtime of the thread runs `block_on`, the handle would wait for
+/// ever: instead it resolves at once to a [`JoinError`] for which
 /// [`JoinError::is_other_runtime`] holds, and nothing is lost: the task
 /// stays in its runtime, and the handle, awaited again there (by `&mut`),
-/// gives its output.
+/// gives its output. Polled through a combinator's waker inside a task of
+/// its own runtime, while that runtime runs, it waits as usual. A single
+/// poll outside `block_on` (`now_or_never`, say) of an unfinished task
+/// also gets that error, not `Pending`.
 pub struct JoinHandle<T> {
     slot: JoinRef<T>,
     core: Weak<Core>,
@@ -283,11 +290,16 @@ impl<T> Future for JoinHandle<T> {
             Some(w) if w.will_wake(cx.waker()) => {}
             slot => {
                 // Checked once per waker (a task never leaves its runtime),
-                // not per poll. Only the task's own runtime runs it, and
-                // this thread now runs another one: waiting would deadlock.
-                // Nothing is taken, so an await on that runtime still works.
+                // not per poll. Only the task's own runtime runs it, inside
+                // its `block_on`, and this thread now runs another one, or
+                // another executor waits with no runtime running: waiting
+                // would deadlock. Nothing is taken, so an await on that
+                // runtime still works.
                 if let Some(core) = self.core.upgrade()
-                    && super::polled_elsewhere(&core.handle, cx.waker())
+                    && !matches!(
+                        super::polled_by(&core.handle, cx.waker()),
+                        super::PolledBy::ItsRuntime
+                    )
                 {
                     return Poll::Ready(Err(JoinError::other_runtime()));
                 }

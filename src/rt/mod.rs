@@ -255,6 +255,48 @@ pub(crate) fn polled_off_its_loop(handle: &Handle, waker: &std::task::Waker) -> 
     }
 }
 
+/// Who polls a future bound to a loop, for a future that only that
+/// loop's runtime can serve (see [`polled_by`]).
+pub(crate) enum PolledBy {
+    /// Its own runtime, which runs: a task waker of its loop, or any other
+    /// waker (a combinator's inside one of its tasks) while that runtime is
+    /// the innermost one running `block_on`.
+    ItsRuntime,
+    /// A task of another runtime of the thread, the innermost one running
+    /// (its loop's handle): the future's own runtime, idle or blocked
+    /// under it, does not run meanwhile.
+    Another(Handle),
+    /// Another executor (a waker that is no runtime task's) while no
+    /// runtime of the thread runs `block_on`: nothing runs the future's
+    /// loop or its tasks while that executor waits.
+    NoRuntime,
+}
+
+/// Who polls a future bound to `handle`'s loop with `waker`. Unlike
+/// [`polled_elsewhere`], a waker that is no runtime task's counts as its
+/// runtime's only while that runtime runs `block_on` (it is then a
+/// combinator's inside one of its tasks); with no runtime running it is
+/// another executor's, which would wait for ever (`futures::executor::
+/// block_on`, say). For a future served only inside `block_on` (a
+/// `JoinHandle`'s task runs nowhere else) or by a loop that only `block_on`
+/// runs. A compare and two loads for a runtime's task; else the look-up of
+/// the current runtime: for a check once per new waker. Asks no liveness.
+pub(crate) fn polled_by(handle: &Handle, waker: &std::task::Waker) -> PolledBy {
+    if waker::task_of_loop(waker, handle.loop_id()) == Some(true) {
+        return PolledBy::ItsRuntime;
+    }
+    match task::current() {
+        Some(core) if core.running.get() => {
+            if core.handle.same_loop(handle) {
+                PolledBy::ItsRuntime
+            } else {
+                PolledBy::Another(core.handle.clone())
+            }
+        }
+        _ => PolledBy::NoRuntime,
+    }
+}
+
 /// Whether a runtime is current on this thread.
 pub(crate) fn in_runtime() -> bool {
     task::in_runtime()
