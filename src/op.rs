@@ -281,12 +281,30 @@ fn poll_in_flight(
 /// The error of an operation cancelled because a task of another runtime
 /// awaited it (see [`submit`]).
 pub(crate) fn moved_error() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Interrupted,
-        "the operation was in flight on another runtime's loop, which does not run this wait; \
-         it was cancelled there, having done nothing: start it again on this runtime",
-    )
+    io::Error::new(io::ErrorKind::Interrupted, Moved)
 }
+
+/// Whether `e` is [`moved_error`]'s, not an `EINTR` or any other
+/// `Interrupted`: for a future that can start its operation again itself
+/// (a connect, whose socket is its own).
+pub(crate) fn is_moved(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Moved>())
+}
+
+/// What [`moved_error`] carries, so that [`is_moved`] can tell it.
+#[derive(Debug)]
+struct Moved;
+
+impl fmt::Display for Moved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the operation was in flight on another runtime's loop, which does not run this \
+             wait; it was cancelled there, having done nothing: start it again on this runtime",
+        )
+    }
+}
+
+impl std::error::Error for Moved {}
 
 /// The error of an operation started with no runtime on the thread.
 pub(crate) fn no_runtime() -> io::Error {

@@ -476,3 +476,119 @@ fn a_signal_stream_polled_through_a_wrapped_waker_on_its_own_runtime_gets_the_si
     let got = got.expect("the wrapped signal stream hung in its own task");
     assert_eq!(got.unwrap(), Some(1));
 }
+
+/// A loopback listener whose accept queue is full (backlog 0, and one
+/// connection in it, not accepted), that connection, and the address: the
+/// SYN of a further connect is dropped, so that connect stays in progress
+/// in the kernel (`SYN_SENT`) until the queue has room and its SYN is sent
+/// again (about 1 s later).
+fn full_listener() -> (
+    std::net::TcpListener,
+    std::net::TcpStream,
+    std::net::SocketAddr,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: plain syscall on a listening socket: it only sets the backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let addr = listener.local_addr().unwrap();
+    let queued = std::net::TcpStream::connect(addr).unwrap();
+    (listener, queued, addr)
+}
+
+/// The kernel side of the next test, with raw operations: a connect
+/// cancelled while its handshake is in progress (its future awaited by
+/// another runtime's task, the first runtime idle) leaves the handshake
+/// going, and a plain `IORING_OP_CONNECT` on the same socket then fails
+/// with `EALREADY`: the case `TcpStream::connect` has to handle itself.
+#[test]
+fn a_connect_cancelled_in_progress_leaves_ealready_for_a_raw_retry() {
+    let (_listener, _queued, addr) = full_listener();
+    let std::net::SocketAddr::V4(v4) = addr else {
+        unreachable!("bound to 127.0.0.1")
+    };
+    let sa = Box::new(libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    });
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh fd owned by nobody else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let connect = |sa: Box<libc::sockaddr_in>| {
+        let entry = opcode::Connect::new(
+            types::Fd(sock.as_raw_fd()),
+            (&*sa as *const libc::sockaddr_in).cast(),
+            len,
+        )
+        .build();
+        // SAFETY: the boxed address is moved into the operation; the fd
+        // outlives it (the test waits for every operation).
+        unsafe { op::submit(entry, sa) }
+    };
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let mut conn = first.block_on(async { Some(connect(sa)) }).unwrap();
+    poll_once_on(&first, &mut conn);
+    // The SYN goes out (and is dropped): the handshake is in progress.
+    first.handle().flush().unwrap();
+    let (c, sa) = second
+        .block_on(time::timeout(LIMIT, &mut conn))
+        .expect("the connect hung on the second runtime");
+    assert_eq!(c.result, -libc::ECANCELED, "{c:?}");
+    let (c, _) = second.block_on(async { time::timeout(LIMIT, connect(sa)).await.unwrap() });
+    assert_eq!(c.result, -libc::EALREADY, "{c:?}");
+}
+
+/// A `TcpStream::connect` in flight on one runtime (its handshake in
+/// progress) and awaited on another, the first idle: its connect is
+/// cancelled there, and it connects on the second runtime, on the same
+/// socket, once the handshake completes, instead of failing (or, retried
+/// naively, failing with `EALREADY`). The connection works.
+#[test]
+fn a_tcp_connect_moved_to_another_runtime_connects_there() {
+    let (listener, queued, addr) = full_listener();
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let mut conn = Box::pin(ringloop::net::TcpStream::connect(addr));
+    poll_once_on(&first, &mut conn);
+    // The SYN goes out (and is dropped): the handshake is in progress.
+    first.handle().flush().unwrap();
+    // Room in the accept queue: the SYN sent again gets through.
+    let (queued_there, _) = listener.accept().unwrap();
+    drop((queued, queued_there));
+    let stream = second
+        .block_on(time::timeout(LIMIT, conn))
+        .expect("the connect hung on the second runtime")
+        .expect("the moved connect failed");
+    assert_eq!(stream.peer_addr().unwrap(), addr);
+    let (mut server, _) = listener.accept().unwrap();
+    second.block_on(async { stream.write_all(b"ping".to_vec()).await.0.unwrap() });
+    let mut got = [0u8; 4];
+    std::io::Read::read_exact(&mut server, &mut got).unwrap();
+    assert_eq!(&got, b"ping");
+}
+
+/// The same with a handshake that then fails (the listener closes before
+/// the SYN is sent again, which the port refuses): the moved connect gives
+/// the error the handshake ended with, not `EALREADY` or `Interrupted`.
+#[test]
+fn a_tcp_connect_moved_to_another_runtime_reports_how_its_handshake_ended() {
+    let (listener, queued, addr) = full_listener();
+    let first = Runtime::new().unwrap();
+    let second = Runtime::new().unwrap();
+    let mut conn = Box::pin(ringloop::net::TcpStream::connect(addr));
+    poll_once_on(&first, &mut conn);
+    first.handle().flush().unwrap();
+    drop((listener, queued));
+    let err = second
+        .block_on(time::timeout(LIMIT, conn))
+        .expect("the connect hung on the second runtime")
+        .expect_err("nothing listens any more");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}

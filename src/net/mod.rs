@@ -40,8 +40,11 @@
 //! awaited by a task of another, while the first is idle, would never be
 //! reaped: it is cancelled there and fails at once with
 //! [`io::ErrorKind::Interrupted`], having done nothing (do it again), or
-//! returns what it had already done. A stream's multishot receive is armed
-//! on one loop at a time (see [`TcpStream::enable_multishot_recv`]).
+//! returns what it had already done. A connect, whose socket is its own,
+//! starts again on the new runtime instead, and finishes a handshake the
+//! cancelled attempt had started (see [`TcpStream::connect`]). A stream's
+//! multishot receive is armed on one loop at a time (see
+//! [`TcpStream::enable_multishot_recv`]).
 //!
 //! A stream read can be dropped (by `time::timeout`, say) without losing
 //! data: if the kernel had received bytes for it anyway, the stream keeps
@@ -442,20 +445,79 @@ impl Socket {
     }
 
     /// Connects through `IORING_OP_CONNECT`.
+    ///
+    /// A connect in flight on an idle runtime's loop and awaited by a task
+    /// of another is cancelled there ([`crate::op::submit`]) and started
+    /// again on this runtime, on the same socket: it is this future's own,
+    /// so nobody else could. The cancelled connect may have started the
+    /// handshake (sent the SYN), which the kernel goes on with, and a new
+    /// connect then fails with `EALREADY`: the connect then waits for the
+    /// socket to become writable (the handshake is over) and takes its
+    /// pending error, as after a non-blocking `connect(2)`; without one it
+    /// asks the kernel again, which says connected (or `EALREADY` after a
+    /// spurious wake-up: it waits again).
     pub(crate) async fn connect(&self, addr: SockAddr) -> io::Result<()> {
-        let addr = Box::new(addr);
-        let entry = opcode::Connect::new(self.fd(), addr.as_ptr(), addr.len()).build();
-        // SAFETY: the boxed address and the fd are owned by the operation.
-        let (r, _) = unsafe { Op::submit(entry, (addr, self.clone()), Orphan::Drop) }
+        let mut addr = Box::new(addr);
+        loop {
+            let entry = opcode::Connect::new(self.fd(), addr.as_ptr(), addr.len()).build();
+            // SAFETY: the boxed address and the fd are owned by the operation.
+            let (r, (back, _)) = unsafe { Op::submit(entry, (addr, self.clone()), Orphan::Drop) }
+                .result()
+                .await;
+            addr = back;
+            match r {
+                // After `EALREADY` and the wait, the kernel says 0 once.
+                Ok(_) => return Ok(()),
+                // Kernels before the EINPROGRESS fix may retry the connect
+                // after it succeeded and report that it already is
+                // connected; so does a connect asked again too late.
+                Err(e) if e.raw_os_error() == Some(libc::EISCONN) => return Ok(()),
+                Err(e) if crate::op::is_moved(&e) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EALREADY) => {
+                    self.wait_connect_in_progress().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until the handshake of a connect in progress is over: the
+    /// socket becomes writable, or reports an error (which is taken, and
+    /// returned). `Ok` says to ask the kernel again.
+    #[cold]
+    async fn wait_connect_in_progress(&self) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(self.fd(), libc::POLLOUT as u32).build();
+        // SAFETY: a poll points at no memory; the operation owns the fd.
+        let (r, _) = unsafe { Op::submit(entry, self.clone(), Orphan::Drop) }
             .result()
             .await;
         match r {
-            Ok(_) => Ok(()),
-            // Kernels before the EINPROGRESS fix may retry the connect after
-            // it succeeded and report that it already is connected.
-            Err(e) if e.raw_os_error() == Some(libc::EISCONN) => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) => {}
+            // Awaited under another runtime meanwhile: ask again there.
+            Err(e) if crate::op::is_moved(&e) => return Ok(()),
+            Err(e) => return Err(e),
         }
+        match self.take_error()? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the socket's pending error (`SO_ERROR`).
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `len` are live and `len` is `err`'s size.
+        cvt(unsafe {
+            libc::getsockopt(
+                self.raw(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        })?;
+        Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
     }
 
     /// Accepts one connection; the new fd is closed if the future is dropped.

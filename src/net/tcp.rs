@@ -72,7 +72,8 @@ impl fmt::Debug for TcpListener {
 /// is closed when the stream and all operations using it are gone. Usable
 /// under any runtime of the thread; an operation in flight under an idle
 /// runtime and awaited under another fails with `Interrupted` (see [the
-/// module docs](super)).
+/// module docs](super)), but for [`TcpStream::connect`], which starts
+/// again there.
 pub struct TcpStream {
     sock: Socket,
     rx: StreamRx,
@@ -82,6 +83,17 @@ impl TcpStream {
     /// Connects with `IORING_OP_CONNECT`, trying each resolved address in
     /// turn. A closed port gives `ConnectionRefused`. Name resolution, if
     /// `addr` is a host name, blocks.
+    ///
+    /// Unlike other operations (see [the module docs](super)), a connect in
+    /// flight under an idle runtime and awaited under another does not fail
+    /// with `Interrupted`: it is cancelled on the idle runtime's loop and
+    /// started again under this one, on the same socket. If the cancelled
+    /// attempt had started the handshake, the kernel goes on with it (a new
+    /// `connect(2)` would fail with `EALREADY`), so the connect waits for
+    /// the socket to become writable and takes its pending error, as after
+    /// a non-blocking `connect(2)`: it gives the stream once the handshake
+    /// is done, or the error it ended with (`ConnectionRefused`, a
+    /// timeout).
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
         let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");

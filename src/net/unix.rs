@@ -24,7 +24,11 @@ impl UnixStream {
         Ok((UnixStream::from_std(a), UnixStream::from_std(b)))
     }
 
-    /// Connects to the socket at `path` with `IORING_OP_CONNECT`.
+    /// Connects to the socket at `path` with `IORING_OP_CONNECT`. In
+    /// flight under an idle runtime and awaited under another, it is
+    /// cancelled there and started again under this one, on the same
+    /// socket, as [`TcpStream::connect`](super::TcpStream::connect) is (a
+    /// Unix-domain connect that was cancelled did nothing).
     pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
         let addr = SockAddr::unix(path.as_ref())?;
         let sock = Socket::new(libc::AF_UNIX, libc::SOCK_STREAM)?;
