@@ -4,12 +4,13 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 
 use super::task::Core;
-use super::waker::TaskKey;
+use super::waker::{Header, TaskRef};
 
 /// Why a task produced no output.
 pub struct JoinError {
@@ -169,24 +170,51 @@ impl<T> JoinState<T> {
             w.wake();
         }
     }
-}
 
-/// Where a task's outcome waits for its [`JoinHandle`]: inside the task's
-/// own allocation (`task::TaskCell`, so a spawn allocates once for both), or
-/// on its own for a task that never ran.
-pub(crate) trait JoinSlot<T> {
-    fn join_state(&self) -> &RefCell<JoinState<T>>;
-}
-
-impl<T> JoinSlot<T> for RefCell<JoinState<T>> {
-    fn join_state(&self) -> &RefCell<JoinState<T>> {
-        self
+    /// Whether nothing is left in it that the runtime's thread must drop:
+    /// no outcome and no awaiter's waker (see `task::TaskCell::dealloc`).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.result.is_none() && self.waker.is_none()
     }
 }
 
-/// A handle's reference to its slot (usually the task itself; neither ever
-/// leaves the runtime's thread).
-pub(crate) type JoinRef<T> = Rc<dyn JoinSlot<T>>;
+/// The start of a task's allocation: its header, then the outcome its
+/// [`JoinHandle`] waits for. `#[repr(C)]`, so that the state is at the same
+/// place whatever the task's future (`task::TaskCell` begins with this).
+#[repr(C)]
+pub(crate) struct Joined<T> {
+    pub(crate) header: Header,
+    pub(crate) state: RefCell<JoinState<T>>,
+}
+
+/// A handle's reference to its task (which never leaves the runtime's
+/// thread), typed by the task's output.
+pub(crate) struct JoinRef<T> {
+    task: TaskRef,
+    /// The output is read out of the task (and may be dropped with the
+    /// handle): the handle owns a `T`, and is no more `Send` than an `Rc`.
+    _output: PhantomData<Rc<T>>,
+}
+
+impl<T> JoinRef<T> {
+    /// # Safety
+    /// `task`'s allocation begins with a [`Joined<T>`] (as `task::TaskCell`
+    /// for a future with output `T` does).
+    pub(crate) unsafe fn new(task: TaskRef) -> JoinRef<T> {
+        JoinRef {
+            task,
+            _output: PhantomData,
+        }
+    }
+
+    fn state(&self) -> &RefCell<JoinState<T>> {
+        let joined = self.task.as_ptr().cast::<Joined<T>>();
+        // SAFETY: the allocation begins with a `Joined<T>` (see `new`), and
+        // `self.task` keeps it alive; its state is only touched on the
+        // runtime's thread, where this (not `Send`) reference is.
+        unsafe { &joined.as_ref().state }
+    }
+}
 
 /// An owned permission to await a spawned task's output, or to abort it.
 ///
@@ -207,24 +235,29 @@ pub(crate) type JoinRef<T> = Rc<dyn JoinSlot<T>>;
 /// poll outside `block_on` (`now_or_never`, say) of an unfinished task
 /// also gets that error, not `Pending`.
 pub struct JoinHandle<T> {
-    slot: JoinRef<T>,
+    /// The task; `None` for one that could not be spawned.
+    slot: Option<JoinRef<T>>,
     core: Weak<Core>,
-    key: TaskKey,
+    /// For a task that could not be spawned: whether its error was handed
+    /// out (as `JoinState::taken`).
+    failed_taken: bool,
 }
 
 impl<T: 'static> JoinHandle<T> {
-    pub(crate) fn new(slot: JoinRef<T>, core: Weak<Core>, key: TaskKey) -> Self {
-        JoinHandle { slot, core, key }
+    pub(crate) fn new(slot: JoinRef<T>, core: Weak<Core>) -> Self {
+        JoinHandle {
+            slot: Some(slot),
+            core,
+            failed_taken: false,
+        }
     }
 
     /// A handle for a task that could not be spawned.
     pub(crate) fn failed() -> Self {
-        let mut state = JoinState::new();
-        state.result = Some(Err(JoinError::no_runtime()));
         JoinHandle {
-            slot: Rc::new(RefCell::new(state)),
+            slot: None,
             core: Weak::new(),
-            key: TaskKey::default(),
+            failed_taken: false,
         }
     }
 }
@@ -235,19 +268,24 @@ impl<T> JoinHandle<T> {
     /// the handle gives a cancelled [`JoinError`]. Does nothing if the task
     /// has finished.
     pub fn abort(&self) {
+        let Some(slot) = &self.slot else {
+            return;
+        };
         if self.is_finished() {
             return;
         }
-        JoinState::complete(self.slot.join_state(), Err(JoinError::cancelled()));
+        JoinState::complete(slot.state(), Err(JoinError::cancelled()));
         if let Some(core) = self.core.upgrade() {
-            core.abort(self.key);
+            core.abort(slot.task.key);
         }
     }
 
     /// Whether the task has finished (completed, panicked or been aborted).
     pub fn is_finished(&self) -> bool {
-        self.slot
-            .join_state()
+        let Some(slot) = &self.slot else {
+            return true;
+        };
+        slot.state()
             .try_borrow()
             .map(|st| st.result.is_some() || st.taken)
             .unwrap_or(false)
@@ -255,21 +293,23 @@ impl<T> JoinHandle<T> {
 }
 
 /// Detaches the task. Its outcome, if already stored, is dropped here, and
-/// a later one as the task finishes, rather than kept for nobody.
+/// a later one as the task finishes, rather than kept for nobody; so is the
+/// waker of whoever awaited the handle. Both must go here, on the runtime's
+/// thread, before the handle's reference to the task does: the task's last
+/// reference may be a waker on another thread, which must drop neither
+/// (see `task::TaskCell::dealloc`).
 impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
+        let Some(slot) = &self.slot else {
+            return;
+        };
         // The state is never borrowed across user code, so the borrow cannot
-        // fail; if it did, the outcome would go with the slot's last `Rc`.
-        let outcome = self
-            .slot
-            .join_state()
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut st| {
-                st.detached = true;
-                st.result.take()
-            });
-        drop(outcome);
+        // fail; if it did, the task's allocation would be leaked instead.
+        let left = slot.state().try_borrow_mut().ok().map(|mut st| {
+            st.detached = true;
+            (st.result.take(), st.waker.take())
+        });
+        drop(left);
     }
 }
 
@@ -277,7 +317,15 @@ impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = self.slot.join_state().borrow_mut();
+        let this = self.get_mut();
+        let Some(slot) = &this.slot else {
+            if this.failed_taken {
+                return Poll::Ready(Err(JoinError::cancelled()));
+            }
+            this.failed_taken = true;
+            return Poll::Ready(Err(JoinError::no_runtime()));
+        };
+        let mut st = slot.state().borrow_mut();
         if let Some(r) = st.result.take() {
             st.taken = true;
             return Poll::Ready(r);
@@ -295,7 +343,7 @@ impl<T> Future for JoinHandle<T> {
                 // another executor waits with no runtime running: waiting
                 // would deadlock. Nothing is taken, so an await on that
                 // runtime still works.
-                if let Some(core) = self.core.upgrade()
+                if let Some(core) = this.core.upgrade()
                     && !matches!(
                         super::polled_by(&core.handle, cx.waker()),
                         super::PolledBy::ItsRuntime

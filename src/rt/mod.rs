@@ -54,7 +54,7 @@ use crate::reactor::{EventLoop, Handle};
 
 pub use join::{JoinError, JoinHandle};
 use task::Core;
-use waker::{Header, Shared, TaskKey};
+use waker::{Shared, TaskKey, TaskRef};
 
 /// An executor bound to one [`EventLoop`], on one thread.
 ///
@@ -119,8 +119,8 @@ impl Runtime {
              spawn the future instead, or await it"
         );
         let _enter = Enter::new(&self.core);
-        let main = Arc::new(Header::new(TaskKey::null(), self.core.shared.clone(), true));
-        let waker = main.clone().into_waker();
+        let main = TaskRef::main(TaskKey::null(), self.core.shared.clone(), true);
+        let waker = main.waker();
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
         let handle = &self.core.handle;

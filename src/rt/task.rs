@@ -6,58 +6,136 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use slotmap::SlotMap;
 
-use super::join::{JoinError, JoinHandle, JoinRef, JoinSlot, JoinState};
-use super::waker::{Header, Shared, TaskKey};
+use super::join::{JoinError, JoinHandle, JoinRef, JoinState, Joined};
+use super::waker::{Header, Shared, TaskKey, TaskRef, TaskVtable};
 use crate::reactor::Handle;
 
-/// A spawned task as the table sees it, type-erased.
-trait Task {
+/// A spawned task: its header (the wakers' part, with the reference count),
+/// the outcome its [`JoinHandle`] waits for, and its future, in one
+/// allocation. The table, the handle, a poll in progress and every waker
+/// each own a reference ([`TaskRef`], or a waker's); the wakers are the
+/// only ones that may go to other threads, and they reach only the
+/// [`Header`].
+///
+/// The future and the output are not `Send`, but the last reference may be
+/// a waker given back on another thread, which then frees the allocation
+/// ([`TaskCell::dealloc`]). So both are always dropped on the runtime's
+/// thread first, each by the owner of a reference before it gives that
+/// reference back:
+/// * the future by the table's reference ([`OwnedTask`]'s drop: the task
+///   finished, was aborted, or the runtime shut down), or, if it was
+///   cancelled during its own poll, by the poll as it returns, before the
+///   poll's reference goes;
+/// * the output by the handle's drop, after which a later outcome is dropped
+///   as it is produced (`JoinState::detached`); the awaiter's waker too.
+///
+/// The count is then zero only once both are gone, and the last release (an
+/// acquire-release decrement) makes those drops visible to whichever thread
+/// frees. A
+/// runtime or handle leaked with `mem::forget` never gives its reference
+/// back: the allocation is leaked, and nothing is dropped anywhere.
+/// `#[repr(C)]`: the header starts the allocation, and the join state is
+/// at the same place for every `F` (see [`Joined`]).
+#[repr(C)]
+struct TaskCell<F: Future> {
+    head: Joined<F::Output>,
+    /// Cancelled while being polled: the poll drops the future as it
+    /// returns.
+    cancel_pending: Cell<bool>,
+    /// The future, until it finishes or is cancelled. Structurally pinned:
+    /// it is only ever dropped in place (`*future = None`), never moved out.
+    future: RefCell<Option<F>>,
+}
+
+impl<F: Future> TaskCell<F> {
+    const VTABLE: TaskVtable = TaskVtable {
+        poll: Self::poll_raw,
+        cancel: Self::cancel_raw,
+        dealloc: Self::dealloc,
+    };
+
+    /// Allocates a task for `future`: the table's reference and the
+    /// handle's.
+    fn allocate(key: TaskKey, shared: Arc<Shared>, future: F) -> (TaskRef, JoinRef<F::Output>) {
+        let cell = Box::new(TaskCell {
+            head: Joined {
+                header: Header::new(key, shared, false, &Self::VTABLE),
+                state: RefCell::new(JoinState::new()),
+            },
+            cancel_pending: Cell::new(false),
+            future: RefCell::new(Some(future)),
+        });
+        let header = NonNull::from(Box::leak(cell)).cast::<Header>();
+        // SAFETY: a fresh header with one reference, at the start of a
+        // `TaskCell<F>` (`#[repr(C)]`, its first field's first field), which
+        // `VTABLE` polls, cancels and frees as one; the pointer comes from
+        // the whole `Box`.
+        let task = unsafe { TaskRef::from_raw(header) };
+        // SAFETY: a `TaskCell<F>` begins with a `Joined<F::Output>`.
+        let join = unsafe { JoinRef::new(task.clone()) };
+        (task, join)
+    }
+
+    /// `VTABLE.poll`.
+    ///
+    /// # Safety
+    /// `header` starts a live `TaskCell<F>` (one made by `allocate`), kept
+    /// alive by the caller's reference, on the runtime's thread.
+    unsafe fn poll_raw(header: NonNull<Header>, waker: &Waker) -> Poll<()> {
+        // SAFETY: see above; the cell is only ever reached through shared
+        // references (its mutable parts are cells).
+        let cell = unsafe { header.cast::<TaskCell<F>>().as_ref() };
+        cell.poll_task(waker)
+    }
+
+    /// `VTABLE.cancel`.
+    ///
+    /// # Safety
+    /// As for [`TaskCell::poll_raw`].
+    unsafe fn cancel_raw(header: NonNull<Header>) {
+        // SAFETY: as in `poll_raw`.
+        let cell = unsafe { header.cast::<TaskCell<F>>().as_ref() };
+        cell.cancel();
+    }
+
+    /// `VTABLE.dealloc`: frees the cell, on whatever thread gave back its
+    /// last reference. By then the runtime's thread has dropped the future
+    /// and the output (see [`TaskCell`]), so what is dropped here is `Send`
+    /// (the header's `Shared`) or empty. Were either still there, the cell
+    /// is leaked instead: neither is ever dropped off the runtime's thread.
+    ///
+    /// # Safety
+    /// `header` starts a `TaskCell<F>` made by `allocate` whose last
+    /// reference is gone.
+    unsafe fn dealloc(header: NonNull<Header>) {
+        // SAFETY: made by `Box::leak` in `allocate`, and unreachable by
+        // anybody else now (see `waker::release`, whose last decrement makes
+        // the other holders' writes visible here). Taking the box back moves
+        // nothing: the pinned future stays where it is.
+        let mut cell = unsafe { Box::from_raw(header.cast::<TaskCell<F>>().as_ptr()) };
+        let empty = cell.future.get_mut().is_none() && cell.head.state.get_mut().is_empty();
+        if empty {
+            drop(cell);
+        } else {
+            std::mem::forget(cell);
+        }
+        debug_assert!(empty, "a task was freed with its future or output in it");
+    }
+
     /// Claims the task's pending wake (so that a wake during the poll
     /// queues it again) and polls the future once with the task's own
     /// waker. `Ready` once the task is over: it finished (its outcome is
     /// stored for the handle), or it was aborted during this poll and its
     /// future has been dropped.
-    fn poll_task(&self) -> Poll<()>;
-
-    /// Drops the future, first telling the handle that the task was
-    /// cancelled unless it had finished. A task being polled cannot drop
-    /// its future: the poll drops it as it returns.
-    fn cancel(&self);
-}
-
-/// A spawned task: its future, the outcome its [`JoinHandle`] waits for and
-/// its waker, in one allocation that the table and the handle share through
-/// an `Rc`; it never leaves the runtime's thread. The wakers share only the
-/// [`Header`], a second, `Arc`-counted allocation: all that another thread
-/// can reach.
-struct TaskCell<F: Future> {
-    header: Arc<Header>,
-    /// Made once, at spawn; every poll lends it.
-    waker: Waker,
-    /// The future, until it finishes or is cancelled. Structurally pinned:
-    /// it is only ever dropped in place (`*future = None`), never moved out.
-    future: RefCell<Option<F>>,
-    join: RefCell<JoinState<F::Output>>,
-    /// Cancelled while being polled: the poll drops the future as it
-    /// returns.
-    cancel_pending: Cell<bool>,
-}
-
-impl<F: Future> JoinSlot<F::Output> for TaskCell<F> {
-    fn join_state(&self) -> &RefCell<JoinState<F::Output>> {
-        &self.join
-    }
-}
-
-impl<F: Future> Task for TaskCell<F> {
-    fn poll_task(&self) -> Poll<()> {
-        self.header.take_wake();
+    fn poll_task(&self, waker: &Waker) -> Poll<()> {
+        self.head.header.take_wake();
         // The table never polls a task re-entrantly (a poll pass is not
         // re-entered), so the borrow cannot fail.
         let Ok(mut held) = self.future.try_borrow_mut() else {
@@ -66,18 +144,19 @@ impl<F: Future> Task for TaskCell<F> {
         let Some(future) = held.as_mut() else {
             return Poll::Ready(());
         };
-        // SAFETY: the cell never moves (it lives in an `Rc` from `spawn`
-        // to its drop, and nothing moves out of that `Rc`), and `future`
-        // is structurally pinned in it: it is never moved out of its
-        // `Option`, only dropped in place, here or in `cancel`.
+        // SAFETY: the cell never moves (it is a leaked `Box` from
+        // `allocate` until `dealloc`, and nothing moves out of it), and
+        // `future` is structurally pinned in it: it is never moved out of
+        // its `Option`, only dropped in place, here or in `cancel`.
         let future = unsafe { Pin::new_unchecked(future) };
-        let mut cx = Context::from_waker(&self.waker);
+        let mut cx = Context::from_waker(waker);
         let polled = catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx)));
         if self.cancel_pending.get() {
             // Aborted during its own poll: the table has let go of it, and
             // its handle holds the cancelled outcome, so whatever the poll
             // gave is dropped, and so is the future, which nothing else
-            // would drop (it may even hold its own handle).
+            // would drop (it may even hold its own handle). The poll's own
+            // reference keeps the cell alive until then.
             *held = None;
             return Poll::Ready(());
         }
@@ -87,13 +166,16 @@ impl<F: Future> Task for TaskCell<F> {
             Err(payload) => Err(JoinError::panic(payload)),
         };
         drop(held);
-        JoinState::complete(&self.join, outcome);
+        JoinState::complete(&self.head.state, outcome);
         Poll::Ready(())
     }
 
+    /// Drops the future, first telling the handle that the task was
+    /// cancelled unless it had finished. A task being polled cannot drop
+    /// its future: the poll drops it as it returns.
     fn cancel(&self) {
         // Does nothing if the task already produced its outcome.
-        JoinState::complete(&self.join, Err(JoinError::cancelled()));
+        JoinState::complete(&self.head.state, Err(JoinError::cancelled()));
         match self.future.try_borrow_mut() {
             Ok(mut held) => *held = None,
             Err(_) => self.cancel_pending.set(true),
@@ -102,9 +184,10 @@ impl<F: Future> Task for TaskCell<F> {
 }
 
 /// The table's reference to a task. Dropping it drops the future (and tells
-/// the handle the task was cancelled, unless it had finished), so the table
-/// drops it only outside its borrow: a future's `Drop` may spawn or abort.
-struct OwnedTask(Rc<dyn Task>);
+/// the handle the task was cancelled, unless it had finished) before the
+/// reference goes, so the table drops it only outside its borrow: a
+/// future's `Drop` may spawn or abort.
+struct OwnedTask(TaskRef);
 
 impl Drop for OwnedTask {
     fn drop(&mut self) {
@@ -117,7 +200,7 @@ pub(crate) struct Core {
     pub(crate) handle: Handle,
     pub(crate) shared: Arc<Shared>,
     /// The live tasks. A task stays in its slot while it is polled (the poll
-    /// pass holds an `Rc` of its own and no borrow), so a poll that spawns,
+    /// pass holds a reference of its own and no borrow), so a poll that spawns,
     /// aborts or wakes finds the table free.
     tasks: RefCell<SlotMap<TaskKey, OwnedTask>>,
     /// Set when the runtime shuts down: spawning then fails.
@@ -152,26 +235,19 @@ impl Core {
             return JoinHandle::failed();
         };
         let mut join: Option<JoinRef<F::Output>> = None;
-        let key = tasks.insert_with_key(|key| {
-            let header = Arc::new(Header::new(key, self.shared.clone(), false));
-            let cell = Rc::new(TaskCell {
-                waker: header.clone().into_waker(),
-                header,
-                future: RefCell::new(Some(future)),
-                join: RefCell::new(JoinState::new()),
-                cancel_pending: Cell::new(false),
-            });
+        tasks.insert_with_key(|key| {
+            let (task, handle) = TaskCell::allocate(key, self.shared.clone(), future);
             // Queues the first poll; waking touches the wake queue, not the table.
-            cell.header.wake();
-            join = Some(cell.clone());
-            OwnedTask(cell)
+            task.wake();
+            join = Some(handle);
+            OwnedTask(task)
         });
         drop(tasks);
         // `insert_with_key` always runs its closure.
         let Some(join) = join else {
             return JoinHandle::failed();
         };
-        JoinHandle::new(join, Rc::downgrade(self), key)
+        JoinHandle::new(join, Rc::downgrade(self))
     }
 
     /// Number of live tasks.
@@ -220,7 +296,7 @@ impl Core {
             },
             Err(_) => return,
         };
-        if task.poll_task().is_ready() {
+        if task.poll().is_ready() {
             self.remove(key);
         }
     }
@@ -334,4 +410,234 @@ pub(crate) fn pop_current(core: &Rc<Core>) {
         }
         c.retain(|w| w.strong_count() > 0);
     });
+}
+
+/// The task allocation without a loop (its reference count, its vtable, the
+/// frees on other threads), for Miri: `cargo +nightly miri test --lib
+/// rt::task::raw`.
+#[cfg(test)]
+mod raw {
+    use std::cell::RefCell;
+    use std::future::{Future, poll_fn};
+    use std::pin::Pin;
+    use std::rc::{Rc, Weak};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+    use std::thread::{self, ThreadId};
+
+    use slotmap::SlotMap;
+
+    use super::{OwnedTask, TaskCell};
+    use crate::rt::join::JoinHandle;
+    use crate::rt::waker::{Shared, TaskKey, TaskRef};
+
+    /// Records the thread it is dropped on; holds an `Rc`, so is not `Send`.
+    struct DropsOn(Arc<Mutex<Option<ThreadId>>>, #[allow(dead_code)] Rc<()>);
+
+    impl Drop for DropsOn {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(thread::current().id());
+        }
+    }
+
+    fn drops_on() -> (DropsOn, Arc<Mutex<Option<ThreadId>>>) {
+        let at = Arc::new(Mutex::new(None));
+        (DropsOn(at.clone(), Rc::new(())), at)
+    }
+
+    /// A task as `Core::spawn` makes one: the table's reference, the handle.
+    fn spawn<F: Future + 'static>(
+        shared: &Arc<Shared>,
+        keys: &mut SlotMap<TaskKey, ()>,
+        future: F,
+    ) -> (OwnedTask, JoinHandle<F::Output>) {
+        let (task, join) = TaskCell::allocate(keys.insert(()), shared.clone(), future);
+        task.wake();
+        (OwnedTask(task), JoinHandle::new(join, Weak::new()))
+    }
+
+    fn poll_handle<T: 'static>(
+        h: &mut JoinHandle<T>,
+        waker: &Waker,
+    ) -> Poll<Result<T, super::JoinError>> {
+        Pin::new(h).poll(&mut Context::from_waker(waker))
+    }
+
+    /// A future that hands its waker out on its first poll, then finishes
+    /// with `out` when polled again.
+    fn park_once<T>(slot: Arc<Mutex<Option<Waker>>>, out: T) -> impl Future<Output = T> {
+        let mut out = Some(out);
+        poll_fn(move |cx| {
+            let mut s = slot.lock().unwrap();
+            if s.is_some() {
+                return Poll::Ready(out.take().unwrap());
+            }
+            *s = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    #[test]
+    fn a_task_runs_and_its_handle_gets_the_output() {
+        let shared = Arc::new(Shared::without_loop());
+        let mut keys = SlotMap::with_key();
+        let (task, mut h) = spawn(&shared, &mut keys, async { 7 });
+        assert!(task.0.poll().is_ready());
+        assert!(h.is_finished());
+        drop(task);
+        assert!(matches!(
+            poll_handle(&mut h, Waker::noop()),
+            Poll::Ready(Ok(7))
+        ));
+        assert!(
+            matches!(poll_handle(&mut h, Waker::noop()), Poll::Ready(Err(e)) if e.is_cancelled())
+        );
+    }
+
+    #[test]
+    fn wakes_from_other_threads_queue_the_task_once() {
+        let shared = Arc::new(Shared::without_loop());
+        let mut keys = SlotMap::with_key();
+        let slot = Arc::new(Mutex::new(None));
+        let (task, h) = spawn(&shared, &mut keys, park_once(slot.clone(), ()));
+        let mut queue = Default::default();
+        shared.take_queue(&mut queue);
+        assert_eq!(queue.len(), 1, "spawning queues the first poll");
+        queue.clear();
+        assert!(task.0.poll().is_pending());
+        let waker = slot.lock().unwrap().clone().unwrap();
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let w = waker.clone();
+                thread::spawn(move || if i == 0 { w.wake() } else { w.wake_by_ref() })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        shared.take_queue(&mut queue);
+        assert_eq!(queue.len(), 1);
+        assert!(task.0.poll().is_ready());
+        drop((task, h, waker));
+    }
+
+    /// The last references are wakers on other threads, given back at the
+    /// same time: one of them frees the task, whose future and output were
+    /// dropped here.
+    #[test]
+    fn the_last_wakers_on_other_threads_free_but_drop_nothing() {
+        let home = thread::current().id();
+        let shared = Arc::new(Shared::without_loop());
+        let mut keys = SlotMap::with_key();
+        let (held, future_at) = drops_on();
+        let (out, out_at) = drops_on();
+        let (parked_slot, done_slot) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None)));
+        let ps = parked_slot.clone();
+        let (parked, parked_h) = spawn(&shared, &mut keys, async move {
+            let _held = held;
+            park_once(ps, ()).await;
+            std::future::pending::<()>().await;
+        });
+        let (done, done_h) = spawn(&shared, &mut keys, park_once(done_slot.clone(), out));
+        assert!(parked.0.poll().is_pending());
+        assert!(done.0.poll().is_pending());
+        assert!(done.0.poll().is_ready());
+        drop(done);
+        // The output waits for its handle, which drops it here.
+        assert!(out_at.lock().unwrap().is_none());
+        drop(done_h);
+        assert_eq!(*out_at.lock().unwrap(), Some(home));
+        // Cancelling drops the future here.
+        drop((parked, parked_h));
+        assert_eq!(*future_at.lock().unwrap(), Some(home));
+        for slot in [parked_slot, done_slot] {
+            let w = slot.lock().unwrap().take().unwrap();
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let w = w.clone();
+                    thread::spawn(move || w.wake())
+                })
+                .collect();
+            drop(w);
+            for t in threads {
+                t.join().unwrap();
+            }
+        }
+        assert_eq!(*out_at.lock().unwrap(), Some(home));
+        assert_eq!(*future_at.lock().unwrap(), Some(home));
+    }
+
+    /// The handle's awaiter's waker goes with the handle, not with the task.
+    #[test]
+    fn dropping_the_handle_drops_its_awaiters_waker() {
+        let shared = Arc::new(Shared::without_loop());
+        let mut keys = SlotMap::with_key();
+        let slot = Arc::new(Mutex::new(None));
+        let (task, mut h) = spawn(&shared, &mut keys, park_once(slot.clone(), ()));
+        let awaiter = TaskRef::main(TaskKey::default(), shared.clone(), false);
+        let waker = awaiter.waker();
+        assert!(poll_handle(&mut h, &waker).is_pending());
+        drop(waker);
+        drop(h);
+        // The handle let go of its clone of the awaiter's waker: were it
+        // still in the task, the free below (on another thread) would find
+        // it, leak the task and panic (a debug build's check).
+        assert!(task.0.poll().is_pending());
+        let w = slot.lock().unwrap().take().unwrap();
+        drop(task);
+        thread::spawn(move || drop(w)).join().unwrap();
+        drop(awaiter);
+    }
+
+    /// A task whose own poll drops the table's reference (an abort from
+    /// inside) is kept alive by the poll's, and its future is dropped as the
+    /// poll returns.
+    #[test]
+    fn a_task_aborted_during_its_poll_is_dropped_after_it() {
+        let shared = Arc::new(Shared::without_loop());
+        let mut keys = SlotMap::with_key();
+        let table: Rc<RefCell<Option<OwnedTask>>> = Rc::default();
+        let (held, future_at) = drops_on();
+        let t = table.clone();
+        let (task, mut h) = spawn(&shared, &mut keys, async move {
+            let _held = held;
+            drop(t.borrow_mut().take());
+            assert!(future_at_is_none(&_held));
+            5
+        });
+        let poll_ref = task.0.clone();
+        *table.borrow_mut() = Some(task);
+        assert!(poll_ref.poll().is_ready());
+        assert!(future_at.lock().unwrap().is_some());
+        drop(poll_ref);
+        assert!(
+            matches!(poll_handle(&mut h, Waker::noop()), Poll::Ready(Err(e)) if e.is_cancelled())
+        );
+    }
+
+    fn future_at_is_none(d: &DropsOn) -> bool {
+        d.0.lock().unwrap().is_none()
+    }
+
+    #[test]
+    fn a_panic_in_poll_is_caught_for_the_handle() {
+        let shared = Arc::new(Shared::without_loop());
+        let mut keys = SlotMap::with_key();
+        let (task, mut h) = spawn(&shared, &mut keys, async { panic!("boom") });
+        assert!(task.0.poll().is_ready());
+        drop(task);
+        assert!(matches!(poll_handle(&mut h, Waker::noop()), Poll::Ready(Err(e)) if e.is_panic()));
+    }
+
+    #[test]
+    fn a_main_header_is_freed_by_its_last_waker() {
+        let shared = Arc::new(Shared::without_loop());
+        let main = TaskRef::main(TaskKey::default(), shared, true);
+        assert!(main.take_wake());
+        let w = main.waker();
+        assert!(main.poll().is_ready());
+        main.cancel();
+        drop(main);
+        thread::spawn(move || w.wake()).join().unwrap();
+    }
 }
