@@ -22,7 +22,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
@@ -44,14 +44,26 @@ fn now() -> Instant {
 ///
 /// The sleep's timer is on the loop of the runtime it is first polled on;
 /// polled on another runtime later (the first one idle or dropped), it
-/// moves its timer there.
+/// moves its timer there. Polled through a combinator's waker inside a
+/// task of its own runtime, while that runtime runs, it waits as usual.
 ///
 /// # Panics
 /// When polled on a thread with no ringloop runtime (see [`rt::Runtime`]),
 /// whether for the first time (there is no loop to put its timer on) or
 /// after the runtime it was armed on was dropped (its timer went with that
-/// loop, and no other takes it over). With another runtime on the thread,
-/// it moves there instead, as above.
+/// loop, and no other takes it over). Polled by a task of another runtime
+/// of the thread (or inside its `block_on`), it moves there instead, as
+/// above.
+///
+/// Also when polled by another executor (`futures::executor::block_on`, a
+/// waker that is no runtime task's) while no runtime of the thread runs
+/// `block_on`, unless it has fired already: only its loop fires its timer,
+/// and nothing runs that loop while that executor waits, so it would wait
+/// for ever (its timer would go on the thread's newest runtime, idle too,
+/// if it was not armed yet). So does a single such poll (`now_or_never`),
+/// and an executor of one's own that drives the loop with
+/// [`Handle::run_once`](crate::Handle::run_once) outside `block_on`: use
+/// [`Handle::add_timer`](crate::Handle::add_timer) there.
 pub fn sleep(duration: Duration) -> Sleep {
     Sleep::new(now().checked_add(duration))
 }
@@ -67,6 +79,10 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
 
 /// The future returned by [`sleep`] and [`sleep_until`]. Dropping it
 /// cancels its timer.
+///
+/// # Panics
+/// Polled outside a runtime, or by another executor while no runtime runs
+/// (see [`sleep`]).
 #[must_use = "futures do nothing unless awaited"]
 pub struct Sleep {
     /// `None`: never completes.
@@ -118,7 +134,8 @@ impl Sleep {
         }
     }
 
-    fn arm(&mut self, deadline: Instant) {
+    /// Puts the timer on the current runtime's loop, for a poll with `waker`.
+    fn arm(&mut self, deadline: Instant, waker: &Waker) {
         let handle = match &self.armed {
             Some((h, _)) => h.clone(),
             None => match rt::current_handle() {
@@ -129,6 +146,11 @@ impl Sleep {
                 ),
             },
         };
+        // The current runtime may be an idle one, which nothing runs while
+        // another executor waits.
+        if let rt::PolledBy::NoRuntime = rt::polled_by(&handle, waker) {
+            polled_by_another_executor();
+        }
         match handle.add_sleep_timer_at(deadline) {
             Ok(id) => self.armed = Some((handle, id)),
             // Too far away to represent: never fires.
@@ -145,23 +167,42 @@ impl Future for Sleep {
         if self.elapsed {
             return Poll::Ready(());
         }
-        if let Some((h, _)) = &self.armed
-            && rt::polled_off_its_loop(h, cx.waker())
-        {
-            // Polled on another runtime than the one it was armed on: only
-            // a loop that runs fires timers, and this thread now runs the
-            // current one, so the timer moves there (unless it fired).
-            if self.is_elapsed() {
-                self.elapsed = true;
-                self.armed = None;
-                return Poll::Ready(());
+        // On every poll: a compare and two loads for a runtime's task; a
+        // waker that is no task's costs the look-up of the current runtime.
+        if let Some((h, _)) = &self.armed {
+            match rt::polled_by(h, cx.waker()) {
+                rt::PolledBy::ItsRuntime => {}
+                // Polled on another runtime than the one it was armed on:
+                // only a loop that runs fires timers, and this thread now
+                // runs that one, so the timer moves there (unless it fired).
+                // Also from a loop that is gone.
+                rt::PolledBy::Another(_) => {
+                    if self.is_elapsed() {
+                        self.elapsed = true;
+                        self.armed = None;
+                        return Poll::Ready(());
+                    }
+                    self.disarm();
+                }
+                // Another executor, no runtime running: nothing fires the
+                // timer while it waits (unless it fired already). A loop
+                // that is gone has no timer left: `poll_sleep_timer` says so.
+                rt::PolledBy::NoRuntime => {
+                    if self.is_elapsed() {
+                        self.elapsed = true;
+                        self.armed = None;
+                        return Poll::Ready(());
+                    }
+                    if h.is_alive() {
+                        polled_by_another_executor();
+                    }
+                }
             }
-            self.disarm();
         }
         if self.armed.is_none()
             && let Some(deadline) = self.deadline
         {
-            self.arm(deadline);
+            self.arm(deadline, cx.waker());
         }
         let Some((h, id)) = &self.armed else {
             // Too far away to represent: never fires.
@@ -178,6 +219,19 @@ impl Future for Sleep {
             Err(e) => panic!("ringloop::time::Sleep polled after its runtime was dropped: {e}"),
         }
     }
+}
+
+/// The panic of a sleep polled by another executor while no runtime of the
+/// thread runs `block_on` (see [`sleep`]).
+#[cold]
+#[track_caller]
+fn polled_by_another_executor() -> ! {
+    panic!(
+        "ringloop::time::Sleep polled by another executor while no ringloop runtime runs on \
+         this thread: only its loop fires its timer, and nothing runs that loop while this \
+         executor waits (it would hang); await the sleep inside Runtime::block_on or one of \
+         its tasks"
+    )
 }
 
 impl Drop for Sleep {
@@ -220,6 +274,10 @@ impl From<Elapsed> for std::io::Error {
 ///
 /// The future is always polled before the deadline is checked, so a ready
 /// future wins even with a zero duration. `Duration::MAX` never elapses.
+///
+/// # Panics
+/// When its sleep does (see [`sleep`]): polled, with `future` pending,
+/// outside a runtime or by another executor while no runtime runs.
 pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
     Timeout {
         future,
@@ -228,6 +286,9 @@ pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
 }
 
 /// Like [`timeout`], with a deadline.
+///
+/// # Panics
+/// As for [`timeout`].
 pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
     Timeout {
         future,
@@ -276,11 +337,19 @@ impl<F: Future> Future for Timeout<F> {
 ///
 /// A zero period is treated as 1 ns. Ticks missed because the task was busy
 /// are skipped: the next tick comes one period after the late one.
+///
+/// # Panics
+/// Its ticks are a [`Sleep`]'s: ticked outside a runtime, or by another
+/// executor while no runtime runs, it panics as the sleep does (see
+/// [`sleep`]).
 pub fn interval(period: Duration) -> Interval {
     interval_at(now(), period)
 }
 
 /// Like [`interval`], with the first tick at `start`.
+///
+/// # Panics
+/// As for [`interval`].
 pub fn interval_at(start: Instant, period: Duration) -> Interval {
     Interval {
         sleep: sleep_until(start),
@@ -298,11 +367,17 @@ pub struct Interval {
 
 impl Interval {
     /// Waits for the next tick.
+    ///
+    /// # Panics
+    /// As for [`interval`].
     pub async fn tick(&mut self) -> Instant {
         std::future::poll_fn(|cx| self.poll_tick(cx)).await
     }
 
     /// Polls for the next tick.
+    ///
+    /// # Panics
+    /// As for [`interval`].
     pub fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<Instant> {
         let Some(tick) = self.sleep.deadline() else {
             // Never fires.

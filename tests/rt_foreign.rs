@@ -592,3 +592,92 @@ fn a_tcp_connect_moved_to_another_runtime_reports_how_its_handshake_ended() {
         .expect_err("nothing listens any more");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 }
+
+/// Runs `fut` in [`foreign_block_on`] and returns the message it panics
+/// with; fails the test if it hangs or resolves instead.
+fn foreign_panic<F: Future>(what: &str, fut: F) -> String {
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        foreign_block_on(fut, LIMIT)
+    }));
+    let panic = match out {
+        Ok(None) => panic!("{what} hung in another executor"),
+        Ok(Some(_)) => panic!("{what} resolved in another executor, with nothing to run it"),
+        Err(p) => p,
+    };
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// A sleep polled by another executor (its own waker, no runtime running)
+/// while its runtime is the newest idle one, also with a newer idle
+/// runtime on the thread (it must not move its timer to a loop nothing
+/// runs): nothing would fire its timer while that executor waits, so the
+/// poll panics with a message that says so, instead of hanging. The same
+/// for a sleep first polled there (its timer would go on the idle
+/// runtime's loop), a `timeout` and an `interval`. The sleep still works
+/// on its own runtime afterwards.
+#[test]
+fn a_sleep_polled_by_another_executor_panics_instead_of_hanging() {
+    for newer_runtime in [false, true] {
+        let rt = Runtime::new().unwrap();
+        let mut sleep = Box::pin(time::sleep(Duration::from_millis(20)));
+        poll_once_on(&rt, &mut sleep);
+        let newer = newer_runtime.then(|| Runtime::new().unwrap());
+        let msg = foreign_panic("an armed sleep", &mut sleep);
+        assert!(msg.contains("another executor"), "{msg}");
+        assert!(msg.contains("block_on"), "{msg}");
+        let msg = foreign_panic("a new sleep", time::sleep(Duration::from_millis(20)));
+        assert!(msg.contains("another executor"), "{msg}");
+        let msg = foreign_panic(
+            "a timeout",
+            time::timeout(Duration::from_millis(20), std::future::pending::<()>()),
+        );
+        assert!(msg.contains("another executor"), "{msg}");
+        let mut every = rt.block_on(async { time::interval(Duration::from_millis(20)) });
+        let msg = foreign_panic("an interval", every.tick());
+        assert!(msg.contains("another executor"), "{msg}");
+        drop(newer);
+        rt.block_on(time::timeout(LIMIT, &mut sleep))
+            .expect("the sleep hung on its own runtime");
+        rt.block_on(time::timeout(LIMIT, every.tick()))
+            .expect("the interval hung on its own runtime");
+        assert!(!rt.handle().has_events().unwrap());
+    }
+}
+
+/// A sleep that fired while its runtime ran, then polled by another
+/// executor: it is done, so it says so rather than panicking.
+#[test]
+fn a_fired_sleep_polled_by_another_executor_is_ready() {
+    let rt = Runtime::new().unwrap();
+    let mut sleep = Box::pin(time::sleep(Duration::from_millis(1)));
+    poll_once_on(&rt, &mut sleep);
+    rt.block_on(time::sleep(Duration::from_millis(10)));
+    foreign_block_on(&mut sleep, LIMIT).expect("a fired sleep hung in another executor");
+}
+
+/// A sleep polled through a combinator's waker inside its own runtime's
+/// `block_on` and tasks, while that runtime runs: not taken for another
+/// executor, it fires.
+#[test]
+fn a_sleep_polled_through_a_wrapped_waker_on_its_own_runtime_fires() {
+    let rt = Runtime::new().unwrap();
+    let out = rt.block_on(async {
+        let task = rt::spawn(async {
+            Wrapped(Box::pin(time::sleep(Duration::from_millis(5)))).await;
+            6
+        });
+        let here = time::timeout(
+            LIMIT,
+            Wrapped(Box::pin(time::sleep(Duration::from_millis(5)))),
+        )
+        .await;
+        (here, time::timeout(LIMIT, task).await)
+    });
+    out.0.expect("the wrapped sleep hung in block_on");
+    let task = out.1.expect("the wrapped sleep hung in its task");
+    assert_eq!(task.unwrap(), 6);
+}

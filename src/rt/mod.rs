@@ -240,19 +240,11 @@ pub fn current_handle() -> Option<Handle> {
 /// the runtimes' own tasks by their waker (a few loads); for any other
 /// waker, asks which runtime is current. For a check once per new waker.
 pub(crate) fn polled_elsewhere(handle: &Handle, waker: &std::task::Waker) -> bool {
-    polled_off_its_loop(handle, waker) && handle.is_alive()
-}
-
-/// Whether a future bound to `handle`'s loop, polled with `waker`, is
-/// polled by a task of another runtime of the thread, whether or not that
-/// loop is alive: [`polled_elsewhere`] without the liveness check, cheap
-/// enough for every poll of a sleep by a runtime's task (a waker that is
-/// no task's costs the look-up of the current runtime).
-pub(crate) fn polled_off_its_loop(handle: &Handle, waker: &std::task::Waker) -> bool {
-    match waker::task_of_loop(waker, handle.loop_id()) {
+    let off = match waker::task_of_loop(waker, handle.loop_id()) {
         Some(ours) => !ours,
         None => task::current_loop_is(handle) == Some(false),
-    }
+    };
+    off && handle.is_alive()
 }
 
 /// Who polls a future bound to a loop, for a future that only that
@@ -279,12 +271,19 @@ pub(crate) enum PolledBy {
 /// another executor's, which would wait for ever (`futures::executor::
 /// block_on`, say). For a future served only inside `block_on` (a
 /// `JoinHandle`'s task runs nowhere else) or by a loop that only `block_on`
-/// runs. A compare and two loads for a runtime's task; else the look-up of
-/// the current runtime: for a check once per new waker. Asks no liveness.
+/// runs. A compare and two loads for a task of `handle`'s runtime, cheap
+/// enough for every poll of a sleep; else the look-up of the current
+/// runtime: for a check once per new waker. Asks no liveness.
+#[inline]
 pub(crate) fn polled_by(handle: &Handle, waker: &std::task::Waker) -> PolledBy {
     if waker::task_of_loop(waker, handle.loop_id()) == Some(true) {
         return PolledBy::ItsRuntime;
     }
+    polled_by_another_waker(handle)
+}
+
+/// [`polled_by`] for a waker that is no task's of `handle`'s runtime.
+fn polled_by_another_waker(handle: &Handle) -> PolledBy {
     match task::current() {
         Some(core) if core.running.get() => {
             if core.handle.same_loop(handle) {
