@@ -40,7 +40,10 @@ use crate::op::{Op, Orphan};
 /// in flight under an idle runtime and awaited under another is cancelled
 /// there: it fails with [`io::ErrorKind::Interrupted`] having done nothing,
 /// or returns what it had done (a read or write the kernel was already
-/// running on a worker thread is waited for).
+/// running on a worker thread is waited for). One awaited by another
+/// executor while no runtime of the thread runs `block_on` is cancelled
+/// the same way, and fails with an error that says no runtime runs the
+/// wait (see [the `net` module docs](crate::net)).
 pub struct File {
     fd: Rc<OwnedFd>,
 }

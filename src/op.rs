@@ -63,7 +63,7 @@ enum State<T> {
         handle: Handle,
         id: OpId,
         resources: Option<T>,
-        /// Polled by a task of another runtime (see [`Op::poll_result`]):
+        /// Polled where its loop does not run (see [`Op::poll_result`]):
         /// the operation was cancelled on its own loop, and each poll gives
         /// that loop's kernel a turn until it is back.
         settling: bool,
@@ -75,8 +75,9 @@ enum State<T> {
 
 /// An io_uring operation in flight; resolves to its [`Completion`] and the
 /// resources given to [`submit`]. Dropping it cancels the operation.
-/// Polled by a task of another runtime than the one it was submitted on, it
-/// cancels the operation and resolves with that (see [`submit`]).
+/// Polled by a task of another runtime than the one it was submitted on, or
+/// by another executor while no runtime runs, it cancels the operation and
+/// resolves with that (see [`submit`]).
 ///
 /// The completion waits in the loop's table of operations until the future
 /// takes it, and the resources stay in the future: an operation costs no
@@ -114,6 +115,22 @@ impl<T: 'static> Unpin for Op<T> {}
 /// first, so nothing is lost. Only an operation the kernel cannot
 /// interrupt (a regular file's read on a worker thread) takes longer: the
 /// task is polled again at each turn of its runtime until it is back.
+/// Polled through a combinator's waker inside a task of its own runtime,
+/// while that runtime runs, it waits as usual.
+///
+/// # Errors
+/// The same goes for an operation awaited by another executor
+/// (`futures::executor::block_on`, a waker that is no runtime task's)
+/// while no runtime of the thread runs `block_on`, which nothing would
+/// reap while that executor waits: it is cancelled on its loop at once and
+/// resolves with `-ECANCELED`, or the result it reached first (the
+/// executor is woken at once while the kernel finishes one it cannot
+/// interrupt). A single such poll (`now_or_never`) of an unfinished
+/// operation cancels it too, and so does an executor of one's own that
+/// drives the loop with [`Handle::run_once`] outside `block_on`: submit
+/// with [`Handle::submit`] there. The crate's own sockets and files give
+/// an error that says so instead of `-ECANCELED` (not `Interrupted`: doing
+/// it again there would fail again).
 ///
 /// # Safety
 /// Everything the entry points to must be owned by `resources` (and not move
@@ -214,9 +231,11 @@ impl<T: 'static> Op<T> {
                 let c = std::task::ready!(poll_in_flight(handle, *id, settling, cx));
                 let moved = *settling && c.result == -libc::ECANCELED;
                 let res = resources.take();
+                if moved {
+                    return self.finish_settled(res, cx.waker());
+                }
                 self.state = State::Finished;
                 match res {
-                    Some(res) if moved => Poll::Ready((Err(moved_error()), res)),
                     Some(res) => Poll::Ready((Ok(c), res)),
                     None => panic!("ringloop::op::Op polled after completion"),
                 }
@@ -232,6 +251,26 @@ impl<T: 'static> Op<T> {
         }
     }
 
+    /// Resolves an operation settled where its loop does not run that was
+    /// cancelled having done nothing: with an error that says why, not a
+    /// bare `ECANCELED` (see [`settled_error`]).
+    #[cold]
+    fn finish_settled(
+        &mut self,
+        res: Option<T>,
+        waker: &std::task::Waker,
+    ) -> Poll<(io::Result<Completion>, T)> {
+        let e = match &self.state {
+            State::InFlight { handle, .. } => settled_error(handle, waker),
+            _ => moved_error(),
+        };
+        self.state = State::Finished;
+        match res {
+            Some(res) => Poll::Ready((Err(e), res)),
+            None => panic!("ringloop::op::Op polled after completion"),
+        }
+    }
+
     /// Awaits the outcome as `(io::Result<result>, resources)`.
     pub(crate) async fn result(mut self) -> (io::Result<u32>, T) {
         let (c, res) = std::future::poll_fn(|cx| self.poll_result(cx)).await;
@@ -240,8 +279,10 @@ impl<T: 'static> Op<T> {
 }
 
 /// The completion of operation `id`, in flight on `handle`'s loop. Polled
-/// by a task of another runtime of the thread while that loop is idle, it
-/// sets `settling` and settles the operation there instead of waiting.
+/// where that loop does not run (by a task of another runtime of the
+/// thread while that loop is idle, or by another executor while no runtime
+/// runs), it sets `settling` and settles the operation there instead of
+/// waiting.
 #[inline]
 fn poll_in_flight(
     handle: &Handle,
@@ -255,11 +296,12 @@ fn poll_in_flight(
             TaskPoll::Pending { new_waker: false } => return Poll::Pending,
             // Checked once per waker (a task never leaves its runtime), not
             // per poll. A task of another runtime of the thread polls it
-            // while its loop is idle: only running that loop would reap the
-            // completion, so waiting here would hang. The operation is
-            // cancelled there and handed back now, with what it got.
+            // while its loop is idle, or another executor while no runtime
+            // runs: only running that loop would reap the completion, so
+            // waiting here would hang. The operation is cancelled there and
+            // handed back now, with what it got.
             TaskPoll::Pending { new_waker: true } => {
-                if !rt::polled_elsewhere(handle, cx.waker()) {
+                if let rt::PolledBy::ItsRuntime = rt::polled_by_live(handle, cx.waker()) {
                     return Poll::Pending;
                 }
                 *settling = true;
@@ -276,6 +318,18 @@ fn poll_in_flight(
         cx.waker().wake_by_ref();
     }
     c
+}
+
+/// The error of an operation on `handle`'s loop, settled because it was
+/// polled with `waker` where that loop does not run, and cancelled having
+/// done nothing: who polls it says which ([`moved_error`] for a task of
+/// another runtime, [`unserved_error`] for another executor while no
+/// runtime runs). Asked again here, off the hot path, rather than kept.
+fn settled_error(handle: &Handle, waker: &std::task::Waker) -> io::Error {
+    match rt::polled_by(handle, waker) {
+        rt::PolledBy::NoRuntime => unserved_error(),
+        _ => moved_error(),
+    }
 }
 
 /// The error of an operation cancelled because a task of another runtime
@@ -305,6 +359,18 @@ impl fmt::Display for Moved {
 }
 
 impl std::error::Error for Moved {}
+
+/// The error of an operation cancelled because another executor awaited
+/// it while no runtime of the thread ran `block_on` (see [`submit`]). Not
+/// `Interrupted`: a retry in place would only fail again.
+pub(crate) fn unserved_error() -> io::Error {
+    io::Error::other(
+        "no ringloop runtime runs this wait: the operation was in flight on a runtime's loop, \
+         awaited by another executor while no runtime of this thread runs block_on, so nothing \
+         would reap it; it was cancelled there, having done nothing: await it inside \
+         Runtime::block_on or one of its tasks",
+    )
+}
 
 /// The error of an operation started with no runtime on the thread.
 pub(crate) fn no_runtime() -> io::Error {

@@ -122,12 +122,7 @@ impl Signals {
         // as a `Sleep` moves its timer. Polled by another executor while no
         // runtime runs: no loop would dispatch one while it waits.
         // (A loop that is gone is left as it was: there is nothing to move.)
-        let polled_by = if self.handle.is_alive() {
-            rt::polled_by(&self.handle, cx.waker())
-        } else {
-            rt::PolledBy::ItsRuntime
-        };
-        match polled_by {
+        match rt::polled_by_live(&self.handle, cx.waker()) {
             rt::PolledBy::ItsRuntime => {}
             rt::PolledBy::Another(current) => {
                 if let Ok((id, count)) =

@@ -155,8 +155,13 @@ fn a_waker_that_panicked_does_not_swallow_the_wakes_after_it() {
     let panicking = Waker::from(Arc::new(PanickingWaker));
     let counting = Arc::new(CountingWaker(AtomicUsize::new(0)));
     let counted = Waker::from(counting.clone());
+    // Inside `block_on` (polled at once, no loop turn taken for it): with
+    // no runtime running, a waker of its own would be another executor's,
+    // and the operation would be cancelled at once.
     let poll = |op: &mut ringloop::op::Op<()>, waker: &Waker| {
-        std::pin::Pin::new(op).poll(&mut Context::from_waker(waker))
+        rt.block_on(std::future::poll_fn(|_| {
+            Poll::Ready(std::pin::Pin::new(&mut *op).poll(&mut Context::from_waker(waker)))
+        }))
     };
     assert!(poll(&mut first, &panicking).is_pending());
     assert!(poll(&mut second, &counted).is_pending());
@@ -287,10 +292,12 @@ fn a_waker_that_panicked_in_a_kernel_turn_does_not_drop_the_next_handler() {
     // SAFETY: a NOP points at no memory.
     let mut nop = unsafe { ringloop::op::submit(opcode::Nop::new().build(), ()) };
     let panicking = Waker::from(Arc::new(PanickingWaker));
+    // Inside `block_on`, as in the test above.
     assert!(
-        std::pin::Pin::new(&mut nop)
-            .poll(&mut Context::from_waker(&panicking))
-            .is_pending()
+        rt.block_on(std::future::poll_fn(|_| {
+            Poll::Ready(std::pin::Pin::new(&mut nop).poll(&mut Context::from_waker(&panicking)))
+        }))
+        .is_pending()
     );
     let mut panicked = false;
     for _ in 0..100 {

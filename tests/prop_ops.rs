@@ -113,7 +113,17 @@ impl Harness {
         let waker = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let w = Waker::from(waker.clone());
         let mut cx = Context::from_waker(&w);
-        match Pin::new(&mut l.op).poll(&mut cx) {
+        // Inside the runtime's `block_on` while it lives (polled at once,
+        // no loop turn taken for it): polled with a waker of its own while
+        // no runtime runs, an operation would belong to another executor,
+        // which nothing serves, and be cancelled at once.
+        let polled = match &self.rt {
+            Some(rt) => rt.block_on(std::future::poll_fn(|_| {
+                Poll::Ready(Pin::new(&mut l.op).poll(&mut cx))
+            })),
+            None => Pin::new(&mut l.op).poll(&mut cx),
+        };
+        match polled {
             Poll::Pending => {
                 assert!(
                     !(l.is_nop && l.turns > 0 && self.rt.is_some()),

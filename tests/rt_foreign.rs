@@ -681,3 +681,113 @@ fn a_sleep_polled_through_a_wrapped_waker_on_its_own_runtime_fires() {
     let task = out.1.expect("the wrapped sleep hung in its task");
     assert_eq!(task.unwrap(), 6);
 }
+
+/// An operation in flight (a pipe read with no data) polled by another
+/// executor while its runtime is idle, also with a newer idle runtime, or
+/// submitted and first polled there: nothing would reap it while that
+/// executor waits, so it is cancelled on its own loop and resolves at once
+/// with `-ECANCELED` and its buffer, instead of hanging. Its loop has
+/// nothing of it left.
+#[test]
+fn an_op_polled_by_another_executor_is_cancelled_instead_of_hanging() {
+    for newer_runtime in [false, true] {
+        let rt = Runtime::new().unwrap();
+        let (r, _w) = common::pipe();
+        rt.block_on(async {});
+        let idle = rt.handle().stats().unwrap().in_flight;
+        let mut read = rt.block_on(async { Some(submit_read(&r)) }).unwrap();
+        poll_once_on(&rt, &mut read);
+        let newer = newer_runtime.then(|| Runtime::new().unwrap());
+        let (c, buf) =
+            foreign_block_on(&mut read, LIMIT).expect("the operation hung in another executor");
+        assert_eq!(c.result, -libc::ECANCELED, "{c:?}");
+        assert_eq!(buf.len(), 16);
+        drop(newer);
+        let (c, _) = foreign_block_on(submit_read(&r), LIMIT)
+            .expect("a new operation hung in another executor");
+        assert_eq!(c.result, -libc::ECANCELED, "{c:?}");
+        assert!(!rt.handle().has_events().unwrap());
+        assert_eq!(rt.handle().stats().unwrap().in_flight, idle);
+    }
+}
+
+/// The same with the data there before the foreign poll: the read
+/// completed in the kernel, and its bytes come back (nothing lost).
+#[test]
+fn an_op_polled_by_another_executor_keeps_what_it_read() {
+    let rt = Runtime::new().unwrap();
+    let (r, w) = common::pipe();
+    let mut read = rt.block_on(async { Some(submit_read(&r)) }).unwrap();
+    poll_once_on(&rt, &mut read);
+    common::write_fd(w.as_raw_fd(), b"hi").unwrap();
+    let (c, buf) =
+        foreign_block_on(&mut read, LIMIT).expect("the operation hung in another executor");
+    assert_eq!(c.result, 2, "{c:?}");
+    assert_eq!(&buf[..2], b"hi");
+}
+
+/// A stream read with nothing to read, awaited by another executor while
+/// its runtime is idle: it fails at once with an error that says no
+/// runtime runs the wait (not `Interrupted`, which would invite a retry in
+/// place), having read nothing; the stream then reads on its own runtime.
+/// The same for a read after one that was dropped on the runtime (its
+/// receive still in that loop's kernel), which waited for it before.
+#[test]
+fn a_stream_read_awaited_by_another_executor_errs_instead_of_hanging() {
+    let rt = Runtime::new().unwrap();
+    let (a, b) = rt.block_on(async { UnixStream::pair().unwrap() });
+    let (r, buf) = foreign_block_on(a.read(Vec::with_capacity(16)), LIMIT)
+        .expect("the read hung in another executor");
+    let e = r.expect_err("nothing was sent");
+    assert_ne!(e.kind(), std::io::ErrorKind::Interrupted, "{e}");
+    assert!(e.to_string().contains("no ringloop runtime runs"), "{e}");
+    assert!(e.to_string().contains("block_on"), "{e}");
+    assert!(buf.is_empty());
+    let timed_out = rt.block_on(time::timeout(
+        Duration::from_millis(20),
+        a.read(Vec::with_capacity(16)),
+    ));
+    assert!(timed_out.is_err(), "nothing to read yet");
+    let (r, _) = foreign_block_on(a.read(Vec::with_capacity(16)), LIMIT)
+        .expect("the read after a dropped one hung in another executor");
+    let e = r.expect_err("nothing was sent");
+    assert!(e.to_string().contains("no ringloop runtime runs"), "{e}");
+    let (r, buf) = rt.block_on(async {
+        b.write_all(b"ping".to_vec()).await.0.unwrap();
+        time::timeout(LIMIT, a.read(Vec::with_capacity(16)))
+            .await
+            .expect("the next read hung")
+    });
+    assert_eq!(r.unwrap(), 4);
+    assert_eq!(&buf[..], b"ping");
+}
+
+/// An operation polled through a combinator's waker inside its own
+/// runtime's `block_on` and tasks, while that runtime runs: not taken for
+/// another executor, it completes with the bytes written later.
+#[test]
+fn an_op_polled_through_a_wrapped_waker_on_its_own_runtime_completes() {
+    let rt = Runtime::new().unwrap();
+    let (r, w) = common::pipe();
+    let (r2, w2) = common::pipe();
+    let out = rt.block_on(async {
+        let task = rt::spawn(async move {
+            let (c, buf) = Wrapped(submit_read(&r2)).await;
+            (c.result, buf)
+        });
+        let writer = rt::spawn(async move {
+            time::sleep(Duration::from_millis(5)).await;
+            common::write_fd(w.as_raw_fd(), b"hi").unwrap();
+            common::write_fd(w2.as_raw_fd(), b"yo").unwrap();
+        });
+        let here = time::timeout(LIMIT, Wrapped(submit_read(&r))).await;
+        writer.await.unwrap();
+        (here, time::timeout(LIMIT, task).await)
+    });
+    let (c, buf) = out.0.expect("the wrapped op hung in block_on");
+    assert_eq!(c.result, 2, "{c:?}");
+    assert_eq!(&buf[..2], b"hi");
+    let (res, buf) = out.1.expect("the wrapped op hung in its task").unwrap();
+    assert_eq!(res, 2);
+    assert_eq!(&buf[..2], b"yo");
+}

@@ -46,6 +46,16 @@
 //! multishot receive is armed on one loop at a time (see
 //! [`TcpStream::enable_multishot_recv`]).
 //!
+//! An operation awaited by another executor (`futures::executor::block_on`,
+//! a waker that is no runtime task's) while no runtime of the thread runs
+//! `block_on` would never be reaped either: it is cancelled on its loop the
+//! same way and fails at once with an error that says no runtime runs the
+//! wait ([`io::ErrorKind::Other`], not `Interrupted`: awaited there again,
+//! it would fail again), or returns what it had already done. A connect
+//! fails so too, and a multishot receive's read. Await them inside
+//! [`Runtime::block_on`](crate::rt::Runtime::block_on) or one of its tasks;
+//! through a combinator's waker there, they wait as usual.
+//!
 //! A stream read can be dropped (by `time::timeout`, say) without losing
 //! data: if the kernel had received bytes for it anyway, the stream keeps
 //! them and the next read returns them first, and a new read waits until
@@ -263,9 +273,11 @@ impl Socket {
     ///
     /// A dropped receive in the loop of another runtime, alive but idle (a
     /// read timed out under one runtime, the next is awaited under
-    /// another), would never come back while this read waits: that loop's
-    /// kernel gets a turn now, which brings the cancelled receive back
-    /// (with whatever it got, kept for this read).
+    /// another), or of any loop while another executor awaits the read
+    /// with no runtime running, would never come back while this read
+    /// waits: that loop's kernel gets a turn now, which brings the
+    /// cancelled receive back (with whatever it got, kept for this read).
+    /// (The read's own receive then fails there as any operation does.)
     #[cold]
     fn wait_for_dropped_recv(&self, waker: &Waker) -> bool {
         if !crate::rt::in_runtime() {
@@ -279,7 +291,12 @@ impl Socket {
             salvaged
                 .in_loops
                 .iter()
-                .filter(|h| crate::rt::polled_elsewhere(h, waker))
+                .filter(|h| {
+                    !matches!(
+                        crate::rt::polled_by_live(h, waker),
+                        crate::rt::PolledBy::ItsRuntime
+                    )
+                })
                 .cloned()
                 .collect()
         };

@@ -282,7 +282,9 @@ pub(crate) fn polled_by(handle: &Handle, waker: &std::task::Waker) -> PolledBy {
     polled_by_another_waker(handle)
 }
 
-/// [`polled_by`] for a waker that is no task's of `handle`'s runtime.
+/// [`polled_by`] for a waker that is no task's of `handle`'s runtime: out
+/// of line, so that the callers' fast path stays small.
+#[inline(never)]
 fn polled_by_another_waker(handle: &Handle) -> PolledBy {
     match task::current() {
         Some(core) if core.running.get() => {
@@ -293,6 +295,29 @@ fn polled_by_another_waker(handle: &Handle) -> PolledBy {
             }
         }
         _ => PolledBy::NoRuntime,
+    }
+}
+
+/// [`polled_by`] for a future whose loop may be gone: a loop that is gone
+/// counts as its runtime's (nothing of the future's waits there any more,
+/// and the future finds that out itself). Liveness is asked only of a
+/// waker that is no task's of that runtime: for a check once per new waker
+/// of a future that waits on its loop (an operation, a readiness wait).
+#[inline]
+pub(crate) fn polled_by_live(handle: &Handle, waker: &std::task::Waker) -> PolledBy {
+    if waker::task_of_loop(waker, handle.loop_id()) == Some(true) {
+        return PolledBy::ItsRuntime;
+    }
+    polled_by_another_waker_live(handle)
+}
+
+/// [`polled_by_live`] for a waker that is no task's of `handle`'s runtime.
+#[inline(never)]
+fn polled_by_another_waker_live(handle: &Handle) -> PolledBy {
+    match polled_by_another_waker(handle) {
+        PolledBy::ItsRuntime => PolledBy::ItsRuntime,
+        _ if !handle.is_alive() => PolledBy::ItsRuntime,
+        elsewhere => elsewhere,
     }
 }
 

@@ -28,6 +28,20 @@ impl Wake for NoopWaker {
 
 type Read<'a> = Pin<Box<dyn Future<Output = (std::io::Result<usize>, Vec<u8>)> + 'a>>;
 
+/// Polls `read` once with `cx` (the model's own waker, no task's) inside
+/// `rt`'s `block_on`, which polls it at once and takes no loop turn for
+/// it: polled with a waker of its own while no runtime runs, a read would
+/// belong to another executor, which nothing serves, and fail at once.
+fn poll_read<'a>(
+    rt: &Runtime,
+    read: &mut Read<'a>,
+    cx: &mut Context<'_>,
+) -> Poll<(std::io::Result<usize>, Vec<u8>)> {
+    rt.block_on(std::future::poll_fn(|_| {
+        Poll::Ready(read.as_mut().poll(cx))
+    }))
+}
+
 /// Runs one case: `data` is read two bytes at a time as (what, argument).
 pub fn run(data: &[u8], plain_setup: bool) {
     let lp = EventLoop::builder()
@@ -69,14 +83,14 @@ pub fn run(data: &[u8], plain_setup: bool) {
             1 if read.is_none() => {
                 let cap = 1 + usize::from(arg % 8);
                 let mut r: Read<'_> = Box::pin(stream.read(Vec::with_capacity(cap)));
-                match r.as_mut().poll(&mut cx) {
+                match poll_read(&rt, &mut r, &mut cx) {
                     Poll::Ready(out) => take(out, &mut got),
                     Poll::Pending => read = Some(r),
                 }
             }
             2 => {
                 if let Some(r) = &mut read
-                    && let Poll::Ready(out) = r.as_mut().poll(&mut cx)
+                    && let Poll::Ready(out) = poll_read(&rt, r, &mut cx)
                 {
                     read = None;
                     take(out, &mut got);
