@@ -381,7 +381,21 @@ impl State {
 /// would never wake it), gets the readiness already seen, else an error at
 /// once instead of waiting; once the first runtime is dropped, waits fail
 /// saying so. To wait under another runtime, register the fd again there
-/// (`into_inner`, then [`AsyncFd::new`]).
+/// (`into_inner`, then [`AsyncFd::new`]). Polled through a combinator's
+/// waker inside a task of its own runtime, while that runtime runs, a wait
+/// waits as usual.
+///
+/// # Errors
+/// A wait ([`readable`](Self::readable), [`writable`](Self::writable), the
+/// `poll_*_ready` methods) fails at once, as above, when a task of another
+/// runtime awaits it, and also when another executor
+/// (`futures::executor::block_on`, a waker that is no runtime task's) does
+/// while no runtime of the thread runs `block_on`: nothing would run the
+/// fd's loop while that executor waits. The error says which; readiness
+/// already seen is still given. A single such poll (`now_or_never`) fails
+/// so too, and so does an executor of one's own that drives the loop with
+/// [`Handle::run_once`](crate::Handle::run_once) outside `block_on`: watch
+/// the fd with [`Handle::add_fd`](crate::Handle::add_fd) there.
 pub struct AsyncFd<T: AsFd> {
     inner: Option<T>,
     fd: RawFd,
@@ -468,11 +482,19 @@ impl<T: AsFd> AsyncFd<T> {
 
     /// Waits until the fd is readable (or its read side closed, or an error
     /// is pending). Fails if the fd cannot be polled (closed, not pollable).
+    ///
+    /// # Errors
+    /// Also awaited by a task of another runtime, or by another executor
+    /// while no runtime runs (see [`AsyncFd`]).
     pub async fn readable(&self) -> io::Result<AsyncFdReadyGuard<'_, T>> {
         self.ready(Dir::Read).await
     }
 
     /// Waits until the fd is writable (or hung up, or an error is pending).
+    ///
+    /// # Errors
+    /// Also awaited by a task of another runtime, or by another executor
+    /// while no runtime runs (see [`AsyncFd`]).
     pub async fn writable(&self) -> io::Result<AsyncFdReadyGuard<'_, T>> {
         self.ready(Dir::Write).await
     }
@@ -483,6 +505,10 @@ impl<T: AsFd> AsyncFd<T> {
     /// its waker stays until then, as no future's drop can take it out (a
     /// wait that may be given up is better made with
     /// [`readable`](Self::readable)).
+    ///
+    /// # Errors
+    /// Also polled by a task of another runtime, or by another executor
+    /// while no runtime runs (see [`AsyncFd`]).
     pub fn poll_read_ready(
         &self,
         cx: &mut Context<'_>,
@@ -491,6 +517,10 @@ impl<T: AsFd> AsyncFd<T> {
     }
 
     /// Polls for write readiness (see [`poll_read_ready`](Self::poll_read_ready)).
+    ///
+    /// # Errors
+    /// Also polled by a task of another runtime, or by another executor
+    /// while no runtime runs (see [`AsyncFd`]).
     pub fn poll_write_ready(
         &self,
         cx: &mut Context<'_>,
@@ -539,19 +569,30 @@ impl<T: AsFd> AsyncFd<T> {
             }
             if !st.checked.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 // Readiness reaches the fd's own loop: a task of another
-                // runtime, while that loop lives, would wait for ever, as
-                // nothing runs it. (A task never leaves its runtime, so one
-                // check per waker is enough.)
-                if rt::polled_elsewhere(&self.handle, cx.waker()) {
+                // runtime, while that loop lives, or another executor while
+                // no runtime runs, would wait for ever, as nothing runs it.
+                // (A task never leaves its runtime, so one check per waker
+                // is enough.)
+                let err = match rt::polled_by_live(&self.handle, cx.waker()) {
+                    rt::PolledBy::ItsRuntime => None,
+                    rt::PolledBy::Another(_) => Some(
+                        "the AsyncFd is registered with another runtime's loop, \
+                         which does not run this wait; await it on that runtime",
+                    ),
+                    rt::PolledBy::NoRuntime => Some(
+                        "no ringloop runtime runs this wait: the AsyncFd is registered with a \
+                         runtime's loop, and another executor awaits it while no runtime of \
+                         this thread runs block_on, so nothing would wake it; await it inside \
+                         that runtime's Runtime::block_on or one of its tasks",
+                    ),
+                };
+                if let Some(err) = err {
                     // A future polled here before (the one way its slot
                     // can be live as it completes) leaves.
                     if let Some(s) = slot.and_then(Option::take) {
                         st.waiters(dir).remove(s);
                     }
-                    return Poll::Ready(Err(io::Error::other(
-                        "the AsyncFd is registered with another runtime's loop, \
-                         which does not run this wait; await it on that runtime",
-                    )));
+                    return Poll::Ready(Err(io::Error::other(err)));
                 }
                 st.checked = Some(cx.waker().clone());
             }

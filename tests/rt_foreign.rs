@@ -791,3 +791,55 @@ fn an_op_polled_through_a_wrapped_waker_on_its_own_runtime_completes() {
     assert_eq!(res, 2);
     assert_eq!(&buf[..2], b"yo");
 }
+
+/// An `AsyncFd` readiness wait by another executor while its runtime is
+/// idle: readiness reaches only its loop, which nothing runs meanwhile, so
+/// the wait fails at once saying so, instead of hanging; the fd then waits
+/// on its own runtime. Readiness already seen is still given.
+#[test]
+fn an_asyncfd_wait_by_another_executor_errs_instead_of_hanging() {
+    let rt = Runtime::new().unwrap();
+    let (a, b) = common::unix_stream_pair();
+    let fd = rt.block_on(async { ringloop::io::AsyncFd::new(a).unwrap() });
+    let r = foreign_block_on(fd.readable(), LIMIT).expect("the wait hung in another executor");
+    let e = r.map(|_| ()).expect_err("nothing was sent");
+    assert!(e.to_string().contains("no ringloop runtime runs"), "{e}");
+    assert!(e.to_string().contains("block_on"), "{e}");
+    let r = foreign_block_on(std::future::poll_fn(|cx| fd.poll_read_ready(cx)), LIMIT)
+        .expect("the poll hung in another executor");
+    assert!(r.is_err());
+    std::io::Write::write_all(&mut &b, b"x").unwrap();
+    rt.block_on(async {
+        time::timeout(LIMIT, fd.readable())
+            .await
+            .expect("the wait hung on its own runtime")
+            .unwrap()
+            .retain_ready();
+    });
+    let ready = foreign_block_on(fd.readable(), LIMIT).expect("the wait hung in another executor");
+    assert!(ready.is_ok(), "readiness already seen is given");
+}
+
+/// An `AsyncFd` wait through a combinator's waker inside its own runtime's
+/// `block_on`, while that runtime runs: not taken for another executor, it
+/// is woken by the readiness that comes later.
+#[test]
+fn an_asyncfd_wait_through_a_wrapped_waker_on_its_own_runtime_is_woken() {
+    let rt = Runtime::new().unwrap();
+    let (a, b) = common::unix_stream_pair();
+    let got = rt.block_on(async {
+        let fd = ringloop::io::AsyncFd::new(a).unwrap();
+        let writer = rt::spawn(async move {
+            time::sleep(Duration::from_millis(5)).await;
+            std::io::Write::write_all(&mut &b, b"x").unwrap();
+            b
+        });
+        let ready = time::timeout(LIMIT, Wrapped(Box::pin(fd.readable())))
+            .await
+            .map(|r| r.map(|_| ()));
+        let _b = writer.await.unwrap();
+        ready
+    });
+    got.expect("the wrapped wait hung in its own runtime")
+        .expect("the fd became readable");
+}
