@@ -843,3 +843,54 @@ fn an_asyncfd_wait_through_a_wrapped_waker_on_its_own_runtime_is_woken() {
     got.expect("the wrapped wait hung in its own runtime")
         .expect("the fd became readable");
 }
+
+/// A stream's multishot receive read by another executor while its runtime
+/// is idle: its completions come to that loop only, so the read fails at
+/// once saying no runtime runs it, instead of hanging; the stream then
+/// reads on its own runtime, losing nothing.
+#[test]
+fn a_multishot_read_by_another_executor_errs_instead_of_hanging() {
+    let rt = Runtime::new().unwrap();
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let a = rt.block_on(async {
+        let a = UnixStream::from_std(a);
+        a.enable_multishot_recv().unwrap();
+        a
+    });
+    let (r, buf) = foreign_block_on(a.read(Vec::with_capacity(16)), LIMIT)
+        .expect("the multishot read hung in another executor");
+    let e = r.expect_err("nothing was sent");
+    assert!(e.to_string().contains("no ringloop runtime runs"), "{e}");
+    assert!(buf.is_empty());
+    std::io::Write::write_all(&mut &b, b"ping").unwrap();
+    let (r, buf) = rt
+        .block_on(time::timeout(LIMIT, a.read(Vec::with_capacity(16))))
+        .expect("the multishot read hung on its own runtime");
+    assert_eq!(r.unwrap(), 4);
+    assert_eq!(&buf[..], b"ping");
+}
+
+/// A multishot read through a combinator's waker inside its own runtime's
+/// `block_on`, while that runtime runs: not taken for another executor, it
+/// gets the data that comes later.
+#[test]
+fn a_multishot_read_through_a_wrapped_waker_on_its_own_runtime_gets_the_data() {
+    let rt = Runtime::new().unwrap();
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (r, buf) = rt.block_on(async {
+        let a = UnixStream::from_std(a);
+        a.enable_multishot_recv().unwrap();
+        let writer = rt::spawn(async move {
+            time::sleep(Duration::from_millis(5)).await;
+            std::io::Write::write_all(&mut &b, b"ping").unwrap();
+            b
+        });
+        let out = time::timeout(LIMIT, Wrapped(Box::pin(a.read(Vec::with_capacity(16)))))
+            .await
+            .expect("the wrapped multishot read hung on its own runtime");
+        let _b = writer.await.unwrap();
+        out
+    });
+    assert_eq!(r.unwrap(), 4);
+    assert_eq!(&buf[..], b"ping");
+}

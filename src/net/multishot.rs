@@ -229,8 +229,8 @@ impl MultiRecv {
                 // Nothing of the stream's is in the loop it was enabled
                 // on: read on the current runtime's loop, as a plain
                 // receive would (the first loop may be gone or idle).
-                if let Some(current) = crate::rt::current_handle()
-                    && !current.same_loop(&rx.handle)
+                if crate::rt::current_loop_is(&rx.handle) == Some(false)
+                    && let Some(current) = crate::rt::current_handle()
                 {
                     let Some(pool) = current.buf_pool() else {
                         return Poll::Ready(Fill::Plain);
@@ -258,14 +258,12 @@ impl MultiRecv {
                 .as_ref()
                 .is_some_and(|w| w.will_wake(cx.waker()))
             {
-                if crate::rt::polled_elsewhere(&rx.handle, cx.waker()) {
-                    // Its completions come to that loop, which is not
-                    // running this read: waiting here would hang. They
-                    // stay there for a read on that runtime.
-                    return Poll::Ready(Fill::Failed(io::Error::other(
-                        "the stream's multishot receive is armed on another runtime's loop; \
-                         read it there, or once that receive has ended",
-                    )));
+                // Its completions come to that loop, which is not running
+                // this read (a task of another runtime polls it, or another
+                // executor while no runtime runs): waiting here would hang.
+                // They stay there for a read on that runtime.
+                if let Some(e) = not_served_by(&rx.handle, cx.waker()) {
+                    return Poll::Ready(Fill::Failed(e));
                 }
                 rx.polled_by = Some(cx.waker().clone());
             }
@@ -293,6 +291,28 @@ impl MultiRecv {
             rx.taken = taken;
         }
     }
+}
+
+/// The error of a read of a receive armed on `handle`'s loop, polled with
+/// `waker` where that loop does not run, if it is (see
+/// [`MultiRecv::poll_fill`]). Out of line: a check once per new waker.
+#[cold]
+#[inline(never)]
+fn not_served_by(handle: &Handle, waker: &Waker) -> Option<io::Error> {
+    let err = match crate::rt::polled_by_live(handle, waker) {
+        crate::rt::PolledBy::ItsRuntime => return None,
+        crate::rt::PolledBy::Another(_) => {
+            "the stream's multishot receive is armed on another runtime's loop; \
+             read it there, or once that receive has ended"
+        }
+        crate::rt::PolledBy::NoRuntime => {
+            "no ringloop runtime runs this wait: the stream's multishot receive is armed on a \
+             runtime's loop, and another executor reads it while no runtime of this thread runs \
+             block_on, so nothing would bring its data; read it inside that runtime's \
+             Runtime::block_on or one of its tasks"
+        }
+    };
+    Some(io::Error::other(err))
 }
 
 impl Rx {

@@ -145,10 +145,20 @@ impl TcpStream {
     /// when the pool runs dry, reads fall back to plain receives. Dropping the stream cancels the receive, and the fd is
     /// closed when the kernel hands it back.
     ///
+    /// # Errors
     /// Fails with `Unsupported` outside a runtime or on a kernel without
     /// ring-mapped provided buffers (before 5.19); a kernel that has those
     /// but no multishot receive (5.19) is detected at the first read, which
     /// then falls back to plain receives.
+    ///
+    /// The receive is armed on the loop of the runtime whose task reads
+    /// first, and only that loop brings its data. A read with nothing
+    /// received yet fails at once instead of waiting when a task of
+    /// another runtime of the thread does it (that loop alive), or another
+    /// executor (`futures::executor::block_on`) while no runtime of the
+    /// thread runs `block_on`: the error says which, and what the receive
+    /// brings stays for a read on its runtime. Through a combinator's waker
+    /// inside a task of that runtime, while it runs, a read waits as usual.
     pub fn enable_multishot_recv(&self) -> io::Result<()> {
         self.rx.enable_multishot()
     }

@@ -234,19 +234,6 @@ pub fn current_handle() -> Option<Handle> {
     task::current().map(|c| c.handle.clone())
 }
 
-/// Whether a future bound to `handle`'s loop, polled with `waker`, is
-/// polled where that loop does not run: by a task of another runtime of
-/// the thread, the loop alive (idle, or blocked under that runtime). Tells
-/// the runtimes' own tasks by their waker (a few loads); for any other
-/// waker, asks which runtime is current. For a check once per new waker.
-pub(crate) fn polled_elsewhere(handle: &Handle, waker: &std::task::Waker) -> bool {
-    let off = match waker::task_of_loop(waker, handle.loop_id()) {
-        Some(ours) => !ours,
-        None => task::current_loop_is(handle) == Some(false),
-    };
-    off && handle.is_alive()
-}
-
 /// Who polls a future bound to a loop, for a future that only that
 /// loop's runtime can serve (see [`polled_by`]).
 pub(crate) enum PolledBy {
@@ -264,14 +251,14 @@ pub(crate) enum PolledBy {
     NoRuntime,
 }
 
-/// Who polls a future bound to `handle`'s loop with `waker`. Unlike
-/// [`polled_elsewhere`], a waker that is no runtime task's counts as its
-/// runtime's only while that runtime runs `block_on` (it is then a
+/// Who polls a future bound to `handle`'s loop with `waker`. A waker that
+/// is no task's of that loop's runtime counts as its runtime's only while
+/// that runtime is the innermost one running `block_on` (it is then a
 /// combinator's inside one of its tasks); with no runtime running it is
 /// another executor's, which would wait for ever (`futures::executor::
-/// block_on`, say). For a future served only inside `block_on` (a
-/// `JoinHandle`'s task runs nowhere else) or by a loop that only `block_on`
-/// runs. A compare and two loads for a task of `handle`'s runtime, cheap
+/// block_on`, say), even if that runtime is the thread's newest, idle one.
+/// For a future served only inside `block_on` (a `JoinHandle`'s task runs
+/// nowhere else) or by a loop that only `block_on` runs. A compare and two loads for a task of `handle`'s runtime, cheap
 /// enough for every poll of a sleep; else the look-up of the current
 /// runtime: for a check once per new waker. Asks no liveness.
 #[inline]
@@ -319,6 +306,12 @@ fn polled_by_another_waker_live(handle: &Handle) -> PolledBy {
         _ if !handle.is_alive() => PolledBy::ItsRuntime,
         elsewhere => elsewhere,
     }
+}
+
+/// Whether `handle` is the loop of the thread's current runtime (`None`
+/// without one), without cloning a handle: for a check on a read's path.
+pub(crate) fn current_loop_is(handle: &Handle) -> Option<bool> {
+    task::current_loop_is(handle)
 }
 
 /// Whether a runtime is current on this thread.
