@@ -401,6 +401,34 @@ impl Handle {
     }
 }
 
+/// [`State::arm`] for a watch already looked up: the hot path (putting a
+/// handler back, then re-arming) looks the watch up once, not twice.
+#[inline]
+fn arm_watch(
+    ops: &mut slotmap::SlotMap<OpId, super::Op>,
+    ring: &mut crate::ring::Ring,
+    id: FdId,
+    w: &mut Watch,
+    multishot: bool,
+) {
+    if w.interest.is_empty() || w.armed.is_some() || w.queued || w.error.is_some() {
+        return;
+    }
+    let multishot = multishot || w.interest.is_edge();
+    let mask = w.interest.poll_mask();
+    let op = ops.insert(super::Op::FdPoll(id));
+    w.armed = Some(Armed {
+        op,
+        mask,
+        multishot,
+    });
+    let entry = opcode::PollAdd::new(types::Fd(w.fd), mask)
+        .multi(multishot)
+        .build()
+        .user_data(op.data().as_ffi());
+    super::push_internal(ring, entry);
+}
+
 impl State {
     /// Sets a watch's interest, keeping the kernel's poll and the count of
     /// active watches in step.
@@ -436,22 +464,7 @@ impl State {
         let Some(w) = self.watches.get_mut(id) else {
             return;
         };
-        if w.interest.is_empty() || w.armed.is_some() || w.queued || w.error.is_some() {
-            return;
-        }
-        let multishot = multishot || w.interest.is_edge();
-        let mask = w.interest.poll_mask();
-        let op = self.ops.insert(super::Op::FdPoll(id));
-        w.armed = Some(Armed {
-            op,
-            mask,
-            multishot,
-        });
-        let entry = opcode::PollAdd::new(types::Fd(w.fd), mask)
-            .multi(multishot)
-            .build()
-            .user_data(op.data().as_ffi());
-        self.push_internal(entry);
+        arm_watch(&mut self.ops, &mut self.ring, id, w, multishot);
     }
 
     /// Handles a poll completion for watch `id`.
@@ -517,11 +530,11 @@ impl State {
                 Some(Dispatch::Fd(id, handler, event))
             }
             Decision::Rearm => {
-                self.arm(id, false);
+                arm_watch(&mut self.ops, &mut self.ring, id, w, false);
                 None
             }
             Decision::WaitQuietly => {
-                self.arm(id, true);
+                arm_watch(&mut self.ops, &mut self.ring, id, w, true);
                 None
             }
             Decision::DisableWrite => {
@@ -550,7 +563,7 @@ impl State {
             w.queued = true;
             self.ready.push_back(Ready::Fd(id));
         } else {
-            self.arm(id, false);
+            arm_watch(&mut self.ops, &mut self.ring, id, w, false);
         }
         None
     }

@@ -493,6 +493,18 @@ impl Handle {
     }
 }
 
+/// [`State::push_internal`] for a caller that holds other parts of the
+/// state borrowed.
+#[inline]
+fn push_internal(ring: &mut Ring, entry: squeue::Entry) {
+    // SAFETY: every internal request (poll add/remove, cancel) carries its
+    // arguments inside the SQE and points at no memory.
+    if unsafe { ring.push(&entry) }.is_err() {
+        // Only a failing io_uring_enter can get here; the next wait will
+        // report it.
+    }
+}
+
 impl State {
     fn has_events(&self) -> bool {
         !self.timers.is_empty()
@@ -505,12 +517,7 @@ impl State {
 
     /// Queues an SQE that references no user memory.
     fn push_internal(&mut self, entry: squeue::Entry) {
-        // SAFETY: every internal request (poll add/remove, cancel) carries its
-        // arguments inside the SQE and points at no memory.
-        if unsafe { self.ring.push(&entry) }.is_err() {
-            // Only a failing io_uring_enter can get here; the next wait will
-            // report it.
-        }
+        push_internal(&mut self.ring, entry);
     }
 
     /// Stops a poll: its completion will be ignored.
