@@ -1,7 +1,7 @@
 //! [`Builder`]: how a loop is configured and set up.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,7 +132,7 @@ impl Builder {
             timers: TimerQueue::default(),
             immediates: ImmediateQueue::default(),
             signals: Signals::default(),
-            ready: VecDeque::new(),
+            ready: super::ReadyQueue::default(),
             parked: Vec::new(),
             cqes: Vec::new(),
             kept_finals: HashSet::new(),
