@@ -84,14 +84,19 @@ impl Interest {
     /// The `poll(2)` mask to ask the kernel for. ERR and HUP are always
     /// reported; RDHUP is reported by io_uring even when not asked for.
     pub(crate) fn poll_mask(self) -> u32 {
+        self.poll_mask_of_conditions()
+    }
+
+    /// What [`Interest::poll_mask`] looks up.
+    const fn poll_mask_of_conditions(self) -> u32 {
         let mut mask = 0;
-        if self.contains(Interest::READ) {
+        if self.0 & Interest::READ.0 != 0 {
             mask |= (libc::POLLIN | libc::POLLRDHUP) as u32;
         }
-        if self.contains(Interest::WRITE) {
+        if self.0 & Interest::WRITE.0 != 0 {
             mask |= libc::POLLOUT as u32;
         }
-        if self.contains(Interest::ERROR) {
+        if self.0 & Interest::ERROR.0 != 0 {
             mask |= libc::POLLRDHUP as u32;
         }
         mask
@@ -424,7 +429,9 @@ impl Handle {
 
 /// [`State::arm`] for a watch already looked up: the hot path (putting a
 /// handler back, then re-arming) looks the watch up once, not twice.
-#[inline]
+/// Inlined there (`restore_fd`); elsewhere one out-of-line copy
+/// (`arm_watch_outlined`), so that `next_dispatch` does not carry two.
+#[inline(always)]
 fn arm_watch(
     ops: &mut slotmap::SlotMap<OpId, super::Op>,
     ring: &mut crate::ring::Ring,
@@ -448,6 +455,18 @@ fn arm_watch(
         .build()
         .user_data(op.data().as_ffi());
     super::push_internal(ring, entry);
+}
+
+/// [`arm_watch`], not inlined.
+#[inline(never)]
+fn arm_watch_outlined(
+    ops: &mut slotmap::SlotMap<OpId, super::Op>,
+    ring: &mut crate::ring::Ring,
+    id: FdId,
+    w: &mut Watch,
+    multishot: bool,
+) {
+    arm_watch(ops, ring, id, w, multishot);
 }
 
 impl State {
@@ -485,7 +504,7 @@ impl State {
         let Some(w) = self.watches.get_mut(id) else {
             return;
         };
-        arm_watch(&mut self.ops, &mut self.ring, id, w, multishot);
+        arm_watch_outlined(&mut self.ops, &mut self.ring, id, w, multishot);
     }
 
     /// Handles a poll completion for watch `id`.
@@ -551,11 +570,11 @@ impl State {
                 Some(Dispatch::Fd(id, handler, event))
             }
             Decision::Rearm => {
-                arm_watch(&mut self.ops, &mut self.ring, id, w, false);
+                arm_watch_outlined(&mut self.ops, &mut self.ring, id, w, false);
                 None
             }
             Decision::WaitQuietly => {
-                arm_watch(&mut self.ops, &mut self.ring, id, w, true);
+                arm_watch_outlined(&mut self.ops, &mut self.ring, id, w, true);
                 None
             }
             Decision::DisableWrite => {
