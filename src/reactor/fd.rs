@@ -83,8 +83,20 @@ impl Interest {
 
     /// The `poll(2)` mask to ask the kernel for. ERR and HUP are always
     /// reported; RDHUP is reported by io_uring even when not asked for.
+    ///
+    /// A table lookup: every re-arm of a level-triggered watch asks.
+    #[inline]
     pub(crate) fn poll_mask(self) -> u32 {
-        self.poll_mask_of_conditions()
+        const MASKS: [u32; 8] = {
+            let mut masks = [0; 8];
+            let mut bits = 0;
+            while bits < 8 {
+                masks[bits] = Interest(bits as u8).poll_mask_of_conditions();
+                bits += 1;
+            }
+            masks
+        };
+        MASKS[(self.0 & Self::CONDITIONS) as usize]
     }
 
     /// What [`Interest::poll_mask`] looks up.
