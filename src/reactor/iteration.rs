@@ -77,22 +77,24 @@ impl Handle {
         if self.inner.depth.get() > 0 && !self.inner.allow_nesting.get() {
             return Err(Error::Nested);
         }
-        // One borrow of the state per step: this is the hot path.
-        let (mut first, mode, turned) = self.try_with(|st| {
+        // One borrow of the state per step: this is the hot path. The pick
+        // is written to `first` in place, not returned through the
+        // closure's `Result`, which cost three copies of it.
+        let mut first = None;
+        let (mode, turned) = self.try_with(|st| {
             st.stats.iterations += 1;
             let turned = st.turns_in_user_space >= KERNEL_TURN_EVERY;
-            let first = if turned {
+            if turned {
                 st.kernel_turn()?;
-                None
             } else {
-                st.pick_in_user_space()
-            };
+                first = st.pick_in_user_space();
+            }
             let mode = if never_block {
                 WaitTimeout::Never
             } else {
                 st.wait_timeout
             };
-            Ok((first, mode, turned))
+            Ok((mode, turned))
         })?;
         self.inner.depth.set(self.inner.depth.get() + 1);
         let _depth = DepthGuard(&self.inner.depth);
@@ -110,24 +112,26 @@ impl Handle {
         }
         self.trace(TracePoint::BeforeWait);
         let tracing = self.inner.has_trace.get();
-        let (waited, picked) = self.with(|st| {
+        // As above, the pick is written in place.
+        let mut picked = None;
+        let mut picked_in_the_wait = false;
+        let waited = self.with(|st| {
             let waited = st.wait(mode);
             // With no trace hook and no deferred work, no user code runs
             // between the wait and the pick: pick in the same borrow.
-            let picked =
-                (waited.is_ok() && !tracing && st.deferred.is_empty()).then(|| st.next_counted());
-            (waited, picked)
-        })?;
-        let picked = match picked {
-            Some(picked) => picked,
-            None => {
-                self.trace(TracePoint::AfterWait);
-                waited?;
-                self.run_deferred();
-                // A signal that interrupted the wait (EINTR) is counted already.
-                self.with(|st| st.next_counted())?
+            if waited.is_ok() && !tracing && st.deferred.is_empty() {
+                picked_in_the_wait = true;
+                picked = st.next_counted();
             }
-        };
+            waited
+        })?;
+        if !picked_in_the_wait {
+            self.trace(TracePoint::AfterWait);
+            waited?;
+            self.run_deferred();
+            // A signal that interrupted the wait (EINTR) is counted already.
+            self.with(|st| picked = st.next_counted())?;
+        }
         if let Some(d) = picked {
             self.dispatch(d);
             return Ok(());
