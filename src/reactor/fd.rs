@@ -519,7 +519,9 @@ impl State {
         arm_watch_outlined(&mut self.ops, &mut self.ring, id, w, multishot);
     }
 
-    /// Handles a poll completion for watch `id`.
+    /// Handles a poll completion for watch `id`. Inlined into `route`
+    /// (see there); an error goes out of line, to `on_poll_error`.
+    #[inline(always)]
     pub(super) fn on_poll(&mut self, id: FdId, op: super::OpId, result: i32, more: bool) {
         let Some(w) = self.watches.get_mut(id) else {
             return;
@@ -530,26 +532,37 @@ impl State {
         if !more {
             w.armed = None;
         }
-        if result == -libc::ECANCELED {
-            // Someone else cancelled it (a cancel-by-fd before a close, say):
-            // poll again; a closed fd then reports EBADF.
-            self.arm(id, false);
-            return;
-        }
         if result < 0 {
-            // EBADF: the fd was closed behind our back. Disarm; the loop goes on.
-            w.error = Some(result.saturating_neg());
-            let armed = w.armed.take();
-            self.set_interest(id, Interest::NONE);
-            if let Some(armed) = armed {
-                self.cancel_poll(armed.op);
-            }
+            self.on_poll_error(id, result);
             return;
         }
         w.revents |= result as u32;
         if !w.queued {
             w.queued = true;
             self.ready.push_back(Ready::Fd(id));
+        }
+    }
+
+    /// [`State::on_poll`] for a poll of watch `id` (its current one) that
+    /// failed with `result`.
+    #[cold]
+    #[inline(never)]
+    fn on_poll_error(&mut self, id: FdId, result: i32) {
+        if result == -libc::ECANCELED {
+            // Someone else cancelled it (a cancel-by-fd before a close, say):
+            // poll again; a closed fd then reports EBADF.
+            self.arm(id, false);
+            return;
+        }
+        let Some(w) = self.watches.get_mut(id) else {
+            return;
+        };
+        // EBADF: the fd was closed behind our back. Disarm; the loop goes on.
+        w.error = Some(result.saturating_neg());
+        let armed = w.armed.take();
+        self.set_interest(id, Interest::NONE);
+        if let Some(armed) = armed {
+            self.cancel_poll(armed.op);
         }
     }
 
