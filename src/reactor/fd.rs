@@ -456,7 +456,10 @@ fn arm_watch(
     }
     let multishot = multishot || w.interest.is_edge();
     let mask = w.interest.poll_mask();
-    let op = ops.insert(super::Op::FdPoll(id));
+    // `insert_with_key`, not `insert`: the closure carries the 8-byte id
+    // and the entry is built in its slot, where `insert` moves a whole
+    // `Op` (56 bytes) into the table's out-of-line insert.
+    let op = ops.insert_with_key(|_| super::Op::FdPoll(id));
     w.armed = Some(Armed {
         op,
         mask,
