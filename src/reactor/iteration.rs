@@ -394,7 +394,10 @@ impl State {
                 return Ok(());
             }
         };
+        // `is_empty` first: inline, where `next_deadline` is a call into
+        // the timer tree even when it is empty.
         if self.clock.is_none()
+            && !self.timers.is_empty()
             && let Some(deadline) = self.timers.next_deadline()
         {
             let until = Duration::from_nanos(deadline.saturating_sub(self.now_ns()));
