@@ -465,8 +465,19 @@ impl State {
     /// reap towards the next kernel turn: only immediates and timers can be
     /// due without end; fds and completions in the ready queue came from a
     /// reap and run out.
+    ///
+    /// When nothing at all is queued (every iteration that goes on to
+    /// wait), this says so inline instead of calling `next_counted` to find
+    /// out (about 30 instructions).
     #[inline]
     fn pick_in_user_space(&mut self) -> Option<Dispatch> {
+        if self.ready.is_empty()
+            && self.immediates.is_empty()
+            && self.timers.is_empty()
+            && self.signals.is_quiet()
+        {
+            return None;
+        }
         let first = self.next_counted();
         if matches!(
             first,

@@ -265,6 +265,11 @@ impl ReadyQueue {
         Some(ready)
     }
 
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.head == self.items.len()
+    }
+
     /// Puts `ready` first (rare: a parked completion going back).
     fn push_front(&mut self, ready: Ready) {
         if self.head > 0 {

@@ -181,6 +181,13 @@ impl Signals {
         self.watches.is_empty()
     }
 
+    /// Whether a pick has nothing to do here: no watch to collect
+    /// deliveries for, and none pending.
+    #[inline]
+    pub fn is_quiet(&self) -> bool {
+        self.watches.is_empty() && !self.pending
+    }
+
     pub fn contains(&self, id: SignalId) -> bool {
         self.watches.contains_key(id)
     }
