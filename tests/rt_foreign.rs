@@ -427,12 +427,14 @@ fn a_join_handle_polled_through_a_wrapped_waker_on_its_own_runtime_resolves() {
 /// panics with a message that says so, instead of hanging.
 #[test]
 fn a_signal_stream_polled_by_another_executor_panics_instead_of_hanging() {
+    // A signal no other test of this binary raises: `cargo test` runs them
+    // on threads of one process, and every watch of a signal counts it.
     for newer_runtime in [false, true] {
         let rt = Runtime::new().unwrap();
-        let mut usr1 = rt.block_on(async { ringloop::signal::signal(libc::SIGUSR1).unwrap() });
+        let mut winch = rt.block_on(async { ringloop::signal::signal(libc::SIGWINCH).unwrap() });
         let newer = newer_runtime.then(|| Runtime::new().unwrap());
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            foreign_block_on(usr1.recv(), LIMIT)
+            foreign_block_on(winch.recv(), LIMIT)
         }));
         let panic = match out {
             Ok(None) => panic!("the signal stream hung in another executor"),
@@ -449,8 +451,8 @@ fn a_signal_stream_polled_by_another_executor_panics_instead_of_hanging() {
         // Still usable on its own runtime.
         let got = rt.block_on(async {
             // SAFETY: plain syscall; the stream's handler is installed.
-            unsafe { libc::raise(libc::SIGUSR1) };
-            time::timeout(LIMIT, usr1.recv()).await
+            unsafe { libc::raise(libc::SIGWINCH) };
+            time::timeout(LIMIT, winch.recv()).await
         });
         assert_eq!(got.expect("the stream hung on its own runtime"), Some(1));
     }
@@ -461,16 +463,17 @@ fn a_signal_stream_polled_by_another_executor_panics_instead_of_hanging() {
 /// the delivery.
 #[test]
 fn a_signal_stream_polled_through_a_wrapped_waker_on_its_own_runtime_gets_the_signal() {
+    // A signal of its own, as above.
     let rt = Runtime::new().unwrap();
     let got = rt.block_on(async {
-        let mut usr2 = ringloop::signal::signal(libc::SIGUSR2).unwrap();
+        let mut urg = ringloop::signal::signal(libc::SIGURG).unwrap();
         let task = rt::spawn(async move {
-            let recv = Box::pin(usr2.recv());
+            let recv = Box::pin(urg.recv());
             Wrapped(recv).await
         });
         rt::yield_now().await;
         // SAFETY: plain syscall; the stream's handler is installed.
-        unsafe { libc::raise(libc::SIGUSR2) };
+        unsafe { libc::raise(libc::SIGURG) };
         time::timeout(LIMIT, task).await
     });
     let got = got.expect("the wrapped signal stream hung in its own task");
