@@ -428,8 +428,39 @@ mod raw {
     use slotmap::SlotMap;
 
     use super::{OwnedTask, TaskCell};
-    use crate::rt::join::JoinHandle;
+    use crate::rt::join::{JoinHandle, JoinRef};
     use crate::rt::waker::{Shared, TaskKey, TaskRef};
+
+    /// Fails to compile if `T` is `Send` or `Sync`: an impl for every `T`
+    /// and one more for `T: Send` (or `Sync`) leave `_` ambiguous exactly
+    /// when the second applies (as `static_assertions` does it).
+    macro_rules! assert_neither_send_nor_sync {
+        ($t:ty) => {
+            const _: fn() = || {
+                trait AmbiguousIfSend<A> {
+                    fn some_item() {}
+                }
+                impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+                impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
+                let _ = <$t as AmbiguousIfSend<_>>::some_item;
+                trait AmbiguousIfSync<A> {
+                    fn some_item() {}
+                }
+                impl<T: ?Sized> AmbiguousIfSync<()> for T {}
+                impl<T: ?Sized + Sync> AmbiguousIfSync<u8> for T {}
+                let _ = <$t as AmbiguousIfSync<_>>::some_item;
+            };
+        };
+    }
+
+    // The references that reach past the header (the future, the output)
+    // never leave the runtime's thread: were one `Send`, the output (and
+    // through `TaskRef::poll`, the future) could be reached from another
+    // thread. Even with a `Send + Sync` output.
+    assert_neither_send_nor_sync!(TaskRef);
+    assert_neither_send_nor_sync!(JoinRef<u8>);
+    assert_neither_send_nor_sync!(JoinHandle<u8>);
+    assert_neither_send_nor_sync!(OwnedTask);
 
     /// Records the thread it is dropped on; holds an `Rc`, so is not `Send`.
     struct DropsOn(Arc<Mutex<Option<ThreadId>>>, #[allow(dead_code)] Rc<()>);
