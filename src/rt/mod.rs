@@ -257,10 +257,11 @@ pub(crate) enum PolledBy {
 /// combinator's inside one of its tasks); with no runtime running it is
 /// another executor's, which would wait for ever (`futures::executor::
 /// block_on`, say), even if that runtime is the thread's newest, idle one.
-/// For a future served only inside `block_on` (a `JoinHandle`'s task runs
-/// nowhere else) or by a loop that only `block_on` runs. A compare and two loads for a task of `handle`'s runtime, cheap
-/// enough for every poll of a sleep; else the look-up of the current
-/// runtime: for a check once per new waker. Asks no liveness.
+/// For a future that only `block_on` serves: a `JoinHandle` (its task runs
+/// nowhere else), or one that waits on a loop (only `block_on` runs it).
+/// A compare and two loads for a task of `handle`'s runtime, cheap enough
+/// for every poll of a sleep; else the look-up of the current runtime: for
+/// a check once per new waker. Asks no liveness (see [`polled_by_live`]).
 #[inline]
 pub(crate) fn polled_by(handle: &Handle, waker: &std::task::Waker) -> PolledBy {
     if waker::task_of_loop(waker, handle.loop_id()) == Some(true) {

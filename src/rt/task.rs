@@ -109,7 +109,8 @@ impl<F: Future> TaskCell<F> {
     /// last reference. By then the runtime's thread has dropped the future
     /// and the output (see [`TaskCell`]), so what is dropped here is `Send`
     /// (the header's `Shared`) or empty. Were either still there, the cell
-    /// is leaked instead: neither is ever dropped off the runtime's thread.
+    /// is leaked instead: neither is ever dropped off the runtime's thread
+    /// (and a debug build panics, on whatever thread frees).
     ///
     /// # Safety
     /// `header` starts a `TaskCell<F>` made by `allocate` whose last
