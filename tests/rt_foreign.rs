@@ -433,19 +433,7 @@ fn a_signal_stream_polled_by_another_executor_panics_instead_of_hanging() {
         let rt = Runtime::new().unwrap();
         let mut winch = rt.block_on(async { ringloop::signal::signal(libc::SIGWINCH).unwrap() });
         let newer = newer_runtime.then(|| Runtime::new().unwrap());
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            foreign_block_on(winch.recv(), LIMIT)
-        }));
-        let panic = match out {
-            Ok(None) => panic!("the signal stream hung in another executor"),
-            Ok(Some(got)) => panic!("nothing was raised, yet it gave {got:?}"),
-            Err(p) => p,
-        };
-        let msg = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let msg = foreign_panic("the signal stream", winch.recv());
         assert!(msg.contains("another executor"), "{msg}");
         drop(newer);
         // Still usable on its own runtime.
