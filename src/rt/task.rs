@@ -472,6 +472,15 @@ mod raw {
         }
     }
 
+    /// Panics when dropped.
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("dropped");
+        }
+    }
+
     fn drops_on() -> (DropsOn, Arc<Mutex<Option<ThreadId>>>) {
         let at = Arc::new(Mutex::new(None));
         (DropsOn(at.clone(), Rc::new(())), at)
@@ -659,6 +668,107 @@ mod raw {
         assert!(task.0.poll().is_ready());
         drop(task);
         assert!(matches!(poll_handle(&mut h, Waker::noop()), Poll::Ready(Err(e)) if e.is_panic()));
+    }
+
+    /// A task whose future holds its own handle (a reference to itself):
+    /// finishing drops the future, and with it the handle and the output
+    /// the handle held, here; the last waker, elsewhere, only frees (Miri
+    /// reports a leak if a reference is left over).
+    #[test]
+    fn a_task_holding_its_own_handle_drops_all_here_when_it_finishes() {
+        let home = thread::current().id();
+        let shared = Arc::new(Shared::without_loop());
+        let mut keys = SlotMap::with_key();
+        let slot = Arc::new(Mutex::new(None));
+        let (out, out_at) = drops_on();
+        let own: Rc<RefCell<Option<JoinHandle<DropsOn>>>> = Rc::default();
+        let mine = own.clone();
+        // A `poll_fn`, not an `async` block: its captures (the handle)
+        // outlive its output, until the future itself is dropped.
+        let (mut out, mut held) = (Some(out), None);
+        let (task, h) = spawn(
+            &shared,
+            &mut keys,
+            poll_fn(move |_| match held.take() {
+                None => {
+                    held = mine.borrow_mut().take();
+                    Poll::Pending
+                }
+                Some(h) => {
+                    held = Some(h);
+                    Poll::Ready(out.take().unwrap())
+                }
+            }),
+        );
+        *own.borrow_mut() = Some(h);
+        assert!(task.0.poll().is_pending());
+        let w = task.0.waker();
+        *slot.lock().unwrap() = Some(w);
+        assert!(own.borrow().is_none(), "the future took its handle");
+        assert!(task.0.poll().is_ready());
+        assert!(out_at.lock().unwrap().is_none(), "kept for the handle");
+        drop(task);
+        assert_eq!(*out_at.lock().unwrap(), Some(home));
+        let w = slot.lock().unwrap().take().unwrap();
+        thread::spawn(move || w.wake()).join().unwrap();
+    }
+
+    /// A future whose drop panics, cancelled by the table's reference: the
+    /// panic goes on, the future counts as dropped (it is), and the last
+    /// waker, elsewhere, frees without the debug check's panic.
+    #[test]
+    fn a_future_whose_drop_panics_is_dropped_all_the_same() {
+        let shared = Arc::new(Shared::without_loop());
+        let mut keys = SlotMap::with_key();
+        let slot = Arc::new(Mutex::new(None));
+        let s = slot.clone();
+        let (task, mut h) = spawn(&shared, &mut keys, async move {
+            let _p = PanicsOnDrop;
+            park_once(s, ()).await;
+            std::future::pending::<()>().await;
+        });
+        assert!(task.0.poll().is_pending());
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(task)));
+        assert!(dropped.is_err());
+        assert!(
+            matches!(poll_handle(&mut h, Waker::noop()), Poll::Ready(Err(e)) if e.is_cancelled())
+        );
+        drop(h);
+        let w = slot.lock().unwrap().take().unwrap();
+        thread::spawn(move || drop(w)).join().unwrap();
+    }
+
+    /// A detached task whose output's drop panics as the poll stores it:
+    /// the panic leaves the poll (as `run_ready` expects) with the poll's
+    /// reference given back, and the table's drop still drops the future.
+    #[test]
+    fn a_detached_output_whose_drop_panics_leaves_the_task_whole() {
+        let shared = Arc::new(Shared::without_loop());
+        let mut keys = SlotMap::with_key();
+        let (held, future_at) = drops_on();
+        let slot = Arc::new(Mutex::new(None));
+        let s = slot.clone();
+        // A `poll_fn`: `held` stays in the future after its output.
+        let mut parked = Box::pin(park_once(s, ()));
+        let (task, h) = spawn(
+            &shared,
+            &mut keys,
+            poll_fn(move |cx| {
+                let _ = &held;
+                parked.as_mut().poll(cx).map(|()| PanicsOnDrop)
+            }),
+        );
+        drop(h);
+        assert!(task.0.poll().is_pending());
+        let poll_ref = task.0.clone();
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_ref.poll()));
+        assert!(polled.is_err());
+        drop(poll_ref);
+        assert!(future_at.lock().unwrap().is_none(), "the table drops it");
+        drop(task);
+        assert!(future_at.lock().unwrap().is_some());
+        let w = slot.lock().unwrap().take().unwrap();
+        thread::spawn(move || drop(w)).join().unwrap();
     }
 
     #[test]
